@@ -1,0 +1,115 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// LoadOptions configures Load.
+type LoadOptions struct {
+	// Root is the bpffs directory for the pins (maps/, progs/, links/).
+	Root string
+	// Rejudge makes the programs re-judge an established flow against the
+	// current policy when the policy revision changed since it was admitted.
+	Rejudge bool
+}
+
+// Objects are the loaded programs and maps.
+type Objects struct {
+	root  string
+	objs  palisadeObjects
+	inner *ebpf.MapSpec // template of pal_policy's inner maps
+}
+
+// Load loads the programs, reusing the maps pinned under opts.Root (so that
+// an agent restart keeps enforcing and keeps its conntrack), and pins the
+// programs under Root/progs, replacing older versions atomically.
+func Load(opts LoadOptions) (*Objects, error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+	if err := ensureBPFFS(filepath.Dir(opts.Root)); err != nil {
+		return nil, err
+	}
+	for _, dir := range []string{"maps", "progs", "links"} {
+		if err := os.MkdirAll(filepath.Join(opts.Root, dir), 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
+	}
+	spec, err := loadPalisade()
+	if err != nil {
+		return nil, err
+	}
+	rejudge := uint8(0)
+	if opts.Rejudge {
+		rejudge = 1
+	}
+	if err := spec.Variables[palisadeVarRejudge].Set(rejudge); err != nil {
+		return nil, fmt.Errorf("set rejudge: %w", err)
+	}
+	o := &Objects{root: opts.Root, inner: spec.Maps[palisadeMapPalPolicy].InnerMap.Copy()}
+	err = spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: filepath.Join(opts.Root, "maps")},
+	})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return nil, fmt.Errorf("load programs: a map pinned under %s/maps has another layout than this version expects; "+
+			"remove that directory (pods keep running unprotected until the agent is back) and restart the agent: %w", opts.Root, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load programs: %w", err)
+	}
+	for _, d := range Directions {
+		if err := o.program(d).Pin(progPin(opts.Root, d)); err != nil {
+			o.Close()
+			return nil, fmt.Errorf("pin %s program: %w", d, err)
+		}
+	}
+	return o, nil
+}
+
+func (o *Objects) program(d Direction) *ebpf.Program {
+	if d == FromPod {
+		return o.objs.PalFromPod
+	}
+	return o.objs.PalToPod
+}
+
+// Program returns the loaded program for d, for tests that run it.
+func (o *Objects) Program(d Direction) *ebpf.Program { return o.program(d) }
+
+// Root is the bpffs directory holding the pins.
+func (o *Objects) Root() string { return o.root }
+
+// Close releases the file descriptors. Pinned objects stay in the kernel and
+// keep enforcing.
+func (o *Objects) Close() error { return o.objs.Close() }
+
+// Unpin removes every pin under the root, for an uninstall or a test.
+// Programs attached through pinned TCX links are detached with them.
+func Unpin(root string) error {
+	if err := os.RemoveAll(root); err != nil {
+		return fmt.Errorf("remove pins under %s: %w", root, err)
+	}
+	return nil
+}
+
+// ensureBPFFS mounts a bpffs at dir unless one is there already.
+func ensureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)
+	}
+	if err := unix.Mount("bpffs", dir, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
+	}
+	return nil
+}

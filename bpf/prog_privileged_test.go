@@ -1,0 +1,399 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+
+	"github.com/palisade-cni/palisade/tests/privileged"
+)
+
+const (
+	tcActOK   = 0
+	tcActShot = 2
+)
+
+var (
+	subjectIP = netip.MustParseAddr("10.244.1.10")
+	peerIP    = netip.MustParseAddr("10.244.1.20")
+	otherIP   = netip.MustParseAddr("10.244.1.30")
+	nodeIP    = netip.MustParseAddr("10.244.1.1")
+	worldIP   = netip.MustParseAddr("192.0.2.9")
+)
+
+const (
+	peerID  uint32 = 300
+	otherID uint32 = 301
+)
+
+// fixture is a loaded datapath in a network namespace of its own, with one
+// veth standing in for the subject pod's host-side veth.
+type fixture struct {
+	objs    *Objects
+	netns   ns.NetNS
+	ifindex int
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	privileged.Require(t)
+	netns, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() {
+		netns.Close()
+		_ = testutils.UnmountNS(netns)
+	})
+	f := &fixture{netns: netns}
+	err = netns.Do(func(ns.NetNS) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pal-subject"}, PeerName: "pal-peer"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("pal-subject")
+		if err != nil {
+			return err
+		}
+		f.ifindex = l.Attrs().Index
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("create veth: %v", err)
+	}
+	root := fmt.Sprintf("/sys/fs/bpf/palisade-test-%08x", rand.Uint32())
+	objs, err := Load(LoadOptions{Root: root, Rejudge: true})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() {
+		objs.Close()
+		if err := Unpin(root); err != nil {
+			t.Error(err)
+		}
+	})
+	f.objs = objs
+	for p, id := range map[netip.Addr]uint32{peerIP: peerID, otherIP: otherID, nodeIP: IdentityHost, subjectIP: 299} {
+		if err := objs.UpsertIPCache(netip.PrefixFrom(p, 32), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// isolate writes the subject's endpoint entry and rules.
+func (f *fixture) isolate(t *testing.T, flags uint32, revision uint64, ingress, egress []PolicyEntry) {
+	t.Helper()
+	if err := f.objs.SwapPolicy(f.ifindex, ToPod, ingress); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.objs.SwapPolicy(f.ifindex, FromPod, egress); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.objs.SetEndpoint(f.ifindex, EndpointInfo{Revision: revision, Identity: 299, Flags: flags}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func allow(t *testing.T, peer uint32, proto uint8, r PortRange) []PolicyEntry {
+	t.Helper()
+	keys, err := PolicyKeys(peer, proto, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []PolicyEntry
+	for _, k := range keys {
+		out = append(out, PolicyEntry{Key: k, Value: PolicyValue{Rule: 7}})
+	}
+	return out
+}
+
+// skbContext is the head of struct __sk_buff up to ifindex, which
+// BPF_PROG_TEST_RUN accepts as the context.
+type skbContext struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto, Priority, IngressIfindex, Ifindex uint32
+}
+
+// run runs the program for d on pkt as if it crossed the subject's interface.
+func (f *fixture) run(t *testing.T, d Direction, pkt []byte) uint32 {
+	t.Helper()
+	var ret uint32
+	err := f.netns.Do(func(ns.NetNS) error {
+		var err error
+		ret, err = f.objs.Program(d).Run(&ebpf.RunOptions{
+			Data:    pkt,
+			Context: skbContext{Ifindex: uint32(f.ifindex)},
+		})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("run %s: %v", d, err)
+	}
+	return ret
+}
+
+type pkt struct {
+	src, dst   netip.Addr
+	proto      uint8
+	sport, dpt uint16
+	tcpFlags   uint8
+	icmpType   uint8
+	payload    []byte // for ICMP errors: the quoted IP packet
+}
+
+const (
+	tcp  = 6
+	udp  = 17
+	icmp = 1
+	syn  = 0x02
+	ack  = 0x10
+)
+
+func (p pkt) bytes() []byte {
+	eth := make([]byte, 14)
+	binary.BigEndian.PutUint16(eth[12:], 0x0800)
+	return append(eth, p.ip()...)
+}
+
+func (p pkt) ip() []byte {
+	var l4 []byte
+	switch p.proto {
+	case tcp:
+		l4 = make([]byte, 20)
+		binary.BigEndian.PutUint16(l4[0:], p.sport)
+		binary.BigEndian.PutUint16(l4[2:], p.dpt)
+		l4[12] = 5 << 4
+		l4[13] = p.tcpFlags
+	case udp:
+		l4 = make([]byte, 8)
+		binary.BigEndian.PutUint16(l4[0:], p.sport)
+		binary.BigEndian.PutUint16(l4[2:], p.dpt)
+		binary.BigEndian.PutUint16(l4[4:], 8)
+	case icmp:
+		l4 = make([]byte, 8)
+		l4[0] = p.icmpType
+		binary.BigEndian.PutUint16(l4[4:], p.sport) // echo identifier
+		l4 = append(l4, p.payload...)
+	}
+	ip := make([]byte, 20)
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+	ip[8] = 64
+	ip[9] = p.proto
+	s, d := p.src.As4(), p.dst.As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	return append(ip, l4...)
+}
+
+func TestPrivilegedVerdicts(t *testing.T) {
+	const isolatedIn = FlagIngressIsolated
+	type step struct {
+		dir  Direction
+		pkt  pkt
+		want uint32
+	}
+	tests := []struct {
+		name    string
+		flags   uint32
+		ingress []PolicyEntry
+		egress  []PolicyEntry
+		steps   []step
+	}{{
+		name:  "a pod no policy isolates receives everything",
+		flags: 0,
+		steps: []step{
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 80, tcpFlags: syn}, tcActOK},
+			{ToPod, pkt{src: worldIP, dst: subjectIP, proto: udp, sport: 40000, dpt: 53}, tcActOK},
+		},
+	}, {
+		name:  "default deny drops new TCP, UDP and ICMP to the pod",
+		flags: isolatedIn,
+		steps: []step{
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 80, tcpFlags: syn}, tcActShot},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: udp, sport: 40000, dpt: 80}, tcActShot},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: icmp, icmpType: 8, sport: 1}, tcActShot},
+		},
+	}, {
+		name:  "default deny for ingress leaves egress open",
+		flags: isolatedIn,
+		steps: []step{
+			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: tcp, sport: 40000, dpt: 80, tcpFlags: syn}, tcActOK},
+		},
+	}, {
+		name:    "the reply of an allowed outbound flow reaches an ingress-isolated pod",
+		flags:   isolatedIn,
+		ingress: nil,
+		steps: []step{
+			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: tcp, sport: 40001, dpt: 80, tcpFlags: syn}, tcActOK},
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 80, dpt: 40001, tcpFlags: syn | ack}, tcActOK},
+			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 40002, dpt: 53}, tcActOK},
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: udp, sport: 53, dpt: 40002}, tcActOK},
+			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: icmp, icmpType: 8, sport: 77}, tcActOK},
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: icmp, icmpType: 0, sport: 77}, tcActOK},
+		},
+	}, {
+		name:  "a packet that only looks like a reply is judged as new",
+		flags: isolatedIn,
+		steps: []step{
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 80, dpt: 40003, tcpFlags: syn | ack}, tcActShot},
+		},
+	}, {
+		name:    "a rule admits only its peer, protocol and port",
+		flags:   isolatedIn,
+		ingress: allow(t, peerID, tcp, PortRange{6379, 6379}),
+		steps: []step{
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 6379, tcpFlags: syn}, tcActOK},
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 6379, tcpFlags: syn}, tcActShot},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 6380, tcpFlags: syn}, tcActShot},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: udp, sport: 40000, dpt: 6379}, tcActShot},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: icmp, icmpType: 8, sport: 2}, tcActShot},
+		},
+	}, {
+		name:    "a rule without ports admits every protocol of its peer",
+		flags:   isolatedIn,
+		ingress: allow(t, peerID, 0, PortRange{}),
+		steps: []step{
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: icmp, icmpType: 8, sport: 3}, tcActOK},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: udp, sport: 1, dpt: 9}, tcActOK},
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: udp, sport: 1, dpt: 9}, tcActShot},
+		},
+	}, {
+		name:    "a wildcard peer admits addresses the ipcache does not know",
+		flags:   isolatedIn,
+		ingress: allow(t, IdentityAny, tcp, PortRange{80, 80}),
+		steps: []step{
+			{ToPod, pkt{src: worldIP, dst: subjectIP, proto: tcp, sport: 1000, dpt: 80, tcpFlags: syn}, tcActOK},
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 1000, dpt: 80, tcpFlags: syn}, tcActOK},
+			{ToPod, pkt{src: worldIP, dst: subjectIP, proto: tcp, sport: 1000, dpt: 81, tcpFlags: syn}, tcActShot},
+		},
+	}, {
+		name:    "a port range admits exactly its ends and what lies between",
+		flags:   isolatedIn,
+		ingress: allow(t, peerID, tcp, PortRange{5000, 5002}),
+		steps: []step{
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 4999, tcpFlags: syn}, tcActShot},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 5000, tcpFlags: syn}, tcActOK},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 5001, tcpFlags: syn}, tcActOK},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 5002, tcpFlags: syn}, tcActOK},
+			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 5003, tcpFlags: syn}, tcActShot},
+		},
+	}, {
+		name:  "traffic with the pod's own node is always allowed",
+		flags: FlagIngressIsolated | FlagEgressIsolated,
+		steps: []step{
+			{ToPod, pkt{src: nodeIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 8080, tcpFlags: syn}, tcActOK},
+			{FromPod, pkt{src: subjectIP, dst: nodeIP, proto: udp, sport: 1, dpt: 53}, tcActOK},
+		},
+	}, {
+		name:   "egress isolation drops what the pod sends",
+		flags:  FlagEgressIsolated,
+		egress: allow(t, peerID, udp, PortRange{53, 53}),
+		steps: []step{
+			{FromPod, pkt{src: subjectIP, dst: peerIP, proto: udp, sport: 1, dpt: 53}, tcActOK},
+			{FromPod, pkt{src: subjectIP, dst: peerIP, proto: tcp, sport: 1, dpt: 53, tcpFlags: syn}, tcActShot},
+			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 1, dpt: 53}, tcActShot},
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: udp, sport: 1, dpt: 53}, tcActOK},
+		},
+	}, {
+		name:  "an ICMP error passes only when it quotes a known flow",
+		flags: isolatedIn,
+		steps: []step{
+			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 41000, dpt: 9999}, tcActOK},
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: icmp, icmpType: 3,
+				payload: pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 41000, dpt: 9999}.ip()[:28]}, tcActOK},
+			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: icmp, icmpType: 3,
+				payload: pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 41001, dpt: 9999}.ip()[:28]}, tcActShot},
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.isolate(t, tt.flags, 1, tt.ingress, tt.egress)
+			for i, s := range tt.steps {
+				if got := f.run(t, s.dir, s.pkt.bytes()); got != s.want {
+					t.Errorf("step %d (%s %+v): verdict %d, want %d", i, s.dir, s.pkt, got, s.want)
+				}
+			}
+		})
+	}
+}
+
+func TestPrivilegedUnknownEndpointIsDropped(t *testing.T) {
+	f := newFixture(t)
+	p := pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 80, tcpFlags: syn}
+	if got := f.run(t, ToPod, p.bytes()); got != tcActShot {
+		t.Errorf("verdict %d for an interface without endpoint, want drop", got)
+	}
+	drops, err := f.objs.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if drops[ReasonUnknownEndpoint] != 1 {
+		t.Errorf("unknown-endpoint drops = %d, want 1", drops[ReasonUnknownEndpoint])
+	}
+}
+
+func TestPrivilegedNonIPPasses(t *testing.T) {
+	f := newFixture(t)
+	arp := make([]byte, 42)
+	binary.BigEndian.PutUint16(arp[12:], 0x0806)
+	if got := f.run(t, ToPod, arp); got != tcActOK {
+		t.Errorf("ARP verdict %d, want pass", got)
+	}
+}
+
+func TestPrivilegedPolicyChangeRejudgesEstablishedFlow(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		newRevision uint64
+		want        uint32
+	}{
+		{"a new revision without the rule cuts the flow", 2, tcActShot},
+		{"the same revision keeps the flow", 1, tcActOK},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.isolate(t, FlagIngressIsolated, 1, allow(t, peerID, tcp, PortRange{80, 80}), nil)
+			open := pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 42000, dpt: 80, tcpFlags: syn}
+			if got := f.run(t, ToPod, open.bytes()); got != tcActOK {
+				t.Fatalf("opening packet verdict %d, want pass", got)
+			}
+			f.isolate(t, FlagIngressIsolated, tt.newRevision, nil, nil)
+			data := open
+			data.tcpFlags = ack
+			if got := f.run(t, ToPod, data.bytes()); got != tt.want {
+				t.Errorf("packet after the policy change: verdict %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPrivilegedSwapPolicyReplacesWholeMap(t *testing.T) {
+	f := newFixture(t)
+	f.isolate(t, FlagIngressIsolated, 1, allow(t, peerID, tcp, PortRange{80, 80}), nil)
+	if err := f.objs.SwapPolicy(f.ifindex, ToPod, allow(t, otherID, udp, PortRange{53, 53})); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.objs.Policy(f.ifindex, ToPod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Key.Identity != otherID || got[0].Key.Proto != udp {
+		t.Errorf("after swap the policy is %+v, want only the UDP 53 rule for %d", got, otherID)
+	}
+	if err := f.objs.DeleteEndpoint(f.ifindex); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.objs.Policy(f.ifindex, ToPod); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("policy after DeleteEndpoint: %v, want ErrKeyNotExist", err)
+	}
+}

@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Palisade's maps. Every map is pinned by name under <bpf-root>/maps by the
+ * agent, which is their only writer except pal_ct (written by the programs).
+ * Addresses are 16 bytes everywhere; IPv4 is stored IPv4-mapped
+ * (::ffff:a.b.c.d), so one set of maps serves both families. */
+#pragma once
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+#define MAX_ENDPOINTS 4096
+#define MAX_POLICY_ENTRIES 65536
+#define MAX_IPCACHE 524288
+/* Cilium's defaults: 512k TCP + 256k other entries. One LRU holds both. */
+#define MAX_CT 786432
+
+/* Reserved identities. Identities of pods, namespaces and ipBlock prefixes
+ * are allocated by the agent from ID_FIRST_DYNAMIC on. */
+#define ID_ANY 0         /* wildcard peer in a policy key: from: [] or no from */
+#define ID_HOST 1        /* the pod's own node: always allowed */
+#define ID_WORLD 2       /* an address the ipcache does not know */
+#define ID_REMOTE_NODE 3 /* another node of the cluster */
+
+/* Directions from the pod's point of view. */
+#define DIR_EGRESS 0  /* pal_from_pod: what the pod sends */
+#define DIR_INGRESS 1 /* pal_to_pod: what the pod receives */
+
+/* pal_endpoints: host-side ifindex -> endpoint.
+ * Written by the agent after the endpoint's policy maps; read by both
+ * programs for every packet. A packet on an interface with no entry is
+ * dropped: an endpoint is never unprotected while it is being set up. */
+#define EP_F_INGRESS_ISOLATED (1 << 0)
+#define EP_F_EGRESS_ISOLATED (1 << 1)
+
+struct endpoint_info {
+	__u64 revision; /* agent revision of the policy in the maps */
+	__u32 identity;
+	__u32 flags; /* EP_F_* */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_endpoints SEC(".maps");
+
+/* pal_ipcache: address prefix -> identity.
+ * Written by the agent (pod IPs, node IPs, ipBlock prefixes); read by both
+ * programs for the first packet of a flow. A miss means ID_WORLD. */
+struct ipcache_key {
+	__u32 prefixlen; /* bits of addr that count; IPv4 is 96 + len */
+	__u8 addr[16];
+};
+
+struct ipcache_value {
+	__u32 identity;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_IPCACHE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_ipcache SEC(".maps");
+
+/* pal_policy: (ifindex, direction) -> the endpoint's allow rules for that
+ * direction, an LPM trie keyed by (peer identity, protocol, port prefix).
+ * The agent builds a complete new inner map and then swaps it in, so a
+ * packet sees either the old policy or the new one, never half of one.
+ *   prefixlen 32: the peer, any protocol, any port
+ *   prefixlen 40: the peer, one protocol, any port
+ *   prefixlen 48+n: the peer, one protocol, ports sharing the first n bits
+ * Read by both programs for the first packet of a flow. */
+struct policy_slot {
+	__u32 ifindex;
+	__u32 dir; /* DIR_* */
+};
+
+struct policy_key {
+	__u32 prefixlen;
+	__u32 identity; /* host byte order: only ever matched whole */
+	__u8 proto;
+	__u8 pad;
+	__be16 port_net; /* destination port, network byte order */
+};
+
+struct policy_value {
+	__u32 rule; /* agent's rule reference, reported in events */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 2 * MAX_ENDPOINTS);
+	__type(key, struct policy_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+		__uint(max_entries, MAX_POLICY_ENTRIES);
+		/* Sizes, not types: clang describes a type reached only
+		 * through the outer map as a forward declaration. */
+		__uint(key_size, sizeof(struct policy_key));
+		__uint(value_size, sizeof(struct policy_value));
+		__uint(map_flags, BPF_F_NO_PREALLOC);
+	});
+} pal_policy SEC(".maps");
+
+/* pal_ct: flows seen by an endpoint, keyed by the 5-tuple of the flow's
+ * first packet and the direction of the hook that admitted it. Written and
+ * read by both programs; the agent only reads it. Keying by direction keeps
+ * the two endpoints of a node-local flow apart: each judges its own side. */
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+};
+
+struct ct_entry {
+	__u64 expires;  /* bpf_ktime_get_ns() deadline */
+	__u64 revision; /* endpoint revision that admitted the flow */
+	__u32 ifindex;  /* endpoint that admitted the flow */
+	__u32 rule;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CT);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_ct SEC(".maps");
+
+/* Drop reasons, counted in pal_drops and carried in events. */
+#define REASON_ALLOWED 0
+#define REASON_UNKNOWN_ENDPOINT 1 /* interface has no endpoint entry */
+#define REASON_POLICY 2           /* no policy allows the flow */
+#define REASON_REJUDGED 3         /* policy changed; flow no longer allowed */
+#define REASON_MALFORMED 4        /* truncated header */
+#define REASON_MAX 8
+
+/* pal_drops: per-CPU packet counters by reason; read by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_drops SEC(".maps");
+
+/* pal_events: verdict events for the agent (drops). When the agent lags and
+ * the buffer is full, the event is lost and counted, never the packet. */
+struct verdict_event {
+	__u64 timestamp;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u8 reason;
+	__u8 pad;
+	__u32 ifindex;
+	__u32 peer_identity;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_events SEC(".maps");

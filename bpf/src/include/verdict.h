@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Conntrack and policy lookups: how one packet is judged. */
+#pragma once
+
+#include "maps.h"
+#include "parse.h"
+
+/* Set by the agent before load (spec.Variables). */
+volatile const __u8 rejudge = 1; /* re-judge flows when the policy revision changes */
+
+#define NSEC 1000000000ULL
+#define CT_TCP_SYN (60 * NSEC)
+#define CT_TCP_FIN (10 * NSEC)
+#define CT_TCP_ESTABLISHED (6 * 3600 * NSEC)
+#define CT_OTHER (60 * NSEC)
+
+static __always_inline __u64 ct_lifetime(const struct flow *f)
+{
+	if (f->proto != IPPROTO_TCP)
+		return CT_OTHER;
+	if (f->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		return CT_TCP_FIN;
+	if ((f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return CT_TCP_SYN;
+	return CT_TCP_ESTABLISHED;
+}
+
+static __always_inline void ct_key_forward(struct ct_key *k, const struct flow *f, __u8 dir)
+{
+	__builtin_memcpy(k->saddr, f->saddr, 16);
+	__builtin_memcpy(k->daddr, f->daddr, 16);
+	k->sport = f->sport;
+	k->dport = f->dport;
+	k->proto = f->proto;
+	k->dir = dir;
+	k->pad = 0;
+}
+
+/* ct_key_reply is the key of the flow f replies to: the reverse tuple,
+ * admitted by the same endpoint in the other direction. */
+static __always_inline void ct_key_reply(struct ct_key *k, const struct flow *f, __u8 dir)
+{
+	__builtin_memcpy(k->saddr, f->daddr, 16);
+	__builtin_memcpy(k->daddr, f->saddr, 16);
+	k->sport = f->dport;
+	k->dport = f->sport;
+	k->proto = f->proto;
+	k->dir = dir ^ 1;
+	k->pad = 0;
+}
+
+/* ct_find returns the live entry of the flow packet p belongs to when it
+ * crosses endpoint ifindex in direction dir: either p's own tuple admitted in
+ * dir (p goes the way the flow started), or p's reverse admitted in the other
+ * direction (p is a reply). key is left holding the key found. */
+static __always_inline struct ct_entry *ct_find(const struct flow *p, __u8 dir, __u32 ifindex,
+						__u64 now, struct ct_key *key)
+{
+	struct ct_entry *ct;
+
+	ct_key_forward(key, p, dir);
+	ct = bpf_map_lookup_elem(&pal_ct, key);
+	if (ct && ct->ifindex == ifindex && ct->expires > now)
+		return ct;
+	ct_key_reply(key, p, dir);
+	ct = bpf_map_lookup_elem(&pal_ct, key);
+	if (ct && ct->ifindex == ifindex && ct->expires > now)
+		return ct;
+	return 0;
+}
+
+static __always_inline __u32 ipcache_identity(const __u8 *addr)
+{
+	struct ipcache_key k = {.prefixlen = 128};
+	struct ipcache_value *v;
+
+	__builtin_memcpy(k.addr, addr, 16);
+	v = bpf_map_lookup_elem(&pal_ipcache, &k);
+	return v ? v->identity : ID_WORLD;
+}
+
+/* policy_allows judges the first packet of a flow of an endpoint, in dir,
+ * with a peer of identity peer. It returns 1 and the matching rule when some
+ * policy allows it. The precedence, from the API's definition:
+ *   1. A direction no policy isolates allows everything.
+ *   2. Traffic with the pod's own node is always allowed.
+ *   3. A rule naming the peer's identity (with the port, the protocol, or
+ *      all ports) allows it.
+ *   4. A rule with a wildcard peer (from: [], to: [], or none) allows it.
+ *   5. Anything else is dropped. */
+static __always_inline int policy_allows(__u32 ifindex, const struct endpoint_info *ep, __u8 dir,
+					 __u32 peer, const struct flow *f, __u32 *rule)
+{
+	__u32 isolated = dir == DIR_INGRESS ? EP_F_INGRESS_ISOLATED : EP_F_EGRESS_ISOLATED;
+	struct policy_slot slot = {.ifindex = ifindex, .dir = dir};
+	struct policy_key k = {
+		.prefixlen = 64,
+		.identity = peer,
+		.proto = f->proto,
+		.port_net = f->dport,
+	};
+	struct policy_value *v;
+	void *inner;
+
+	*rule = 0;
+	if (!(ep->flags & isolated))
+		return 1;
+	if (peer == ID_HOST)
+		return 1;
+	inner = bpf_map_lookup_elem(&pal_policy, &slot);
+	if (!inner)
+		return 0;
+	v = bpf_map_lookup_elem(inner, &k);
+	if (!v) {
+		k.identity = ID_ANY;
+		v = bpf_map_lookup_elem(inner, &k);
+	}
+	if (!v)
+		return 0;
+	*rule = v->rule;
+	return 1;
+}

@@ -1,0 +1,126 @@
+//go:build ignore
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Palisade's datapath: two tc programs on the host-side veth of every pod.
+ * pal_from_pod runs on tc ingress (the pod's egress), pal_to_pod on tc
+ * egress (the pod's ingress). */
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#include "maps.h"
+#include "parse.h"
+#include "verdict.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* Emit into BTF, for bpf2go, the types no map definition names: the inner
+ * policy map's key and value and the ring buffer's event. */
+const struct policy_key *unused_policy_key __attribute__((unused));
+const struct policy_value *unused_policy_value __attribute__((unused));
+const struct verdict_event *unused_verdict_event __attribute__((unused));
+
+static __always_inline void count(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&pal_drops, &reason);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u8 dir, __u8 reason,
+				__u32 peer)
+{
+	struct verdict_event *ev;
+
+	count(reason);
+	ev = bpf_ringbuf_reserve(&pal_events, sizeof(*ev), 0);
+	if (ev) {
+		ev->timestamp = bpf_ktime_get_ns();
+		__builtin_memcpy(ev->saddr, f->saddr, 16);
+		__builtin_memcpy(ev->daddr, f->daddr, 16);
+		ev->sport = f->sport;
+		ev->dport = f->dport;
+		ev->proto = f->proto;
+		ev->dir = dir;
+		ev->reason = reason;
+		ev->pad = 0;
+		ev->ifindex = skb->ifindex;
+		ev->peer_identity = peer;
+		bpf_ringbuf_submit(ev, 0);
+	}
+	return TC_ACT_SHOT;
+}
+
+/* handle judges one packet seen by the endpoint on skb->ifindex.
+ * A packet of a known flow costs one conntrack lookup (two for a reply);
+ * policy is consulted only for a flow's first packet, or when the policy
+ * revision that admitted the flow is stale. */
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct flow f = {}, inner = {};
+	struct endpoint_info *ep;
+	struct ct_entry *ct, entry = {};
+	struct ct_key key;
+	__u32 ifindex = skb->ifindex, peer, rule;
+	__u64 now;
+	int ret;
+
+	ret = parse_packet(skb, &f, &inner);
+	if (ret == PARSE_NOT_IP)
+		return TC_ACT_OK;
+	ep = bpf_map_lookup_elem(&pal_endpoints, &ifindex);
+	if (!ep)
+		return drop(skb, &f, dir, REASON_UNKNOWN_ENDPOINT, 0);
+	if (ret == PARSE_MALFORMED)
+		return drop(skb, &f, dir, REASON_MALFORMED, 0);
+	/* Neighbour discovery is the IPv6 equivalent of ARP. */
+	if (f.nd)
+		return TC_ACT_OK;
+
+	now = bpf_ktime_get_ns();
+	/* An ICMP error belongs to the flow of the packet it quotes, which
+	 * crossed this endpoint in the other direction. */
+	if (f.icmp_error && ct_find(&inner, dir ^ 1, ifindex, now, &key))
+		return TC_ACT_OK;
+
+	ct = ct_find(&f, dir, ifindex, now, &key);
+	if (ct && key.dir == dir && rejudge && ct->revision != ep->revision) {
+		/* The policy changed since this flow was admitted here. */
+		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
+		if (!policy_allows(ifindex, ep, dir, peer, &f, &rule)) {
+			bpf_map_delete_elem(&pal_ct, &key);
+			return drop(skb, &f, dir, REASON_REJUDGED, peer);
+		}
+		ct->revision = ep->revision;
+		ct->rule = rule;
+	}
+	if (ct) {
+		ct->expires = now + ct_lifetime(&f);
+		return TC_ACT_OK;
+	}
+
+	peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
+	if (!policy_allows(ifindex, ep, dir, peer, &f, &rule))
+		return drop(skb, &f, dir, REASON_POLICY, peer);
+
+	ct_key_forward(&key, &f, dir);
+	entry.expires = now + ct_lifetime(&f);
+	entry.revision = ep->revision;
+	entry.ifindex = ifindex;
+	entry.rule = rule;
+	bpf_map_update_elem(&pal_ct, &key, &entry, BPF_ANY);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int pal_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+SEC("tc")
+int pal_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}
