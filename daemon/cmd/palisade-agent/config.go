@@ -1,0 +1,81 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/palisade-cni/palisade/bpf"
+	"github.com/palisade-cni/palisade/daemon/agentapi"
+)
+
+// Config is the agent's configuration, from flags only.
+type Config struct {
+	Kubeconfig string
+	NodeName   string
+	Socket     string
+	StateDir   string
+	BPFRoot    string
+	AttachMode bpf.AttachMode
+	HealthAddr string
+	Rejudge    bool
+	LogLevel   slog.Level
+	LogJSON    bool
+}
+
+func parseFlags(args []string) (Config, error) {
+	var cfg Config
+	fs := flag.NewFlagSet("palisade-agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster service account")
+	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node's Node object (default $NODE_NAME)")
+	fs.StringVar(&cfg.Socket, "socket", agentapi.DefaultSocket, "unix socket the CNI plugin talks to")
+	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/palisade", "directory for the endpoint registry and identities")
+	fs.StringVar(&cfg.BPFRoot, "bpf-root", agentapi.DefaultBPFRoot, "bpffs directory for pinned maps, programs and links")
+	mode := fs.String("attach-mode", string(bpf.AttachAuto), "program hook: auto (tcx, else tc), tcx or tc")
+	fs.StringVar(&cfg.HealthAddr, "health-addr", "127.0.0.1:9879", "address of /healthz and /readyz")
+	fs.BoolVar(&cfg.Rejudge, "rejudge", true, "re-judge established flows when the policy that admitted them changes")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	format := fs.String("log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return cfg, fmt.Errorf("%w\nflags:\n%s", err, usage(fs))
+	}
+	var errs []error
+	var err error
+	if cfg.AttachMode, err = bpf.ParseAttachMode(*mode); err != nil {
+		errs = append(errs, err)
+	}
+	if err := cfg.LogLevel.UnmarshalText([]byte(*level)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level %q: use debug, info, warn or error", *level))
+	}
+	switch *format {
+	case "text":
+	case "json":
+		cfg.LogJSON = true
+	default:
+		errs = append(errs, fmt.Errorf("--log-format %q: use text or json", *format))
+	}
+	if cfg.NodeName == "" {
+		errs = append(errs, errors.New("--node-name (or $NODE_NAME) is required: the agent must know which pods are local"))
+	}
+	return cfg, errors.Join(errs...)
+}
+
+func usage(fs *flag.FlagSet) string {
+	var b strings.Builder
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	return b.String()
+}
+
+func newLogger(cfg Config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogJSON {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

@@ -1,0 +1,209 @@
+// Command palisade-agent is Palisade's node agent: it loads and pins the
+// eBPF datapath, watches Pods, Namespaces, Nodes and NetworkPolicies, and
+// keeps every local pod's maps equal to the policies that select it. The
+// palisade CNI plugin registers pods with it over a unix socket.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/palisade-cni/palisade/bpf"
+	"github.com/palisade-cni/palisade/daemon/controller"
+	"github.com/palisade-cni/palisade/daemon/datapath"
+	"github.com/palisade-cni/palisade/daemon/endpoint"
+	"github.com/palisade-cni/palisade/daemon/identity"
+	"github.com/palisade-cni/palisade/daemon/k8s"
+	"github.com/palisade-cni/palisade/daemon/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "palisade-agent: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg)
+	klog.SetSlogLogger(log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := agent(ctx, cfg, log); err != nil {
+		log.Error("Agent stopped", "error", err)
+		return 1
+	}
+	log.Info("Agent stopped; the datapath keeps enforcing the last policy")
+	return 0
+}
+
+func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
+	objs, err := bpf.Load(bpf.LoadOptions{Root: cfg.BPFRoot, Rejudge: cfg.Rejudge})
+	if err != nil {
+		return err
+	}
+	defer objs.Close()
+	writer, err := datapath.New(objs)
+	if err != nil {
+		return err
+	}
+	registry, err := endpoint.Open(filepath.Join(cfg.StateDir, "endpoints.json"))
+	if err != nil {
+		return err
+	}
+	idPath := filepath.Join(cfg.StateDir, "identities.json")
+	alloc, err := identity.Load(idPath)
+	if err != nil {
+		return err
+	}
+	client, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+
+	var ctrl *controller.Controller
+	cluster, err := k8s.New(client, func() { ctrl.Trigger() })
+	if err != nil {
+		return err
+	}
+	ctrl = controller.New(controller.Config{
+		Log: log, NodeName: cfg.NodeName, Cluster: cluster, Registry: registry, Datapath: writer,
+		Alloc: alloc, NodeIPs: localAddrs, Persist: func(a *identity.Allocator) error { return a.Save(idPath) },
+	})
+	restore(log, cfg, registry)
+
+	synced := make(chan struct{})
+	ready := func() (bool, string) {
+		select {
+		case <-synced:
+		default:
+			return false, "waiting for the Kubernetes caches to sync"
+		}
+		if !ctrl.Synced() {
+			return false, "waiting for the first policy sync"
+		}
+		return true, ""
+	}
+	srv := &server.Server{
+		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
+		Registry: registry, Controller: ctrl, Ready: ready,
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
+	go func() { errc <- serveHealth(ctx, cfg.HealthAddr, ready) }()
+
+	cluster.Start(ctx)
+	defer cluster.Shutdown()
+	if !cluster.WaitForSync(ctx) {
+		return ctx.Err()
+	}
+	close(synced)
+	go ctrl.Run(ctx)
+	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
+
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// restore re-attaches the current programs to every endpoint that survived
+// an agent restart (this is also how an upgrade replaces the programs) and
+// forgets endpoints whose interface is gone.
+func restore(log *slog.Logger, cfg Config, registry *endpoint.Registry) {
+	for _, ep := range registry.List() {
+		l, err := netlink.LinkByIndex(ep.HostIfIndex)
+		if err != nil || l.Attrs().Name != ep.HostIfName {
+			log.Info("Endpoint interface gone; forgetting it", "endpoint", ep.ID, "ifname", ep.HostIfName)
+			if _, _, err := registry.Delete(ep.ID); err != nil {
+				log.Warn("Endpoint not forgotten", "endpoint", ep.ID, "error", err)
+			}
+			_ = bpf.Detach(cfg.BPFRoot, 0, ep.ID)
+			continue
+		}
+		if _, err := bpf.Attach(cfg.BPFRoot, ep.HostIfIndex, ep.ID, cfg.AttachMode); err != nil {
+			log.Error("Programs not re-attached; the old ones keep enforcing", "endpoint", ep.ID, "error", err)
+		}
+	}
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig == "" {
+		rc, err = rest.InClusterConfig()
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load Kubernetes client config (set --kubeconfig outside a cluster): %w", err)
+	}
+	rc.UserAgent = "palisade-agent/" + version
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("create Kubernetes client: %w", err)
+	}
+	return client, nil
+}
+
+// localAddrs lists the addresses of the agent's own network namespace: the
+// node's. Traffic between a pod and them is always allowed.
+func localAddrs() ([]netip.Addr, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.IsLoopback() {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out, nil
+}
+
+func serveHealth(ctx context.Context, addr string, ready func() (bool, string)) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ok, reason := ready(); !ok {
+			http.Error(w, reason, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for health checks on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve health checks: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,293 @@
+// Package controller joins the cluster view, the endpoint registry, the
+// policy compiler and the datapath writer: one level-triggered, coalescing
+// sync loop that recomputes the desired state and writes what changed.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/palisade-cni/palisade/daemon/agentapi"
+	"github.com/palisade-cni/palisade/daemon/endpoint"
+	"github.com/palisade-cni/palisade/daemon/identity"
+	"github.com/palisade-cni/palisade/daemon/k8s"
+	"github.com/palisade-cni/palisade/daemon/policy"
+)
+
+// resyncInterval bounds how long a missed signal can leave the maps stale.
+const resyncInterval = time.Minute
+
+// retryInterval is how soon a failed sync is tried again.
+const retryInterval = time.Second
+
+// Datapath is what the controller writes to.
+type Datapath interface {
+	Apply(res *policy.Result, revision uint64) error
+	Remove(ifindex int) error
+	Prune(keep map[int]bool) error
+}
+
+// Controller keeps the datapath equal to what the cluster asks for.
+type Controller struct {
+	log      *slog.Logger
+	node     string
+	cluster  *k8s.Cluster
+	registry *endpoint.Registry
+	dp       Datapath
+	alloc    *identity.Allocator
+	// nodeIPs lists this node's own addresses.
+	nodeIPs func() ([]netip.Addr, error)
+	// persist saves the identity table after a sync.
+	persist func(*identity.Allocator) error
+
+	trigger chan struct{}
+
+	mu         sync.Mutex
+	wanted     uint64 // generation last asked for
+	synced     uint64 // generation last programmed
+	revision   uint64 // datapath revision, bumped when the maps change
+	programmed map[string]uint64
+	last       *policy.Result
+	changed    chan struct{} // closed and replaced after every sync
+}
+
+// Config wires a Controller.
+type Config struct {
+	Log      *slog.Logger
+	NodeName string
+	Cluster  *k8s.Cluster
+	Registry *endpoint.Registry
+	Datapath Datapath
+	Alloc    *identity.Allocator
+	NodeIPs  func() ([]netip.Addr, error)
+	Persist  func(*identity.Allocator) error
+}
+
+// New returns a controller; call Run to start it.
+func New(cfg Config) *Controller {
+	return &Controller{
+		log: cfg.Log, node: cfg.NodeName, cluster: cfg.Cluster, registry: cfg.Registry,
+		dp: cfg.Datapath, alloc: cfg.Alloc, nodeIPs: cfg.NodeIPs, persist: cfg.Persist,
+		trigger:    make(chan struct{}, 1),
+		programmed: map[string]uint64{},
+		changed:    make(chan struct{}),
+	}
+}
+
+// Trigger asks for a sync and returns the generation that will include
+// everything known now.
+func (c *Controller) Trigger() uint64 {
+	c.mu.Lock()
+	c.wanted++
+	g := c.wanted
+	c.mu.Unlock()
+	select {
+	case c.trigger <- struct{}{}:
+	default:
+	}
+	return g
+}
+
+// Run syncs on every trigger, after failures and every resyncInterval,
+// until ctx ends.
+func (c *Controller) Run(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.trigger:
+		case <-timer.C:
+		}
+		next := resyncInterval
+		if err := c.sync(); err != nil {
+			c.log.Warn("Sync failed; retrying", "error", err)
+			next = retryInterval
+		}
+		timer.Reset(next)
+	}
+}
+
+// Synced reports whether a first sync has completed.
+func (c *Controller) Synced() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last != nil
+}
+
+// Revision is the datapath revision in the maps.
+func (c *Controller) Revision() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.revision
+}
+
+func (c *Controller) sync() error {
+	start := time.Now()
+	c.mu.Lock()
+	gen := c.wanted
+	c.mu.Unlock()
+
+	state, err := c.state()
+	if err != nil {
+		return err
+	}
+	res := policy.Compile(state, c.alloc)
+	for _, p := range res.Problems {
+		c.log.Error("Policy part matches nothing", "error", p)
+	}
+
+	c.mu.Lock()
+	changed := c.last == nil || !reflect.DeepEqual(c.last.IPCache, res.IPCache) || !reflect.DeepEqual(c.last.Endpoints, res.Endpoints)
+	rev := c.revision
+	if changed {
+		rev++
+	}
+	c.mu.Unlock()
+
+	if changed {
+		if err := c.dp.Apply(&res, rev); err != nil {
+			return fmt.Errorf("write datapath revision %d: %w", rev, err)
+		}
+		keep := map[int]bool{}
+		for _, ep := range res.Endpoints {
+			keep[ep.Ifindex] = true
+		}
+		if err := c.dp.Prune(keep); err != nil {
+			return fmt.Errorf("prune endpoints: %w", err)
+		}
+		if err := c.persist(c.alloc); err != nil {
+			return err
+		}
+		c.log.Info("Policy revision programmed", "revision", rev, "endpoints", len(res.Endpoints),
+			"unknownPods", len(res.Unknown), "duration", time.Since(start))
+	}
+
+	c.mu.Lock()
+	c.revision = rev
+	c.last = &res
+	if gen > c.synced {
+		c.synced = gen
+	}
+	for id := range res.Endpoints {
+		c.programmed[id] = rev
+	}
+	for id := range c.programmed {
+		if _, ok := res.Endpoints[id]; !ok {
+			delete(c.programmed, id)
+		}
+	}
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	return nil
+}
+
+// state gathers the compiler's input from the caches and the registry.
+func (c *Controller) state() (policy.State, error) {
+	var s policy.State
+	var err error
+	if s.Pods, err = c.cluster.Pods.List(labels.Everything()); err != nil {
+		return s, fmt.Errorf("list pods: %w", err)
+	}
+	if s.Namespaces, err = c.cluster.Namespaces.List(labels.Everything()); err != nil {
+		return s, fmt.Errorf("list namespaces: %w", err)
+	}
+	if s.Policies, err = c.cluster.Policies.List(labels.Everything()); err != nil {
+		return s, fmt.Errorf("list networkpolicies: %w", err)
+	}
+	nodes, err := c.cluster.Nodes.List(labels.Everything())
+	if err != nil {
+		return s, fmt.Errorf("list nodes: %w", err)
+	}
+	for _, n := range nodes {
+		for _, a := range n.Status.Addresses {
+			ip, err := netip.ParseAddr(a.Address)
+			if err != nil {
+				continue
+			}
+			if n.Name == c.node {
+				s.NodeIPs = append(s.NodeIPs, ip)
+			} else {
+				s.RemoteNodeIPs = append(s.RemoteNodeIPs, ip)
+			}
+		}
+	}
+	own, err := c.nodeIPs()
+	if err != nil {
+		return s, fmt.Errorf("list node addresses: %w", err)
+	}
+	s.NodeIPs = append(s.NodeIPs, own...)
+	for _, ep := range c.registry.List() {
+		s.Endpoints = append(s.Endpoints, policy.Endpoint{
+			ID: ep.ID, Ifindex: ep.HostIfIndex, IPs: ep.IPs, Pod: c.podOf(ep),
+		})
+	}
+	return s, nil
+}
+
+// podOf finds the endpoint's Pod; a Pod of the same name but another UID is
+// a different pod and does not count.
+func (c *Controller) podOf(ep agentapi.Endpoint) *corev1.Pod {
+	pod, err := c.cluster.Pods.Pods(ep.PodNamespace).Get(ep.PodName)
+	if err != nil || (ep.PodUID != "" && string(pod.UID) != ep.PodUID) {
+		return nil
+	}
+	return pod
+}
+
+// ErrPodUnknown means the endpoint's Pod never showed up in the cache.
+var ErrPodUnknown = errors.New("pod not known to the agent")
+
+// WaitProgrammed blocks until a sync of generation gen or later has run and
+// has programmed endpoint id, or ctx ends.
+func (c *Controller) WaitProgrammed(ctx context.Context, gen uint64, id string) (uint64, error) {
+	for {
+		c.mu.Lock()
+		rev, ok := c.programmed[id]
+		done := c.synced >= gen
+		ch := c.changed
+		c.mu.Unlock()
+		if done && ok {
+			return rev, nil
+		}
+		select {
+		case <-ctx.Done():
+			if done {
+				return 0, ErrPodUnknown
+			}
+			return 0, ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// Status describes endpoint id: the revision programmed for it and whether
+// that is the current one.
+func (c *Controller) Status(id string) (rev uint64, current bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rev, ok := c.programmed[id]
+	return rev, ok && rev == c.revision
+}
+
+// Forget removes an endpoint's datapath entries at once, ahead of the sync
+// that will also drop its address from the ipcache.
+func (c *Controller) Forget(ifindex int, id string) error {
+	c.mu.Lock()
+	delete(c.programmed, id)
+	c.mu.Unlock()
+	err := c.dp.Remove(ifindex)
+	c.Trigger()
+	return err
+}

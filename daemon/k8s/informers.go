@@ -1,0 +1,74 @@
+// Package k8s builds the agent's view of the cluster: informers on Pods,
+// Namespaces, NetworkPolicies and Nodes, with managedFields stripped, whose
+// every change only signals the controller.
+package k8s
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	netlisters "k8s.io/client-go/listers/networking/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// resync is how often the informers replay their whole cache, a safety net
+// for a missed event.
+const resync = 10 * time.Minute
+
+// Cluster holds the listers the controller reads.
+type Cluster struct {
+	Pods       corelisters.PodLister
+	Namespaces corelisters.NamespaceLister
+	Policies   netlisters.NetworkPolicyLister
+	Nodes      corelisters.NodeLister
+
+	factory informers.SharedInformerFactory
+	synced  []cache.InformerSynced
+}
+
+// New creates the informers; onChange is called (and must only enqueue) for
+// every add, update and delete.
+func New(client kubernetes.Interface, onChange func()) (*Cluster, error) {
+	f := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTransform(stripManagedFields))
+	c := &Cluster{factory: f}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { onChange() },
+		UpdateFunc: func(any, any) { onChange() },
+		DeleteFunc: func(any) { onChange() },
+	}
+	pods := f.Core().V1().Pods()
+	nss := f.Core().V1().Namespaces()
+	pols := f.Networking().V1().NetworkPolicies()
+	nodes := f.Core().V1().Nodes()
+	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), pols.Informer(), nodes.Informer()} {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return nil, fmt.Errorf("add event handler: %w", err)
+		}
+		c.synced = append(c.synced, inf.HasSynced)
+	}
+	c.Pods, c.Namespaces, c.Policies, c.Nodes = pods.Lister(), nss.Lister(), pols.Lister(), nodes.Lister()
+	return c, nil
+}
+
+// Start runs the informers until ctx ends.
+func (c *Cluster) Start(ctx context.Context) { c.factory.Start(ctx.Done()) }
+
+// WaitForSync blocks until every cache has synced or ctx ends.
+func (c *Cluster) WaitForSync(ctx context.Context) bool {
+	return cache.WaitForCacheSync(ctx.Done(), c.synced...)
+}
+
+// Shutdown stops the informers and waits for them.
+func (c *Cluster) Shutdown() { c.factory.Shutdown() }
+
+func stripManagedFields(obj any) (any, error) {
+	if acc, err := meta.Accessor(obj); err == nil {
+		acc.SetManagedFields(nil)
+	}
+	return obj, nil
+}

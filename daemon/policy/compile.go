@@ -1,0 +1,329 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/palisade-cni/palisade/daemon/identity"
+)
+
+// Endpoint is a local pod interface to compile policy for.
+type Endpoint struct {
+	ID      string
+	Ifindex int
+	// Pod is the endpoint's Pod as the API has it; nil while unknown.
+	Pod *corev1.Pod
+	// IPs are the addresses the CNI chain gave the interface; they may be
+	// ahead of the Pod's status.
+	IPs []netip.Addr
+}
+
+// State is everything the compiler reads.
+type State struct {
+	Pods       []*corev1.Pod
+	Namespaces []*corev1.Namespace
+	Policies   []*networkingv1.NetworkPolicy
+	Endpoints  []Endpoint
+	// NodeIPs are the addresses of this node: traffic with them is always
+	// allowed. RemoteNodeIPs are the addresses of the other nodes.
+	NodeIPs       []netip.Addr
+	RemoteNodeIPs []netip.Addr
+}
+
+// PortRange is an inclusive port range in host byte order; {0, 0} is all.
+type PortRange struct{ First, Last uint16 }
+
+// Protocol numbers used in rules; 0 is every protocol.
+const (
+	ProtoAny  uint8 = 0
+	ProtoTCP  uint8 = 6
+	ProtoUDP  uint8 = 17
+	ProtoSCTP uint8 = 132
+)
+
+// Rule allows traffic with one peer identity on a protocol and ports.
+type Rule struct {
+	Peer  uint32
+	Proto uint8
+	Ports PortRange
+	// Ref indexes Result.Refs (plus one): the policy rule that allows.
+	Ref uint32
+}
+
+// EndpointPolicy is one endpoint's compiled policy.
+type EndpointPolicy struct {
+	ID              string
+	Ifindex         int
+	Identity        uint32
+	IngressIsolated bool
+	EgressIsolated  bool
+	Ingress         []Rule
+	Egress          []Rule
+	// Policies names (namespace/name) every policy that selects the pod.
+	Policies []string
+}
+
+// RuleRef names the policy rule behind a Rule.
+type RuleRef struct {
+	Policy    string // namespace/name
+	Direction string // "ingress" or "egress"
+	Index     int
+}
+
+// Result is the compiled state.
+type Result struct {
+	IPCache   map[netip.Prefix]uint32
+	Endpoints map[string]EndpointPolicy
+	// Unknown lists endpoints whose Pod the API has not shown yet: they get
+	// no endpoint entry, so the datapath drops their traffic.
+	Unknown []string
+	Refs    []RuleRef
+	// Problems are policy parts that could not be understood. Each such
+	// part matches nothing; the policy still isolates the pods it selects.
+	Problems []error
+}
+
+// Compile computes the desired datapath state. alloc keeps identity numbers
+// stable across calls.
+func Compile(s State, alloc *identity.Allocator) Result {
+	c := newCompiler(s, alloc)
+	res := Result{IPCache: c.ipcache, Endpoints: map[string]EndpointPolicy{}}
+	for _, ep := range s.Endpoints {
+		if ep.Pod == nil {
+			res.Unknown = append(res.Unknown, ep.ID)
+			continue
+		}
+		res.Endpoints[ep.ID] = c.endpoint(ep)
+	}
+	sort.Strings(res.Unknown)
+	res.Refs = c.refs
+	res.Problems = c.problems
+	alloc.Retain(c.usedKeys)
+	return res
+}
+
+type compiler struct {
+	s          State
+	alloc      *identity.Allocator
+	nsLabels   map[string]map[string]string
+	ipcache    map[netip.Prefix]uint32
+	identities map[uint32]*ident
+	usedKeys   map[string]bool
+	refs       []RuleRef
+	refIndex   map[RuleRef]uint32
+	problems   []error
+	blocks     []netip.Prefix     // every ipBlock cidr and except
+	egressPort map[namedPort]bool // named ports egress rules use
+	parsed     map[*metav1.LabelSelector]labels.Selector
+}
+
+type namedPort struct {
+	name  string
+	proto uint8
+}
+
+// ident describes the addresses behind one identity.
+type ident struct {
+	id        uint32
+	pod       bool // pod addresses (not a node, not an ipBlock prefix)
+	namespace string
+	nsLabels  labels.Set
+	podLabels labels.Set
+	// blocks are the ipBlock prefixes that contain these addresses.
+	blocks []netip.Prefix
+	// ports resolves the named ports egress rules use.
+	ports map[namedPort]uint16
+	// prefix is set for an ipBlock prefix's own identity.
+	prefix netip.Prefix
+}
+
+func newCompiler(s State, alloc *identity.Allocator) *compiler {
+	c := &compiler{
+		s:          s,
+		alloc:      alloc,
+		nsLabels:   map[string]map[string]string{},
+		ipcache:    map[netip.Prefix]uint32{},
+		identities: map[uint32]*ident{},
+		usedKeys:   map[string]bool{},
+		refIndex:   map[RuleRef]uint32{},
+		egressPort: map[namedPort]bool{},
+		parsed:     map[*metav1.LabelSelector]labels.Selector{},
+	}
+	for _, ns := range s.Namespaces {
+		c.nsLabels[ns.Name] = ns.Labels
+	}
+	c.collectBlocksAndPorts()
+	c.addAddresses()
+	return c
+}
+
+// collectBlocksAndPorts finds every ipBlock prefix and every named port an
+// egress rule uses: addresses are split into identities along them.
+func (c *compiler) collectBlocksAndPorts() {
+	seen := map[netip.Prefix]bool{}
+	add := func(pol *networkingv1.NetworkPolicy, s string) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			c.problem(pol, "ipBlock %q is not a CIDR: %v", s, err)
+			return
+		}
+		if p = p.Masked(); !seen[p] {
+			seen[p] = true
+			c.blocks = append(c.blocks, p)
+		}
+	}
+	for _, pol := range c.s.Policies {
+		for _, peer := range allPeers(pol) {
+			if peer.IPBlock == nil {
+				continue
+			}
+			add(pol, peer.IPBlock.CIDR)
+			for _, e := range peer.IPBlock.Except {
+				add(pol, e)
+			}
+		}
+		for _, r := range pol.Spec.Egress {
+			for _, p := range r.Ports {
+				if p.Port != nil && p.Port.Type == intstrString {
+					c.egressPort[namedPort{p.Port.StrVal, protoOf(p.Protocol)}] = true
+				}
+			}
+		}
+	}
+	slices.SortFunc(c.blocks, comparePrefix)
+}
+
+func allPeers(pol *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer {
+	var out []networkingv1.NetworkPolicyPeer
+	for _, r := range pol.Spec.Ingress {
+		out = append(out, r.From...)
+	}
+	for _, r := range pol.Spec.Egress {
+		out = append(out, r.To...)
+	}
+	return out
+}
+
+// addAddresses fills the ipcache: pod IPs, node IPs and ipBlock prefixes.
+func (c *compiler) addAddresses() {
+	for _, p := range c.blocks {
+		key := "cidr|" + p.String()
+		c.ipcache[p] = c.identity(key, &ident{prefix: p})
+	}
+	for _, a := range c.s.RemoteNodeIPs {
+		sig := c.blocksOf(a)
+		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = c.identity("node|"+prefixList(sig), &ident{blocks: sig})
+	}
+	for pod, ips := range c.podIPs() {
+		for _, a := range ips {
+			c.ipcache[netip.PrefixFrom(a, a.BitLen())] = c.podIdentity(pod, a)
+		}
+	}
+	// The node's own addresses last: they are always allowed, whatever else
+	// claims them.
+	for _, a := range c.s.NodeIPs {
+		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = identity.Host
+	}
+}
+
+// podIPs maps each pod with addresses to them. A local endpoint's IPs come
+// from the CNI chain and win over the Pod's status, which lags behind.
+func (c *compiler) podIPs() map[*corev1.Pod][]netip.Addr {
+	out := map[*corev1.Pod][]netip.Addr{}
+	local := map[string]bool{}
+	for _, ep := range c.s.Endpoints {
+		if ep.Pod != nil {
+			out[ep.Pod] = append(out[ep.Pod], ep.IPs...)
+			local[ep.Pod.Namespace+"/"+ep.Pod.Name] = true
+		}
+	}
+	for _, pod := range c.s.Pods {
+		// hostNetwork pods are peers by their node's address only; finished
+		// pods no longer own theirs.
+		if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		if local[pod.Namespace+"/"+pod.Name] {
+			continue
+		}
+		for _, ip := range pod.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				out[pod] = append(out[pod], a)
+			}
+		}
+	}
+	return out
+}
+
+func (c *compiler) podIdentity(pod *corev1.Pod, a netip.Addr) uint32 {
+	id := &ident{
+		pod:       true,
+		namespace: pod.Namespace,
+		nsLabels:  labels.Set(c.nsLabels[pod.Namespace]),
+		podLabels: labels.Set(pod.Labels),
+		blocks:    c.blocksOf(a),
+		ports:     map[namedPort]uint16{},
+	}
+	var ports []string
+	for np := range c.egressPort {
+		if n, ok := resolvePort(pod, np); ok {
+			id.ports[np] = n
+			ports = append(ports, fmt.Sprintf("%s/%d=%d", np.name, np.proto, n))
+		}
+	}
+	sort.Strings(ports)
+	key := strings.Join([]string{"pod", pod.Namespace, labelString(id.nsLabels), labelString(id.podLabels),
+		prefixList(id.blocks), strings.Join(ports, ",")}, "|")
+	return c.identity(key, id)
+}
+
+func (c *compiler) identity(key string, id *ident) uint32 {
+	id.id = c.alloc.ID(key)
+	c.usedKeys[key] = true
+	c.identities[id.id] = id
+	return id.id
+}
+
+// blocksOf lists the ipBlock prefixes that contain a.
+func (c *compiler) blocksOf(a netip.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range c.blocks {
+		if p.Contains(a) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (c *compiler) problem(pol *networkingv1.NetworkPolicy, format string, args ...any) {
+	c.problems = append(c.problems, fmt.Errorf("networkpolicy %s/%s: %s", pol.Namespace, pol.Name, fmt.Sprintf(format, args...)))
+}
+
+func labelString(s labels.Set) string { return labels.FormatLabels(s) }
+
+func prefixList(ps []netip.Prefix) string {
+	var b strings.Builder
+	for i, p := range ps {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
+}

@@ -1,0 +1,241 @@
+// Package server serves the agent's local API on a root-only unix socket:
+// the CNI plugin registers and removes endpoints through it, and palisadectl
+// reads it. Handlers are thin: they validate, call the registry and the
+// controller, and write JSON.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/palisade-cni/palisade/bpf"
+	"github.com/palisade-cni/palisade/daemon/agentapi"
+	"github.com/palisade-cni/palisade/daemon/controller"
+	"github.com/palisade-cni/palisade/daemon/endpoint"
+)
+
+// Server is the local API.
+type Server struct {
+	Log        *slog.Logger
+	Version    string
+	BPFRoot    string
+	AttachMode bpf.AttachMode
+	Registry   *endpoint.Registry
+	Controller *controller.Controller
+	// Ready reports whether the agent accepts endpoints, and why not.
+	Ready func() (bool, string)
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", s.status)
+	mux.HandleFunc("POST /v1/endpoints", s.add)
+	mux.HandleFunc("GET /v1/endpoints", s.list)
+	mux.HandleFunc("GET /v1/endpoints/{id}", s.get)
+	mux.HandleFunc("DELETE /v1/endpoints/{id}", s.delete)
+	mux.HandleFunc("POST /v1/gc", s.gc)
+	return mux
+}
+
+// Serve listens on socket until ctx ends. The socket's directory is made
+// 0700 and the socket 0600: only root may talk to the agent.
+func (s *Server) Serve(ctx context.Context, socket string) error {
+	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
+		return fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Chmod(filepath.Dir(socket), 0o700); err != nil {
+		return fmt.Errorf("restrict socket directory: %w", err)
+	}
+	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket %s: %w", socket, err)
+	}
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", socket, err)
+	}
+	if err := os.Chmod(socket, 0o600); err != nil {
+		l.Close()
+		return fmt.Errorf("restrict socket %s: %w", socket, err)
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve %s: %w", socket, err)
+	}
+	return nil
+}
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	ready, reason := s.Ready()
+	writeJSON(w, http.StatusOK, agentapi.Status{
+		Version: s.Version, Ready: ready, Reason: reason, BPFRoot: s.BPFRoot,
+		AttachMode: string(s.AttachMode), Endpoints: len(s.Registry.List()), Revision: s.Controller.Revision(),
+	})
+}
+
+func (s *Server) add(w http.ResponseWriter, r *http.Request) {
+	var req agentapi.AddRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, "decode request: "+err.Error())
+		return
+	}
+	if msg := validate(&req); msg != "" {
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, msg)
+		return
+	}
+	if ready, reason := s.Ready(); !ready {
+		writeError(w, http.StatusServiceUnavailable, agentapi.CodeNotReady, "agent not ready: "+reason)
+		return
+	}
+	ep := agentapi.Endpoint{
+		ID: agentapi.EndpointID(req.ContainerID, req.IfName), ContainerID: req.ContainerID, IfName: req.IfName,
+		Netns: req.Netns, PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: req.PodUID,
+		HostIfName: req.HostIfName, HostIfIndex: req.HostIfIndex, IPs: req.IPs,
+	}
+	log := s.Log.With("endpoint", ep.ID, "pod", ep.PodNamespace+"/"+ep.PodName, "ifname", ep.HostIfName)
+	if err := s.Registry.Put(ep); err != nil {
+		log.Error("Endpoint not registered", "error", err)
+		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), agentapi.AddTimeout)
+	defer cancel()
+	rev, err := s.Controller.WaitProgrammed(ctx, s.Controller.Trigger(), ep.ID)
+	if err != nil {
+		// Leave nothing behind: the runtime will call DEL and retry.
+		s.remove(ep)
+		msg := fmt.Sprintf("policy for pod %s/%s not programmed within %s: %v", ep.PodNamespace, ep.PodName, agentapi.AddTimeout, err)
+		code := agentapi.CodeTimeout
+		if errors.Is(err, controller.ErrPodUnknown) {
+			code = agentapi.CodePodUnknown
+			msg = fmt.Sprintf("pod %s/%s (uid %q) is not in the agent's view of the API server; check that the agent can reach the API server", ep.PodNamespace, ep.PodName, ep.PodUID)
+		}
+		log.Warn("Endpoint not programmed", "error", err)
+		writeError(w, http.StatusGatewayTimeout, code, msg)
+		return
+	}
+	ep.Revision, ep.Current = rev, true
+	log.Info("Endpoint added", "revision", rev, "ips", ep.IPs)
+	writeJSON(w, http.StatusOK, agentapi.AddResponse{Endpoint: ep})
+}
+
+func validate(req *agentapi.AddRequest) string {
+	switch {
+	case req.ContainerID == "" || req.IfName == "":
+		return "containerID and ifName are required"
+	case req.PodNamespace == "" || req.PodName == "":
+		return "podNamespace and podName are required"
+	case req.HostIfIndex <= 0:
+		return "hostIfIndex must be positive"
+	case len(req.IPs) == 0:
+		return "at least one IP is required"
+	}
+	return ""
+}
+
+func (s *Server) withStatus(ep agentapi.Endpoint) agentapi.Endpoint {
+	ep.Revision, ep.Current = s.Controller.Status(ep.ID)
+	return ep
+}
+
+func (s *Server) list(w http.ResponseWriter, _ *http.Request) {
+	eps := s.Registry.List()
+	for i := range eps {
+		eps[i] = s.withStatus(eps[i])
+	}
+	writeJSON(w, http.StatusOK, eps)
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) {
+	ep, ok := s.Registry.Get(r.PathValue("id"))
+	if !ok {
+		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, "no endpoint "+r.PathValue("id"))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.withStatus(ep))
+}
+
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	ep, ok := s.Registry.Get(r.PathValue("id"))
+	if !ok {
+		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, "no endpoint "+r.PathValue("id"))
+		return
+	}
+	if err := s.remove(ep); err != nil {
+		s.Log.Error("Endpoint not removed", "endpoint", ep.ID, "error", err)
+		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
+		return
+	}
+	s.Log.Info("Endpoint removed", "endpoint", ep.ID, "pod", ep.PodNamespace+"/"+ep.PodName)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// remove forgets an endpoint: registry, maps, then the attached programs.
+func (s *Server) remove(ep agentapi.Endpoint) error {
+	var errs []error
+	if _, _, err := s.Registry.Delete(ep.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.Controller.Forget(ep.HostIfIndex, ep.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if err := bpf.Detach(s.BPFRoot, ep.HostIfIndex, ep.ID); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
+	var req agentapi.GCRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, "decode request: "+err.Error())
+		return
+	}
+	valid := map[string]bool{}
+	for _, a := range req.Valid {
+		valid[agentapi.EndpointID(a.ContainerID, a.IfName)] = true
+	}
+	resp := agentapi.GCResponse{Removed: []string{}}
+	var errs []error
+	for _, ep := range s.Registry.List() {
+		if valid[ep.ID] {
+			continue
+		}
+		if err := s.remove(ep); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		resp.Removed = append(resp.Removed, ep.ID)
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.Log.Error("Garbage collection incomplete", "error", err)
+		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
+		return
+	}
+	s.Log.Info("Garbage collected", "removed", resp.Removed)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code agentapi.ErrorCode, msg string) {
+	writeJSON(w, status, agentapi.Error{Code: code, Message: msg})
+}
