@@ -65,12 +65,29 @@ func Load(opts LoadOptions) (*Objects, error) {
 		return nil, fmt.Errorf("load programs: %w", err)
 	}
 	for _, d := range Directions {
-		if err := o.program(d).Pin(progPin(opts.Root, d)); err != nil {
+		if err := pinReplacing(o.program(d), progPin(opts.Root, d)); err != nil {
 			o.Close()
 			return nil, fmt.Errorf("pin %s program: %w", d, err)
 		}
 	}
 	return o, nil
+}
+
+// pinReplacing pins prog at path, atomically replacing an older program
+// pinned there: a plugin opening the pin gets one or the other, never none.
+func pinReplacing(prog *ebpf.Program, path string) error {
+	tmp := path + "_new" // bpffs refuses names with a dot
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale %s: %w", tmp, err)
+	}
+	if err := prog.Pin(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	return nil
 }
 
 func (o *Objects) program(d Direction) *ebpf.Program {

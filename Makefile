@@ -1,0 +1,44 @@
+# Palisade. `make demo` and `make test` are the two commands a new machine
+# needs; each installs what is missing first (scripts/deps).
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X main.version=$(VERSION)
+# One pinned Debian clang for the BPF objects, so that `make generate`
+# reproduces the committed ones byte for byte.
+CLANG    ?= clang-19
+STRIP    ?= llvm-strip-19
+ARCH_INC := /usr/include/$(shell uname -m)-linux-gnu
+
+.PHONY: all build generate test test-unit demo deps kube clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/palisade ./plugin
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/palisade-agent ./daemon/cmd/palisade-agent
+
+generate:
+	cd bpf && BPF2GO_CC=$(CLANG) BPF2GO_STRIP=$(STRIP) \
+		BPF2GO_CFLAGS="-O2 -g -Wall -Werror -I$(ARCH_INC)" $(GO) generate ./...
+
+deps:
+	scripts/deps
+
+kube: deps
+	scripts/kube-build >/dev/null
+
+# Everything: pure, privileged kernel, integration and end-to-end tests.
+# Privileged tests fail instead of skipping (PALISADE_REQUIRE_PRIVILEGED).
+test: kube
+	PALISADE_REQUIRE_PRIVILEGED=1 $(GO) test -count=1 -timeout 30m ./...
+
+# The tests that need neither root nor a control plane.
+test-unit:
+	$(GO) test -count=1 ./bpf/... ./daemon/... ./plugin/...
+
+demo: kube build
+	scripts/demo
+
+clean:
+	rm -rf bin

@@ -1,0 +1,119 @@
+package bpf
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// foreignFilter attaches prog as a tc filter of someone else's at another
+// priority, which Palisade must leave alone.
+func foreignFilter(prog *ebpf.Program, ifindex int) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: netlink.HANDLE_MIN_INGRESS, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
+		Fd:          prog.FD(), Name: "not_ours", DirectAction: true,
+	}
+	return netlink.FilterAdd(f)
+}
+
+func foreignStillThere(ifindex int) (bool, error) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return false, err
+	}
+	filters, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return false, err
+	}
+	for _, f := range filters {
+		if f.Attrs().Priority == 1 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func TestPrivilegedAttachDetach(t *testing.T) {
+	for _, mode := range []AttachMode{AttachTCX, AttachTC, AttachAuto} {
+		t.Run(string(mode), func(t *testing.T) {
+			f := newFixture(t)
+			const ep = "container_eth0"
+			foreign, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+				Name: "not_ours", Type: ebpf.SchedCLS, License: "MIT",
+				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { foreign.Close() })
+			var steps []string
+			err = f.netns.Do(func(ns.NetNS) error {
+				if err := Attached(f.ifindex); !errors.Is(err, ErrNotAttached) {
+					return errors.New("a fresh interface reports programs attached")
+				}
+				if err := foreignFilter(foreign, f.ifindex); err != nil {
+					return err
+				}
+				for i := 0; i < 2; i++ { // attaching again replaces in place
+					used, err := Attach(f.objs.Root(), f.ifindex, ep, mode)
+					if err != nil {
+						return err
+					}
+					if mode != AttachAuto && used != mode {
+						return errors.New("attached with " + string(used) + ", not " + string(mode))
+					}
+					steps = append(steps, string(used))
+				}
+				if err := Attached(f.ifindex); err != nil {
+					return err
+				}
+				if err := Detach(f.objs.Root(), f.ifindex, ep); err != nil {
+					return err
+				}
+				if err := Detach(f.objs.Root(), f.ifindex, ep); err != nil {
+					return errors.New("second detach: " + err.Error())
+				}
+				if err := Attached(f.ifindex); !errors.Is(err, ErrNotAttached) {
+					return errors.New("programs still attached after detach")
+				}
+				if ok, err := foreignStillThere(f.ifindex); err != nil || !ok {
+					return errors.New("another program's tc filter was removed")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mode == AttachAuto && steps[0] != string(AttachTCX) {
+				t.Errorf("auto chose %s on a kernel with tcx", steps[0])
+			}
+		})
+	}
+}
+
+func TestPrivilegedAttachWithoutAgentNamesTheRoot(t *testing.T) {
+	f := newFixture(t)
+	err := f.netns.Do(func(ns.NetNS) error {
+		_, err := Attach("/sys/fs/bpf/palisade-nonexistent", f.ifindex, "x_eth0", AttachAuto)
+		return err
+	})
+	if err == nil {
+		t.Fatal("attach without pinned programs succeeded")
+	}
+	if want := "--bpf-root=/sys/fs/bpf/palisade-nonexistent"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not name %s", err, want)
+	}
+}

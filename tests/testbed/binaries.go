@@ -1,0 +1,190 @@
+package testbed
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// modulePath is the product module whose binaries the testbed builds.
+const modulePath = "github.com/palisade-cni/palisade"
+
+// cniPlugins are the upstream plugins the testbed's conflist chains; go.mod
+// lists them as tools, so they build from the module root at its versions.
+var cniPlugins = []string{
+	"github.com/containernetworking/plugins/plugins/main/bridge",
+	"github.com/containernetworking/plugins/plugins/ipam/host-local",
+	"github.com/containernetworking/plugins/plugins/meta/portmap",
+	"github.com/containernetworking/plugins/plugins/main/loopback",
+}
+
+// Bins is the directory of the binaries the testbed runs. Dir doubles as the
+// CNI_PATH: it holds the upstream plugins and, once built, palisade.
+type Bins struct {
+	Dir  string
+	root string
+
+	plugin, agent lazyBuild
+}
+
+type lazyBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var (
+	binsOnce sync.Once
+	bins     *Bins
+	binsErr  error
+)
+
+// Binaries builds the upstream CNI plugins once per test process into
+// $XDG_CACHE_HOME/palisade/bin-test (go build's cache makes repeats cheap).
+// Palisade's own binaries are built on first use by Plugin and Agent, so a
+// test that needs neither does not depend on them compiling.
+func Binaries(tb testing.TB) *Bins {
+	tb.Helper()
+	binsOnce.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			binsErr = err
+			return
+		}
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			binsErr = fmt.Errorf("find cache dir: %w", err)
+			return
+		}
+		b := &Bins{Dir: filepath.Join(cache, "palisade", "bin-test"), root: root}
+		binsErr = b.build(cniPlugins...)
+		bins = b
+	})
+	if binsErr != nil {
+		tb.Fatal(binsErr)
+	}
+	return bins
+}
+
+// Plugin builds ./plugin as Dir/palisade, once, and returns its path.
+func (b *Bins) Plugin(tb testing.TB) string {
+	tb.Helper()
+	return b.lazy(tb, &b.plugin, "palisade", "./plugin")
+}
+
+// Agent builds ./daemon/cmd/palisade-agent, once, and returns its path.
+func (b *Bins) Agent(tb testing.TB) string {
+	tb.Helper()
+	return b.lazy(tb, &b.agent, "palisade-agent", "./daemon/cmd/palisade-agent")
+}
+
+func (b *Bins) lazy(tb testing.TB, l *lazyBuild, name, pkg string) string {
+	tb.Helper()
+	l.once.Do(func() {
+		l.err = b.buildAs(name, pkg)
+		l.path = filepath.Join(b.Dir, name)
+	})
+	if l.err != nil {
+		tb.Fatal(l.err)
+	}
+	return l.path
+}
+
+// build builds packages named by their last path element into Dir.
+func (b *Bins) build(pkgs ...string) error {
+	for _, pkg := range pkgs {
+		if err := b.buildAs(filepath.Base(pkg), pkg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildAs builds pkg to a temporary name and renames it into place: test
+// binaries of other packages may be executing the old file right now (a
+// rewrite in place would fail with ETXTBSY or corrupt it), and a rename
+// leaves their inode alone.
+func (b *Bins) buildAs(name, pkg string) error {
+	if err := os.MkdirAll(b.Dir, 0o755); err != nil {
+		return fmt.Errorf("create bin dir: %w", err)
+	}
+	dst := filepath.Join(b.Dir, name)
+	tmp := fmt.Sprintf("%s.tmp-%d", dst, os.Getpid())
+	cmd := exec.Command("go", "build", "-o", tmp, pkg)
+	cmd.Dir = b.root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("build %s: %w\n%s", pkg, err, out)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("install %s: %w", name, err)
+	}
+	return nil
+}
+
+// KubeBinDir runs scripts/kube-build and returns the directory holding
+// kube-apiserver, kube-controller-manager, kube-proxy and kubectl. The
+// script builds them only when tests/kube/go.mod changed, so this is cheap.
+func KubeBinDir(tb testing.TB) string {
+	tb.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(root, "scripts", "kube-build"))
+	cmd.Dir = root
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		tb.Fatalf("scripts/kube-build: %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// ModuleRoot is the directory of Palisade's go.mod.
+func ModuleRoot(tb testing.TB) string {
+	tb.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return root
+}
+
+// moduleRoot walks up from the working directory (a test runs in its
+// package's directory) to the go.mod declaring the product module; nested
+// modules under tests/ have go.mod files of their own and are skipped.
+func moduleRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("find module root: %w", err)
+	}
+	for dir := wd; ; dir = filepath.Dir(dir) {
+		if declaresModule(filepath.Join(dir, "go.mod"), modulePath) {
+			return dir, nil
+		}
+		if dir == filepath.Dir(dir) {
+			return "", fmt.Errorf("find module root: no go.mod for %s above %s", modulePath, wd)
+		}
+	}
+}
+
+func declaresModule(gomod, path string) bool {
+	f, err := os.Open(gomod)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if fields := strings.Fields(s.Text()); len(fields) == 2 && fields[0] == "module" {
+			return fields[1] == path
+		}
+	}
+	return false
+}

@@ -1,0 +1,142 @@
+package testbed
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+// conflistPath is the chain the testbed runs, relative to the module root:
+// Flannel's bridge delegate settings, then portmap, then palisade.
+const conflistPath = "conf/testbed.conflist"
+
+// CNIOption changes the conflist a node runs for a pod or a node-wide verb.
+type CNIOption func(*cniOptions)
+
+type cniOptions struct {
+	palisade   bool
+	cniVersion string
+}
+
+// WithoutPalisade drops the palisade entry: the baseline pod network, with no
+// policy enforced and no agent needed.
+func WithoutPalisade() CNIOption { return func(o *cniOptions) { o.palisade = false } }
+
+// WithCNIVersion rewrites the conflist's cniVersion; STATUS and GC need 1.1.0.
+func WithCNIVersion(v string) CNIOption { return func(o *cniOptions) { o.cniVersion = v } }
+
+func buildCNIOptions(opts []CNIOption) cniOptions {
+	o := cniOptions{palisade: true}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// cni returns the libcni handle for the node, with the plugins' directory as
+// CNI_PATH and a cache of the node's own (libcni keeps ADD results there for
+// CHECK and DEL, as a runtime does).
+func (n *Node) cni(tb testing.TB, o cniOptions) (*libcni.CNIConfig, *libcni.NetworkConfigList) {
+	tb.Helper()
+	b := Binaries(tb)
+	if o.palisade {
+		b.Plugin(tb)
+	}
+	list, err := n.conflist(o)
+	if err != nil {
+		tb.Fatalf("node %s: %v", n.Name, err)
+	}
+	return libcni.NewCNIConfigWithCacheDir([]string{b.Dir}, filepath.Join(n.dir, "cni-cache"), nil), list
+}
+
+// conflist loads conf/testbed.conflist and points it at this node: the
+// bridge's IPAM range becomes the node's pod CIDR with its allocations in a
+// directory of the node's, and palisade talks to the node's agent socket.
+func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(root, conflistPath)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read conflist: %w", err)
+	}
+	var conf map[string]any
+	if err := json.Unmarshal(raw, &conf); err != nil {
+		return nil, fmt.Errorf("parse conflist %s: %w", path, err)
+	}
+	if o.cniVersion != "" {
+		conf["cniVersion"] = o.cniVersion
+	}
+	plugins, _ := conf["plugins"].([]any)
+	var kept []any
+	var sawBridge, sawPalisade bool
+	for _, p := range plugins {
+		plugin, ok := p.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("conflist %s: plugin entry is %T, not an object", path, p)
+		}
+		switch plugin["type"] {
+		case "bridge":
+			sawBridge = true
+			ipam, ok := plugin["ipam"].(map[string]any)
+			if !ok {
+				return nil, fmt.Errorf("conflist %s: bridge has no ipam object", path)
+			}
+			ipam["ranges"] = []any{[]any{map[string]any{"subnet": n.PodCIDR.String()}}}
+			ipam["dataDir"] = filepath.Join(n.dir, "ipam")
+		case "palisade":
+			sawPalisade = true
+			if !o.palisade {
+				continue
+			}
+			plugin["agentSocket"] = n.AgentSocket()
+		}
+		kept = append(kept, plugin)
+	}
+	if !sawBridge {
+		return nil, fmt.Errorf("conflist %s: no bridge plugin to point at the node's pod CIDR", path)
+	}
+	if o.palisade && !sawPalisade {
+		return nil, fmt.Errorf("conflist %s: no palisade plugin", path)
+	}
+	conf["plugins"] = kept
+	out, err := json.Marshal(conf)
+	if err != nil {
+		return nil, fmt.Errorf("encode conflist: %w", err)
+	}
+	list, err := libcni.NetworkConfFromBytes(out)
+	if err != nil {
+		return nil, fmt.Errorf("load conflist %s: %w", path, err)
+	}
+	return list, nil
+}
+
+// CNIStatus runs the chain's STATUS verb inside the node (cniVersion 1.1.0
+// and later; libcni skips it for older versions).
+func (n *Node) CNIStatus(tb testing.TB, ctx context.Context, opts ...CNIOption) error {
+	tb.Helper()
+	c, list := n.cni(tb, buildCNIOptions(opts))
+	return n.Do(func() error { return c.GetStatusNetworkList(ctx, list) })
+}
+
+// CNIGC runs the chain's GC verb inside the node, naming valid as the
+// attachments the runtime still has (cniVersion 1.1.0 and later).
+func (n *Node) CNIGC(tb testing.TB, ctx context.Context, valid []*Pod, opts ...CNIOption) error {
+	tb.Helper()
+	c, list := n.cni(tb, buildCNIOptions(opts))
+	// Never nil: a runtime always names the valid attachments, and an
+	// absent list is what GC implementations refuse to act on.
+	args := &libcni.GCArgs{ValidAttachments: make([]types.GCAttachment, 0, len(valid))}
+	for _, p := range valid {
+		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.ContainerID, IfName: PodIfName})
+	}
+	return n.Do(func() error { return c.GCNetworkList(ctx, list, args) })
+}

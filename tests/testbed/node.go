@@ -1,0 +1,199 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// maxNodeIndex keeps 198.18.0.(10+index) inside the underlay /24.
+const maxNodeIndex = 244
+
+// nodeUplink is the node's underlay interface, named as on a real node.
+const nodeUplink = "eth0"
+
+// Node is a namespace standing in for a Kubernetes node: an underlay address,
+// IP forwarding, host-gw routes to every other node's pod CIDR, and a Node
+// object in the API.
+type Node struct {
+	Name    string
+	Index   int
+	IP      netip.Addr
+	PodCIDR netip.Prefix
+	NetNS   *NetNS
+
+	cp  *ControlPlane
+	dir string
+}
+
+// AddNode creates node name with underlay address 198.18.0.(10+index) and pod
+// CIDR 10.244.<index>.0/24. Cleanup deletes the Node object and the namespace
+// (which takes its underlay veth with it).
+func (cp *ControlPlane) AddNode(tb testing.TB, name string, index int) *Node {
+	tb.Helper()
+	if index < 0 || index > maxNodeIndex {
+		tb.Fatalf("add node %s: index %d outside 0..%d", name, index, maxNodeIndex)
+	}
+	n := &Node{
+		Name:    name,
+		Index:   index,
+		IP:      netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + index)}),
+		PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(index), 0}), 24),
+		NetNS:   NewNetNS(tb, "pal-node"),
+		cp:      cp,
+		dir:     tb.TempDir(),
+	}
+	if err := cp.plugNode(n); err != nil {
+		tb.Fatalf("add node %s: %v", name, err)
+	}
+	// Per-netns sysctls: forwarding makes the node a router for its pods;
+	// no ICMP rate limit keeps "port unreachable" answers (a Refused probe)
+	// deterministic when a test probes many closed ports at once.
+	for key, val := range map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/icmp_ratelimit": "0"} {
+		if err := n.NetNS.Sysctl(key, val); err != nil {
+			tb.Fatalf("add node %s: %v", name, err)
+		}
+	}
+	if err := cp.routeNodes(n); err != nil {
+		tb.Fatalf("add node %s: %v", name, err)
+	}
+	tb.Cleanup(func() { cp.forgetNode(n) })
+	if err := n.register(context.Background()); err != nil {
+		tb.Fatalf("add node %s: %v", name, err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := cp.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			tb.Errorf("delete node %s: %v", name, err)
+		}
+	})
+	return n
+}
+
+// Do runs fn inside the node's namespace; see NetNS.Do.
+func (n *Node) Do(fn func() error) error { return n.NetNS.Do(fn) }
+
+// AgentSocket is where this node's palisade-agent listens and where the
+// conflist's palisade entry points, whether or not an agent runs.
+func (n *Node) AgentSocket() string { return filepath.Join(n.dir, "agent.sock") }
+
+// plugNode joins the node to ul0 with a veth whose node end is created
+// directly in the node's namespace as eth0.
+func (cp *ControlPlane) plugNode(n *Node) error {
+	hostEnd := fmt.Sprintf("ulv%d", n.Index)
+	err := cp.NetNS.Do(func() error {
+		br, err := netlink.LinkByName(underlayIf)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", underlayIf, err)
+		}
+		veth := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: hostEnd, MasterIndex: br.Attrs().Index},
+			PeerName:      nodeUplink,
+			PeerNamespace: netlink.NsFd(int(n.NetNS.ns.Fd())),
+		}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", hostEnd, err)
+		}
+		return linkUp(hostEnd)
+	})
+	if err != nil {
+		return fmt.Errorf("plug into %s: %w", underlayIf, err)
+	}
+	return n.Do(func() error {
+		l, err := netlink.LinkByName(nodeUplink)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", nodeUplink, err)
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: n.IP.AsSlice(), Mask: net.CIDRMask(UnderlayPrefix.Bits(), 32)}}
+		if err := netlink.AddrAdd(l, addr); err != nil {
+			return fmt.Errorf("add %s to %s: %w", addr, nodeUplink, err)
+		}
+		return linkUp(nodeUplink)
+	})
+}
+
+// routeNodes adds host-gw routes between n and every node already plugged in,
+// as Flannel's host-gw backend does: each pod CIDR via its node's address.
+func (cp *ControlPlane) routeNodes(n *Node) error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	for _, m := range cp.nodes {
+		if m.PodCIDR.Overlaps(n.PodCIDR) {
+			return fmt.Errorf("pod CIDR %s overlaps node %s", n.PodCIDR, m.Name)
+		}
+		if err := n.Do(func() error { return addRoute(m.PodCIDR, m.IP) }); err != nil {
+			return err
+		}
+		if err := m.Do(func() error { return addRoute(n.PodCIDR, n.IP) }); err != nil {
+			return fmt.Errorf("on node %s: %w", m.Name, err)
+		}
+	}
+	cp.nodes = append(cp.nodes, n)
+	return nil
+}
+
+// forgetNode drops n from the route table of the nodes that outlive it.
+func (cp *ControlPlane) forgetNode(n *Node) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	cp.nodes = slices.DeleteFunc(cp.nodes, func(m *Node) bool { return m == n })
+	for _, m := range cp.nodes {
+		// Best effort: the route dies with m's namespace anyway.
+		_ = m.Do(func() error { return netlink.RouteDel(hostGWRoute(n.PodCIDR, n.IP)) })
+	}
+}
+
+func addRoute(dst netip.Prefix, via netip.Addr) error {
+	if err := netlink.RouteAdd(hostGWRoute(dst, via)); err != nil {
+		return fmt.Errorf("add route %s via %s: %w", dst, via, err)
+	}
+	return nil
+}
+
+func hostGWRoute(dst netip.Prefix, via netip.Addr) *netlink.Route {
+	return &netlink.Route{
+		Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)},
+		Gw:  via.AsSlice(),
+	}
+}
+
+// register creates the Node object. Its status (addresses, Ready) is written
+// separately because the API ignores status on create.
+func (n *Node) register(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	nodes := n.cp.Client.CoreV1().Nodes()
+	obj, err := nodes.Create(ctx, &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:   n.Name,
+			Labels: map[string]string{corev1.LabelHostname: n.Name, corev1.LabelOSStable: "linux"},
+		},
+		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create node object: %w", err)
+	}
+	now := metav1.Now()
+	obj.Status.Addresses = []corev1.NodeAddress{
+		{Type: corev1.NodeInternalIP, Address: n.IP.String()},
+		{Type: corev1.NodeHostName, Address: n.Name},
+	}
+	obj.Status.Conditions = []corev1.NodeCondition{{
+		Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "TestbedNode",
+		LastHeartbeatTime: now, LastTransitionTime: now,
+	}}
+	if _, err := nodes.UpdateStatus(ctx, obj, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("write node status: %w", err)
+	}
+	return nil
+}
