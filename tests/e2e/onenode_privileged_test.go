@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -32,11 +33,11 @@ type oneNode struct {
 	backend, frontend, other, outsider *testbed.Pod
 }
 
-func newOneNode(t *testing.T) *oneNode {
+func newOneNode(t *testing.T, attachMode string) *oneNode {
 	privileged.Require(t)
 	cp := testbed.StartControlPlane(t)
 	node := cp.AddNode(t, "node-1", 1)
-	env := &oneNode{cp: cp, node: node, agent: node.StartAgent(t, testbed.AgentOptions{})}
+	env := &oneNode{cp: cp, node: node, agent: node.StartAgent(t, testbed.AgentOptions{AttachMode: attachMode})}
 	cp.CreateNamespace(t, "prod", map[string]string{"team": "prod"})
 	env.backend = node.AddPod(t, testbed.MakePod("prod", "backend", map[string]string{"role": "backend"},
 		testbed.TCP(6379), testbed.UDP(6379), testbed.TCP(8080)))
@@ -85,8 +86,15 @@ func eventually(t *testing.T, exps ...expect) {
 	}
 }
 
+// TestPrivilegedOneNode runs the scenarios once per hook: TCX, and the
+// legacy tc path that kernels before 6.6 use.
 func TestPrivilegedOneNode(t *testing.T) {
-	env := newOneNode(t)
+	for _, mode := range []string{"tcx", "tc"} {
+		t.Run(mode, func(t *testing.T) { oneNodeScenarios(t, newOneNode(t, mode)) })
+	}
+}
+
+func oneNodeScenarios(t *testing.T, env *oneNode) {
 	const (
 		tcp = corev1.ProtocolTCP
 		udp = corev1.ProtocolUDP
@@ -156,9 +164,17 @@ func TestPrivilegedOneNode(t *testing.T) {
 }
 
 func TestPrivilegedEndpointLifecycle(t *testing.T) {
-	env := newOneNode(t)
+	env := newOneNode(t, "")
 	ctx := context.Background()
 	client := env.agent.Client()
+
+	t.Run("the health endpoints answer inside the node", func(t *testing.T) {
+		for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusOK, "/nothing": http.StatusNotFound} {
+			if got := healthStatus(t, env.node, path); got != want {
+				t.Errorf("GET %s: %d, want %d", path, got, want)
+			}
+		}
+	})
 
 	t.Run("DEL removes the endpoint and its map entries, and a second DEL succeeds", func(t *testing.T) {
 		p := env.node.PreparePod(t, testbed.MakePod("prod", "short-lived", nil, testbed.TCP(80)))
@@ -208,10 +224,17 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 		}
 	})
 
-	t.Run("ADD while the agent is stopped fails and names the socket", func(t *testing.T) {
+	t.Run("a stopped agent leaves the policy enforced and ADD fails naming the socket", func(t *testing.T) {
+		env.cp.ApplyPolicy(t, "prod", filepath.Join(testbed.ModuleRoot(t), "conf", "policies", "backend-access.yaml"))
+		enforced := []expect{
+			{env.frontend, env.backend, 6379, corev1.ProtocolTCP, testbed.Connected},
+			{env.other, env.backend, 6379, corev1.ProtocolTCP, testbed.TimedOut},
+		}
+		eventually(t, enforced...)
 		if err := env.agent.Stop(); err != nil {
 			t.Fatal(err)
 		}
+		eventually(t, enforced...)
 		p := env.node.PreparePod(t, testbed.MakePod("prod", "early", nil, testbed.TCP(80)))
 		err := p.CNIAdd(ctx)
 		if err == nil || !strings.Contains(err.Error(), env.agent.Socket()) {
@@ -225,10 +248,11 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 		if err := env.agent.WaitReady(wctx); err != nil {
 			t.Fatal(err)
 		}
-		// The restarted agent still protects the pods it had.
+		// The restarted agent still knows and protects the pods it had.
 		if _, err := client.Get(ctx, agentapi.EndpointID(env.backend.ContainerID, testbed.PodIfName)); err != nil {
 			t.Errorf("backend after restart: %v", err)
 		}
+		eventually(t, enforced...)
 	})
 }
 
@@ -246,6 +270,18 @@ func pinnedHas(t *testing.T, a *testbed.Agent, name string, key any) bool {
 		t.Fatalf("look up %s: %v", name, err)
 	}
 	return err == nil
+}
+
+// healthStatus GETs path from the agent's health address inside the node.
+func healthStatus(t *testing.T, node *testbed.Node, path string) int {
+	t.Helper()
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: node.NetNS.DialContext}}
+	resp, err := hc.Get("http://127.0.0.1:9879" + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -1,0 +1,116 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/palisade-cni/palisade/bpf"
+	"github.com/palisade-cni/palisade/daemon/policy"
+	"github.com/palisade-cni/palisade/tests/privileged"
+)
+
+func load(t *testing.T) *bpf.Objects {
+	t.Helper()
+	privileged.Require(t)
+	root := fmt.Sprintf("/sys/fs/bpf/palisade-test-%08x", rand.Uint32())
+	objs, err := bpf.Load(bpf.LoadOptions{Root: root, Rejudge: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		objs.Close()
+		if err := bpf.Unpin(root); err != nil {
+			t.Error(err)
+		}
+	})
+	return objs
+}
+
+func TestPrivilegedApplyWritesAndDiffs(t *testing.T) {
+	objs := load(t)
+	w, err := New(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParsePrefix("10.244.1.2/32")
+	b := netip.MustParsePrefix("10.244.1.3/32")
+	first := &policy.Result{
+		IPCache: map[netip.Prefix]uint32{a: 300, b: 301},
+		Endpoints: map[string]policy.EndpointPolicy{
+			"a": {ID: "a", Ifindex: 10, Identity: 300, IngressIsolated: true,
+				Ingress: []policy.Rule{{Peer: 301, Proto: policy.ProtoTCP, Ports: policy.PortRange{First: 80, Last: 81}, Ref: 1}}},
+			"b": {ID: "b", Ifindex: 11, Identity: 301},
+		},
+	}
+	if err := w.Apply(first, 1); err != nil {
+		t.Fatal(err)
+	}
+	info, err := objs.Endpoint(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Flags != bpf.FlagIngressIsolated || info.Revision != 1 || info.Identity != 300 {
+		t.Errorf("endpoint a: %+v", info)
+	}
+	in, err := objs.Policy(10, bpf.ToPod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(in) != 1 || in[0].Key.Identity != 301 || in[0].Key.Prefixlen != 63 {
+		t.Errorf("ingress of a: %+v, want one key for ports 80-81 (prefix 63)", in)
+	}
+
+	second := &policy.Result{
+		IPCache:   map[netip.Prefix]uint32{a: 300},
+		Endpoints: map[string]policy.EndpointPolicy{"a": {ID: "a", Ifindex: 10, Identity: 300}},
+	}
+	if err := w.Apply(second, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Prune(map[int]bool{10: true}); err != nil {
+		t.Fatal(err)
+	}
+	cache, err := objs.IPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := cache[b]; ok || cache[a] != 300 {
+		t.Errorf("ipcache after the second apply: %v, want only %s", cache, a)
+	}
+	if info, _ := objs.Endpoint(10); info.Flags != 0 || info.Revision != 2 {
+		t.Errorf("endpoint a after losing its policy: %+v", info)
+	}
+	if in, _ := objs.Policy(10, bpf.ToPod); len(in) != 0 {
+		t.Errorf("ingress of a after losing its policy: %+v", in)
+	}
+	if _, err := objs.Endpoint(11); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("endpoint b after prune: %v, want gone", err)
+	}
+}
+
+func TestPrivilegedNewWriterDeletesWhatARestartLeftStale(t *testing.T) {
+	objs := load(t)
+	stale := netip.MustParsePrefix("10.244.9.9/32")
+	if err := objs.UpsertIPCache(stale, 999); err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Apply(&policy.Result{IPCache: map[netip.Prefix]uint32{}}, 1); err != nil {
+		t.Fatal(err)
+	}
+	cache, err := objs.IPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cache) != 0 {
+		t.Errorf("ipcache kept %v from before the restart", cache)
+	}
+}
