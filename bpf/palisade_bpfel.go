@@ -13,12 +13,42 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type palisadeAffinityKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Client    [16]uint8
+}
+
+type palisadeAffinityValue struct {
+	_       structs.HostLayout
+	Expires uint64
+	Slot    uint32
+	Pad     uint32
+}
+
+type palisadeBackendKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Slot      uint32
+}
+
+type palisadeBackendValue struct {
+	_       structs.HostLayout
+	Addr    [16]uint8
+	PortNet uint16
+	Pad     uint16
+}
+
 type palisadeCtEntry struct {
 	_        structs.HostLayout
 	Expires  uint64
 	Revision uint64
 	Ifindex  uint32
 	Rule     uint32
+	NatAddr  [16]uint8
+	NatPort  uint16
+	Flags    uint16
+	Pad      uint32
 }
 
 type palisadeCtKey struct {
@@ -70,6 +100,22 @@ type palisadePolicyValue struct {
 	Rule uint32
 }
 
+type palisadeServiceKey struct {
+	_       structs.HostLayout
+	Addr    [16]uint8
+	PortNet uint16
+	Proto   uint8
+	Pad     uint8
+}
+
+type palisadeServiceValue struct {
+	_           structs.HostLayout
+	Id          uint32
+	Count       uint32
+	AffinitySec uint32
+	Pad         uint32
+}
+
 type palisadeVerdictEvent struct {
 	_            structs.HostLayout
 	Timestamp    uint64
@@ -89,12 +135,15 @@ type palisadeVerdictEvent struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	palisadeMapPalAffinity        = "pal_affinity"
+	palisadeMapPalBackends        = "pal_backends"
 	palisadeMapPalCt              = "pal_ct"
 	palisadeMapPalDrops           = "pal_drops"
 	palisadeMapPalEndpoints       = "pal_endpoints"
 	palisadeMapPalEvents          = "pal_events"
 	palisadeMapPalIpcache         = "pal_ipcache"
 	palisadeMapPalPolicy          = "pal_policy"
+	palisadeMapPalServices        = "pal_services"
 	palisadeProgPalFromPod        = "pal_from_pod"
 	palisadeProgPalToPod          = "pal_to_pod"
 	palisadeVarRejudge            = "rejudge"
@@ -153,12 +202,15 @@ type palisadeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type palisadeMapSpecs struct {
+	PalAffinity  *ebpf.MapSpec `ebpf:"pal_affinity"`
+	PalBackends  *ebpf.MapSpec `ebpf:"pal_backends"`
 	PalCt        *ebpf.MapSpec `ebpf:"pal_ct"`
 	PalDrops     *ebpf.MapSpec `ebpf:"pal_drops"`
 	PalEndpoints *ebpf.MapSpec `ebpf:"pal_endpoints"`
 	PalEvents    *ebpf.MapSpec `ebpf:"pal_events"`
 	PalIpcache   *ebpf.MapSpec `ebpf:"pal_ipcache"`
 	PalPolicy    *ebpf.MapSpec `ebpf:"pal_policy"`
+	PalServices  *ebpf.MapSpec `ebpf:"pal_services"`
 }
 
 // palisadeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -191,22 +243,28 @@ func (o *palisadeObjects) Close() error {
 //
 // It can be passed to loadPalisadeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type palisadeMaps struct {
+	PalAffinity  *ebpf.Map `ebpf:"pal_affinity"`
+	PalBackends  *ebpf.Map `ebpf:"pal_backends"`
 	PalCt        *ebpf.Map `ebpf:"pal_ct"`
 	PalDrops     *ebpf.Map `ebpf:"pal_drops"`
 	PalEndpoints *ebpf.Map `ebpf:"pal_endpoints"`
 	PalEvents    *ebpf.Map `ebpf:"pal_events"`
 	PalIpcache   *ebpf.Map `ebpf:"pal_ipcache"`
 	PalPolicy    *ebpf.Map `ebpf:"pal_policy"`
+	PalServices  *ebpf.Map `ebpf:"pal_services"`
 }
 
 func (m *palisadeMaps) Close() error {
 	return _PalisadeClose(
+		m.PalAffinity,
+		m.PalBackends,
 		m.PalCt,
 		m.PalDrops,
 		m.PalEndpoints,
 		m.PalEvents,
 		m.PalIpcache,
 		m.PalPolicy,
+		m.PalServices,
 	)
 }
 

@@ -125,19 +125,28 @@ type skbContext struct {
 // run runs the program for d on pkt as if it crossed the subject's interface.
 func (f *fixture) run(t *testing.T, d Direction, pkt []byte) uint32 {
 	t.Helper()
+	ret, _ := f.runOut(t, d, pkt)
+	return ret
+}
+
+// runOut is run that also returns the packet as the program left it.
+func (f *fixture) runOut(t *testing.T, d Direction, pkt []byte) (uint32, []byte) {
+	t.Helper()
 	var ret uint32
+	opts := &ebpf.RunOptions{
+		Data:    pkt,
+		DataOut: make([]byte, len(pkt)+256),
+		Context: skbContext{Ifindex: uint32(f.ifindex)},
+	}
 	err := f.netns.Do(func(ns.NetNS) error {
 		var err error
-		ret, err = f.objs.Program(d).Run(&ebpf.RunOptions{
-			Data:    pkt,
-			Context: skbContext{Ifindex: uint32(f.ifindex)},
-		})
+		ret, err = f.objs.Program(d).Run(opts)
 		return err
 	})
 	if err != nil {
 		t.Fatalf("run %s: %v", d, err)
 	}
-	return ret
+	return ret, opts.DataOut
 }
 
 type pkt struct {
@@ -191,7 +200,73 @@ func (p pkt) ip() []byte {
 	s, d := p.src.As4(), p.dst.As4()
 	copy(ip[12:], s[:])
 	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	if off := l4ChecksumOffset(p.proto); off >= 0 {
+		binary.BigEndian.PutUint16(l4[off:], checksum(pseudoHeader(ip, l4), l4))
+	}
 	return append(ip, l4...)
+}
+
+func l4ChecksumOffset(proto uint8) int {
+	switch proto {
+	case tcp:
+		return 16
+	case udp:
+		return 6
+	}
+	return -1
+}
+
+func pseudoHeader(ip, l4 []byte) []byte {
+	ph := make([]byte, 12)
+	copy(ph, ip[12:20])
+	ph[9] = ip[9]
+	binary.BigEndian.PutUint16(ph[10:], uint16(len(l4)))
+	return ph
+}
+
+// checksum is the Internet checksum of the concatenated parts.
+func checksum(parts ...[]byte) uint16 {
+	var all []byte
+	for _, p := range parts {
+		all = append(all, p...)
+	}
+	if len(all)%2 == 1 {
+		all = append(all, 0)
+	}
+	var sum uint32
+	for i := 0; i < len(all); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(all[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// decoded is what a test reads back from a packet the program rewrote.
+type decoded struct {
+	src, dst   netip.Addr
+	sport, dpt uint16
+	checksOK   bool
+}
+
+func decode(t *testing.T, frame []byte) decoded {
+	t.Helper()
+	ip := frame[14:]
+	hl := int(ip[0]&0x0f) * 4
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	ip = ip[:total]
+	l4 := ip[hl:]
+	d := decoded{
+		src:   netip.AddrFrom4([4]byte(ip[12:16])),
+		dst:   netip.AddrFrom4([4]byte(ip[16:20])),
+		sport: binary.BigEndian.Uint16(l4[0:]),
+		dpt:   binary.BigEndian.Uint16(l4[2:]),
+	}
+	// A correct checksum sums, with the data it covers, to zero.
+	d.checksOK = checksum(ip[:hl]) == 0 && checksum(pseudoHeader(ip, l4), l4) == 0
+	return d
 }
 
 func TestPrivilegedVerdicts(t *testing.T) {

@@ -11,6 +11,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "verdict.h"
+#include "service.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -63,8 +64,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct ct_entry *ct, entry = {};
 	struct ct_key key;
 	__u32 ifindex = skb->ifindex, peer, rule;
+	__u8 vip[16];
+	__be16 vport = 0;
+	int ret, lb = LB_NONE;
 	__u64 now;
-	int ret;
 
 	ret = parse_packet(skb, &f, &inner);
 	if (ret == PARSE_NOT_IP)
@@ -79,6 +82,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_OK;
 
 	now = bpf_ktime_get_ns();
+	if (dir == DIR_EGRESS) {
+		lb = lb_translate(skb, &f, ifindex, now, vip, &vport);
+		/* A pod reaching itself through its Service: kube-proxy
+		 * translates it, and a pod's traffic with itself is allowed. */
+		if (lb == LB_SELF)
+			return TC_ACT_OK;
+		if (lb == LB_ERROR)
+			return drop(skb, &f, dir, REASON_NAT, 0);
+	}
+
 	/* An ICMP error belongs to the flow of the packet it quotes, which
 	 * crossed this endpoint in the other direction. */
 	if (f.icmp_error && ct_find(&inner, dir ^ 1, ifindex, now, &key))
@@ -97,6 +110,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (ct) {
 		ct->expires = now + ct_lifetime(&f);
+		/* A reply of a flow that was sent to a Service must come from
+		 * the Service's address. */
+		if (key.dir != dir && (ct->flags & CT_F_NAT)) {
+			__u8 addr[16];
+			__be16 port = ct->nat_port;
+
+			__builtin_memcpy(addr, ct->nat_addr, 16);
+			if (nat_rewrite(skb, &f, 0, addr, port) < 0)
+				return drop(skb, &f, dir, REASON_NAT, 0);
+		}
 		return TC_ACT_OK;
 	}
 
@@ -109,6 +132,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	entry.revision = ep->revision;
 	entry.ifindex = ifindex;
 	entry.rule = rule;
+	if (lb == LB_TRANSLATED) {
+		entry.flags = CT_F_NAT;
+		entry.nat_port = vport;
+		__builtin_memcpy(entry.nat_addr, vip, 16);
+	}
 	bpf_map_update_elem(&pal_ct, &key, &entry, BPF_ANY);
 	return TC_ACT_OK;
 }

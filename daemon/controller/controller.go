@@ -21,6 +21,7 @@ import (
 	"github.com/palisade-cni/palisade/daemon/identity"
 	"github.com/palisade-cni/palisade/daemon/k8s"
 	"github.com/palisade-cni/palisade/daemon/policy"
+	"github.com/palisade-cni/palisade/daemon/service"
 )
 
 // resyncInterval bounds how long a missed signal can leave the maps stale.
@@ -34,6 +35,7 @@ type Datapath interface {
 	Apply(res *policy.Result, revision uint64) error
 	Remove(ifindex int) error
 	Prune(keep map[int]bool) error
+	ApplyServices(entries []service.Entry) error
 }
 
 // Controller keeps the datapath equal to what the cluster asks for.
@@ -57,6 +59,7 @@ type Controller struct {
 	revision   uint64 // datapath revision, bumped when the maps change
 	programmed map[string]uint64
 	last       *policy.Result
+	services   []service.Entry
 	changed    chan struct{} // closed and replaced after every sync
 }
 
@@ -173,6 +176,10 @@ func (c *Controller) sync() error {
 			"unknownPods", len(res.Unknown), "duration", time.Since(start))
 	}
 
+	if err := c.syncServices(); err != nil {
+		return err
+	}
+
 	c.mu.Lock()
 	c.revision = rev
 	c.last = &res
@@ -190,6 +197,37 @@ func (c *Controller) sync() error {
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
+	return nil
+}
+
+// syncServices mirrors Services and EndpointSlices into the translation
+// maps when they changed.
+func (c *Controller) syncServices() error {
+	svcs, err := c.cluster.Services.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("list services: %w", err)
+	}
+	slices, err := c.cluster.EndpointSlices.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("list endpointslices: %w", err)
+	}
+	entries := service.Compile(svcs, slices, c.node)
+	c.mu.Lock()
+	same := c.services != nil && reflect.DeepEqual(c.services, entries)
+	c.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := c.dp.ApplyServices(entries); err != nil {
+		return fmt.Errorf("write services: %w", err)
+	}
+	c.mu.Lock()
+	c.services = entries
+	if c.services == nil {
+		c.services = []service.Entry{}
+	}
+	c.mu.Unlock()
+	c.log.Info("Services programmed", "entries", len(entries))
 	return nil
 }
 

@@ -16,9 +16,11 @@ import (
 
 // Writer owns the maps' content.
 type Writer struct {
-	objs    *bpf.Objects
-	ipcache map[netip.Prefix]uint32
-	written map[int]endpointState
+	objs          *bpf.Objects
+	ipcache       map[netip.Prefix]uint32
+	written       map[int]endpointState
+	services      map[bpf.ServiceKey]serviceState
+	nextServiceID uint32
 }
 
 type endpointState struct {
@@ -32,7 +34,11 @@ func New(objs *bpf.Objects) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Writer{objs: objs, ipcache: cur, written: map[int]endpointState{}}, nil
+	w := &Writer{objs: objs, ipcache: cur, written: map[int]endpointState{}, nextServiceID: 1}
+	if err := w.loadServices(); err != nil {
+		return nil, err
+	}
+	return w, nil
 }
 
 // Apply makes the maps equal res at revision. New ipcache entries and

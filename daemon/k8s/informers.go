@@ -1,5 +1,5 @@
 // Package k8s builds the agent's view of the cluster: informers on Pods,
-// Namespaces, NetworkPolicies and Nodes, with managedFields stripped, whose
+// Namespaces, NetworkPolicies, Nodes, Services and EndpointSlices, with managedFields stripped, whose
 // every change only signals the controller.
 package k8s
 
@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	netlisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
 )
@@ -26,6 +27,9 @@ type Cluster struct {
 	Namespaces corelisters.NamespaceLister
 	Policies   netlisters.NetworkPolicyLister
 	Nodes      corelisters.NodeLister
+	// Services and EndpointSlices feed the translation of ClusterIPs.
+	Services       corelisters.ServiceLister
+	EndpointSlices discoverylisters.EndpointSliceLister
 
 	factory informers.SharedInformerFactory
 	synced  []cache.InformerSynced
@@ -45,13 +49,16 @@ func New(client kubernetes.Interface, onChange func()) (*Cluster, error) {
 	nss := f.Core().V1().Namespaces()
 	pols := f.Networking().V1().NetworkPolicies()
 	nodes := f.Core().V1().Nodes()
-	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), pols.Informer(), nodes.Informer()} {
+	svcs := f.Core().V1().Services()
+	eps := f.Discovery().V1().EndpointSlices()
+	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), pols.Informer(), nodes.Informer(), svcs.Informer(), eps.Informer()} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return nil, fmt.Errorf("add event handler: %w", err)
 		}
 		c.synced = append(c.synced, inf.HasSynced)
 	}
 	c.Pods, c.Namespaces, c.Policies, c.Nodes = pods.Lister(), nss.Lister(), pols.Lister(), nodes.Lister()
+	c.Services, c.EndpointSlices = svcs.Lister(), eps.Lister()
 	return c, nil
 }
 

@@ -24,6 +24,7 @@
 /* Directions from the pod's point of view. */
 #define DIR_EGRESS 0  /* pal_from_pod: what the pod sends */
 #define DIR_INGRESS 1 /* pal_to_pod: what the pod receives */
+#define DIR_SERVICE 2 /* pal_ct only: a flow to a Service, before translation */
 
 /* pal_endpoints: host-side ifindex -> endpoint.
  * Written by the agent after the endpoint's policy maps; read by both
@@ -122,11 +123,19 @@ struct ct_key {
 	__u16 pad;
 };
 
+#define CT_F_NAT (1 << 0) /* replies get their source rewritten to nat_addr */
+
 struct ct_entry {
 	__u64 expires;  /* bpf_ktime_get_ns() deadline */
 	__u64 revision; /* endpoint revision that admitted the flow */
 	__u32 ifindex;  /* endpoint that admitted the flow */
 	__u32 rule;
+	/* DIR_SERVICE entry: the backend the flow was given. Translated flow's
+	 * entry: the Service address its replies must appear to come from. */
+	__u8 nat_addr[16];
+	__be16 nat_port;
+	__u16 flags; /* CT_F_* */
+	__u32 pad;
 };
 
 struct {
@@ -143,6 +152,7 @@ struct {
 #define REASON_POLICY 2           /* no policy allows the flow */
 #define REASON_REJUDGED 3         /* policy changed; flow no longer allowed */
 #define REASON_MALFORMED 4        /* truncated header */
+#define REASON_NAT 5              /* Service translation failed */
 #define REASON_MAX 8
 
 /* pal_drops: per-CPU packet counters by reason; read by the agent. */

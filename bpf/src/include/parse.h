@@ -50,6 +50,9 @@ struct flow {
 	__u8 tcp_flags;
 	__u8 icmp_error; /* ICMP error quoting the tuple in inner */
 	__u8 nd;         /* ICMPv6 neighbour discovery */
+	__u8 ipv6;
+	__u8 pad[3];
+	__u32 l4_off; /* offset of the transport header */
 };
 
 static __always_inline void map_v4(__u8 *dst, __be32 addr)
@@ -124,6 +127,7 @@ static __always_inline int parse_ip(struct __sk_buff *skb, __u32 off, __be16 pro
 		map_v4(f->saddr, ip.saddr);
 		map_v4(f->daddr, ip.daddr);
 		f->proto = ip.protocol;
+		f->ipv6 = 0;
 		*l4 = off + ip.ihl * 4;
 		if (ip.frag_off & bpf_htons(0x1fff))
 			*ports_ok = 0;
@@ -137,6 +141,7 @@ static __always_inline int parse_ip(struct __sk_buff *skb, __u32 off, __be16 pro
 		__builtin_memcpy(f->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(f->daddr, &ip6.daddr, 16);
 		f->proto = ip6.nexthdr;
+		f->ipv6 = 1;
 		*l4 = off + sizeof(ip6);
 		return PARSE_OK;
 	}
@@ -157,6 +162,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct flow *f, s
 	ret = parse_ip(skb, sizeof(eth), eth.h_proto, f, &l4, &ports_ok);
 	if (ret != PARSE_OK)
 		return ret;
+	f->l4_off = l4;
 	if (!ports_ok)
 		return PARSE_OK;
 	ret = parse_l4(skb, l4, f);

@@ -1,0 +1,130 @@
+package e2e
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/palisade-cni/palisade/tests/testbed"
+)
+
+// createService creates a selector-less ClusterIP Service with one TCP port
+// (port -> targetPort) and an EndpointSlice naming the backend pod, the way
+// the EndpointSlice controller would. It returns the ClusterIP.
+func createService(t *testing.T, cp *testbed.ControlPlane, namespace, name string, port, targetPort int32, backend *testbed.Pod) netip.Addr {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	svc, err := cp.Client.CoreV1().Services(namespace).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{
+			Name: "web", Port: port, TargetPort: intstr.FromInt32(targetPort), Protocol: corev1.ProtocolTCP,
+		}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create service: %v", err)
+	}
+	portName, proto := "web", corev1.ProtocolTCP
+	_, err = cp.Client.DiscoveryV1().EndpointSlices(namespace).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{backend.IP().String()}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &targetPort, Protocol: &proto}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create endpointslice: %v", err)
+	}
+	return netip.MustParseAddr(svc.Spec.ClusterIP)
+}
+
+// createPolicy creates a NetworkPolicy built in Go; cleanup deletes it.
+func createPolicy(t *testing.T, cp *testbed.ControlPlane, pol *networkingv1.NetworkPolicy) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cp.Client.NetworkingV1().NetworkPolicies(pol.Namespace).Create(ctx, pol, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create networkpolicy: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cp.Client.NetworkingV1().NetworkPolicies(pol.Namespace).Delete(context.Background(), pol.Name, metav1.DeleteOptions{})
+	})
+}
+
+// egressTo is a policy isolating frontend for egress, allowing pods with
+// role=role on TCP port only.
+func egressTo(name, role string, port int32) *networkingv1.NetworkPolicy {
+	p := intstr.FromInt32(port)
+	tcp := corev1.ProtocolTCP
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: name},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"role": "frontend"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{{
+				To:    []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": role}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &p}},
+			}},
+		},
+	}
+}
+
+// TestPrivilegedServiceTraffic sends to a ClusterIP with no kube-proxy on
+// the node: every connection that works is Palisade's own translation, and
+// egress is judged against the backend pod and its target port.
+func TestPrivilegedServiceTraffic(t *testing.T) {
+	env := newOneNode(t, "")
+	vip := createService(t, env.cp, "prod", "backend", 80, 8080, env.backend)
+	probe := func(t *testing.T, want testbed.Outcome) {
+		t.Helper()
+		deadline := time.Now().Add(settle)
+		for {
+			v := testbed.Probe(context.Background(), env.frontend, vip, 80, corev1.ProtocolTCP)
+			if v.Outcome == want && (want != testbed.Connected || v.Reply == "backend") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("frontend -> %s:80 (backend:8080): %s, want %s", vip, v, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	t.Run("without policy the ClusterIP reaches its backend", func(t *testing.T) {
+		probe(t, testbed.Connected)
+	})
+	t.Run("an egress rule for the backend pod and target port admits the Service", func(t *testing.T) {
+		createPolicy(t, env.cp, egressTo("to-backend", "backend", 8080))
+		probe(t, testbed.Connected)
+	})
+	t.Run("an egress rule for another pod does not admit the Service", func(t *testing.T) {
+		createPolicy(t, env.cp, egressTo("to-other", "other", 8080))
+		probe(t, testbed.TimedOut)
+	})
+	t.Run("an egress rule for the Service port rather than the pod port does not admit it", func(t *testing.T) {
+		createPolicy(t, env.cp, egressTo("to-port-80", "backend", 80))
+		probe(t, testbed.TimedOut)
+	})
+	t.Run("the backend's ingress policy applies to traffic that came through the Service", func(t *testing.T) {
+		createPolicy(t, env.cp, egressTo("to-backend", "backend", 8080))
+		probe(t, testbed.Connected)
+		p := intstr.FromInt32(8080)
+		createPolicy(t, env.cp, &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "backend-from-other-only"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"role": "backend"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{
+					From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "other"}}}},
+					Ports: []networkingv1.NetworkPolicyPort{{Port: &p}},
+				}},
+			},
+		})
+		probe(t, testbed.TimedOut)
+	})
+}
