@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 
+	"github.com/palisade-cni/palisade/tests/packet"
 	"github.com/palisade-cni/palisade/tests/privileged"
 )
 
@@ -149,125 +150,16 @@ func (f *fixture) runOut(t *testing.T, d Direction, pkt []byte) (uint32, []byte)
 	return ret, opts.DataOut
 }
 
-type pkt struct {
-	src, dst   netip.Addr
-	proto      uint8
-	sport, dpt uint16
-	tcpFlags   uint8
-	icmpType   uint8
-	payload    []byte // for ICMP errors: the quoted IP packet
-}
-
+// Protocols and TCP flags, short for the tables below.
 const (
-	tcp  = 6
-	udp  = 17
-	icmp = 1
-	syn  = 0x02
-	ack  = 0x10
+	tcp  = packet.TCP
+	udp  = packet.UDP
+	icmp = packet.ICMP
+	syn  = packet.SYN
+	ack  = packet.ACK
 )
 
-func (p pkt) bytes() []byte {
-	eth := make([]byte, 14)
-	binary.BigEndian.PutUint16(eth[12:], 0x0800)
-	return append(eth, p.ip()...)
-}
-
-func (p pkt) ip() []byte {
-	var l4 []byte
-	switch p.proto {
-	case tcp:
-		l4 = make([]byte, 20)
-		binary.BigEndian.PutUint16(l4[0:], p.sport)
-		binary.BigEndian.PutUint16(l4[2:], p.dpt)
-		l4[12] = 5 << 4
-		l4[13] = p.tcpFlags
-	case udp:
-		l4 = make([]byte, 8)
-		binary.BigEndian.PutUint16(l4[0:], p.sport)
-		binary.BigEndian.PutUint16(l4[2:], p.dpt)
-		binary.BigEndian.PutUint16(l4[4:], 8)
-	case icmp:
-		l4 = make([]byte, 8)
-		l4[0] = p.icmpType
-		binary.BigEndian.PutUint16(l4[4:], p.sport) // echo identifier
-		l4 = append(l4, p.payload...)
-	}
-	ip := make([]byte, 20)
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
-	ip[8] = 64
-	ip[9] = p.proto
-	s, d := p.src.As4(), p.dst.As4()
-	copy(ip[12:], s[:])
-	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
-	if off := l4ChecksumOffset(p.proto); off >= 0 {
-		binary.BigEndian.PutUint16(l4[off:], checksum(pseudoHeader(ip, l4), l4))
-	}
-	return append(ip, l4...)
-}
-
-func l4ChecksumOffset(proto uint8) int {
-	switch proto {
-	case tcp:
-		return 16
-	case udp:
-		return 6
-	}
-	return -1
-}
-
-func pseudoHeader(ip, l4 []byte) []byte {
-	ph := make([]byte, 12)
-	copy(ph, ip[12:20])
-	ph[9] = ip[9]
-	binary.BigEndian.PutUint16(ph[10:], uint16(len(l4)))
-	return ph
-}
-
-// checksum is the Internet checksum of the concatenated parts.
-func checksum(parts ...[]byte) uint16 {
-	var all []byte
-	for _, p := range parts {
-		all = append(all, p...)
-	}
-	if len(all)%2 == 1 {
-		all = append(all, 0)
-	}
-	var sum uint32
-	for i := 0; i < len(all); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(all[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
-
-// decoded is what a test reads back from a packet the program rewrote.
-type decoded struct {
-	src, dst   netip.Addr
-	sport, dpt uint16
-	checksOK   bool
-}
-
-func decode(t *testing.T, frame []byte) decoded {
-	t.Helper()
-	ip := frame[14:]
-	hl := int(ip[0]&0x0f) * 4
-	total := int(binary.BigEndian.Uint16(ip[2:]))
-	ip = ip[:total]
-	l4 := ip[hl:]
-	d := decoded{
-		src:   netip.AddrFrom4([4]byte(ip[12:16])),
-		dst:   netip.AddrFrom4([4]byte(ip[16:20])),
-		sport: binary.BigEndian.Uint16(l4[0:]),
-		dpt:   binary.BigEndian.Uint16(l4[2:]),
-	}
-	// A correct checksum sums, with the data it covers, to zero.
-	d.checksOK = checksum(ip[:hl]) == 0 && checksum(pseudoHeader(ip, l4), l4) == 0
-	return d
-}
+type pkt = packet.Packet
 
 func TestPrivilegedVerdicts(t *testing.T) {
 	const isolatedIn = FlagIngressIsolated
@@ -286,107 +178,107 @@ func TestPrivilegedVerdicts(t *testing.T) {
 		name:  "a pod no policy isolates receives everything",
 		flags: 0,
 		steps: []step{
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 80, tcpFlags: syn}, tcActOK},
-			{ToPod, pkt{src: worldIP, dst: subjectIP, proto: udp, sport: 40000, dpt: 53}, tcActOK},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: tcp, SrcPort: 40000, DstPort: 80, TCPFlags: syn}, tcActOK},
+			{ToPod, pkt{Src: worldIP, Dst: subjectIP, Proto: udp, SrcPort: 40000, DstPort: 53}, tcActOK},
 		},
 	}, {
 		name:  "default deny drops new TCP, UDP and ICMP to the pod",
 		flags: isolatedIn,
 		steps: []step{
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 80, tcpFlags: syn}, tcActShot},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: udp, sport: 40000, dpt: 80}, tcActShot},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: icmp, icmpType: 8, sport: 1}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 40000, DstPort: 80, TCPFlags: syn}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: udp, SrcPort: 40000, DstPort: 80}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: icmp, ICMPType: 8, SrcPort: 1}, tcActShot},
 		},
 	}, {
 		name:  "default deny for ingress leaves egress open",
 		flags: isolatedIn,
 		steps: []step{
-			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: tcp, sport: 40000, dpt: 80, tcpFlags: syn}, tcActOK},
+			{FromPod, pkt{Src: subjectIP, Dst: otherIP, Proto: tcp, SrcPort: 40000, DstPort: 80, TCPFlags: syn}, tcActOK},
 		},
 	}, {
 		name:    "the reply of an allowed outbound flow reaches an ingress-isolated pod",
 		flags:   isolatedIn,
 		ingress: nil,
 		steps: []step{
-			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: tcp, sport: 40001, dpt: 80, tcpFlags: syn}, tcActOK},
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 80, dpt: 40001, tcpFlags: syn | ack}, tcActOK},
-			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 40002, dpt: 53}, tcActOK},
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: udp, sport: 53, dpt: 40002}, tcActOK},
-			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: icmp, icmpType: 8, sport: 77}, tcActOK},
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: icmp, icmpType: 0, sport: 77}, tcActOK},
+			{FromPod, pkt{Src: subjectIP, Dst: otherIP, Proto: tcp, SrcPort: 40001, DstPort: 80, TCPFlags: syn}, tcActOK},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: tcp, SrcPort: 80, DstPort: 40001, TCPFlags: syn | ack}, tcActOK},
+			{FromPod, pkt{Src: subjectIP, Dst: otherIP, Proto: udp, SrcPort: 40002, DstPort: 53}, tcActOK},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: udp, SrcPort: 53, DstPort: 40002}, tcActOK},
+			{FromPod, pkt{Src: subjectIP, Dst: otherIP, Proto: icmp, ICMPType: 8, SrcPort: 77}, tcActOK},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: icmp, ICMPType: 0, SrcPort: 77}, tcActOK},
 		},
 	}, {
 		name:  "a packet that only looks like a reply is judged as new",
 		flags: isolatedIn,
 		steps: []step{
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 80, dpt: 40003, tcpFlags: syn | ack}, tcActShot},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: tcp, SrcPort: 80, DstPort: 40003, TCPFlags: syn | ack}, tcActShot},
 		},
 	}, {
 		name:    "a rule admits only its peer, protocol and port",
 		flags:   isolatedIn,
 		ingress: allow(t, peerID, tcp, PortRange{6379, 6379}),
 		steps: []step{
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 6379, tcpFlags: syn}, tcActOK},
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 6379, tcpFlags: syn}, tcActShot},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 40000, dpt: 6380, tcpFlags: syn}, tcActShot},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: udp, sport: 40000, dpt: 6379}, tcActShot},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: icmp, icmpType: 8, sport: 2}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 40000, DstPort: 6379, TCPFlags: syn}, tcActOK},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: tcp, SrcPort: 40000, DstPort: 6379, TCPFlags: syn}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 40000, DstPort: 6380, TCPFlags: syn}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: udp, SrcPort: 40000, DstPort: 6379}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: icmp, ICMPType: 8, SrcPort: 2}, tcActShot},
 		},
 	}, {
 		name:    "a rule without ports admits every protocol of its peer",
 		flags:   isolatedIn,
 		ingress: allow(t, peerID, 0, PortRange{}),
 		steps: []step{
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: icmp, icmpType: 8, sport: 3}, tcActOK},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: udp, sport: 1, dpt: 9}, tcActOK},
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: udp, sport: 1, dpt: 9}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: icmp, ICMPType: 8, SrcPort: 3}, tcActOK},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: udp, SrcPort: 1, DstPort: 9}, tcActOK},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: udp, SrcPort: 1, DstPort: 9}, tcActShot},
 		},
 	}, {
 		name:    "a wildcard peer admits addresses the ipcache does not know",
 		flags:   isolatedIn,
 		ingress: allow(t, IdentityAny, tcp, PortRange{80, 80}),
 		steps: []step{
-			{ToPod, pkt{src: worldIP, dst: subjectIP, proto: tcp, sport: 1000, dpt: 80, tcpFlags: syn}, tcActOK},
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: tcp, sport: 1000, dpt: 80, tcpFlags: syn}, tcActOK},
-			{ToPod, pkt{src: worldIP, dst: subjectIP, proto: tcp, sport: 1000, dpt: 81, tcpFlags: syn}, tcActShot},
+			{ToPod, pkt{Src: worldIP, Dst: subjectIP, Proto: tcp, SrcPort: 1000, DstPort: 80, TCPFlags: syn}, tcActOK},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: tcp, SrcPort: 1000, DstPort: 80, TCPFlags: syn}, tcActOK},
+			{ToPod, pkt{Src: worldIP, Dst: subjectIP, Proto: tcp, SrcPort: 1000, DstPort: 81, TCPFlags: syn}, tcActShot},
 		},
 	}, {
 		name:    "a port range admits exactly its ends and what lies between",
 		flags:   isolatedIn,
 		ingress: allow(t, peerID, tcp, PortRange{5000, 5002}),
 		steps: []step{
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 4999, tcpFlags: syn}, tcActShot},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 5000, tcpFlags: syn}, tcActOK},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 5001, tcpFlags: syn}, tcActOK},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 5002, tcpFlags: syn}, tcActOK},
-			{ToPod, pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 5003, tcpFlags: syn}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 4999, TCPFlags: syn}, tcActShot},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 5000, TCPFlags: syn}, tcActOK},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 5001, TCPFlags: syn}, tcActOK},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 5002, TCPFlags: syn}, tcActOK},
+			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 5003, TCPFlags: syn}, tcActShot},
 		},
 	}, {
 		name:  "traffic with the pod's own node is always allowed",
 		flags: FlagIngressIsolated | FlagEgressIsolated,
 		steps: []step{
-			{ToPod, pkt{src: nodeIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 8080, tcpFlags: syn}, tcActOK},
-			{FromPod, pkt{src: subjectIP, dst: nodeIP, proto: udp, sport: 1, dpt: 53}, tcActOK},
+			{ToPod, pkt{Src: nodeIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 8080, TCPFlags: syn}, tcActOK},
+			{FromPod, pkt{Src: subjectIP, Dst: nodeIP, Proto: udp, SrcPort: 1, DstPort: 53}, tcActOK},
 		},
 	}, {
 		name:   "egress isolation drops what the pod sends",
 		flags:  FlagEgressIsolated,
 		egress: allow(t, peerID, udp, PortRange{53, 53}),
 		steps: []step{
-			{FromPod, pkt{src: subjectIP, dst: peerIP, proto: udp, sport: 1, dpt: 53}, tcActOK},
-			{FromPod, pkt{src: subjectIP, dst: peerIP, proto: tcp, sport: 1, dpt: 53, tcpFlags: syn}, tcActShot},
-			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 1, dpt: 53}, tcActShot},
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: udp, sport: 1, dpt: 53}, tcActOK},
+			{FromPod, pkt{Src: subjectIP, Dst: peerIP, Proto: udp, SrcPort: 1, DstPort: 53}, tcActOK},
+			{FromPod, pkt{Src: subjectIP, Dst: peerIP, Proto: tcp, SrcPort: 1, DstPort: 53, TCPFlags: syn}, tcActShot},
+			{FromPod, pkt{Src: subjectIP, Dst: otherIP, Proto: udp, SrcPort: 1, DstPort: 53}, tcActShot},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: udp, SrcPort: 1, DstPort: 53}, tcActOK},
 		},
 	}, {
 		name:  "an ICMP error passes only when it quotes a known flow",
 		flags: isolatedIn,
 		steps: []step{
-			{FromPod, pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 41000, dpt: 9999}, tcActOK},
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: icmp, icmpType: 3,
-				payload: pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 41000, dpt: 9999}.ip()[:28]}, tcActOK},
-			{ToPod, pkt{src: otherIP, dst: subjectIP, proto: icmp, icmpType: 3,
-				payload: pkt{src: subjectIP, dst: otherIP, proto: udp, sport: 41001, dpt: 9999}.ip()[:28]}, tcActShot},
+			{FromPod, pkt{Src: subjectIP, Dst: otherIP, Proto: udp, SrcPort: 41000, DstPort: 9999}, tcActOK},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: icmp, ICMPType: 3,
+				Payload: pkt{Src: subjectIP, Dst: otherIP, Proto: udp, SrcPort: 41000, DstPort: 9999}.IP()[:28]}, tcActOK},
+			{ToPod, pkt{Src: otherIP, Dst: subjectIP, Proto: icmp, ICMPType: 3,
+				Payload: pkt{Src: subjectIP, Dst: otherIP, Proto: udp, SrcPort: 41001, DstPort: 9999}.IP()[:28]}, tcActShot},
 		},
 	}}
 	for _, tt := range tests {
@@ -394,7 +286,7 @@ func TestPrivilegedVerdicts(t *testing.T) {
 			f := newFixture(t)
 			f.isolate(t, tt.flags, 1, tt.ingress, tt.egress)
 			for i, s := range tt.steps {
-				if got := f.run(t, s.dir, s.pkt.bytes()); got != s.want {
+				if got := f.run(t, s.dir, s.pkt.Frame()); got != s.want {
 					t.Errorf("step %d (%s %+v): verdict %d, want %d", i, s.dir, s.pkt, got, s.want)
 				}
 			}
@@ -404,8 +296,8 @@ func TestPrivilegedVerdicts(t *testing.T) {
 
 func TestPrivilegedUnknownEndpointIsDropped(t *testing.T) {
 	f := newFixture(t)
-	p := pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 1, dpt: 80, tcpFlags: syn}
-	if got := f.run(t, ToPod, p.bytes()); got != tcActShot {
+	p := pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 80, TCPFlags: syn}
+	if got := f.run(t, ToPod, p.Frame()); got != tcActShot {
 		t.Errorf("verdict %d for an interface without endpoint, want drop", got)
 	}
 	drops, err := f.objs.Drops()
@@ -438,14 +330,14 @@ func TestPrivilegedPolicyChangeRejudgesEstablishedFlow(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
 			f.isolate(t, FlagIngressIsolated, 1, allow(t, peerID, tcp, PortRange{80, 80}), nil)
-			open := pkt{src: peerIP, dst: subjectIP, proto: tcp, sport: 42000, dpt: 80, tcpFlags: syn}
-			if got := f.run(t, ToPod, open.bytes()); got != tcActOK {
+			open := pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 42000, DstPort: 80, TCPFlags: syn}
+			if got := f.run(t, ToPod, open.Frame()); got != tcActOK {
 				t.Fatalf("opening packet verdict %d, want pass", got)
 			}
 			f.isolate(t, FlagIngressIsolated, tt.newRevision, nil, nil)
 			data := open
-			data.tcpFlags = ack
-			if got := f.run(t, ToPod, data.bytes()); got != tt.want {
+			data.TCPFlags = ack
+			if got := f.run(t, ToPod, data.Frame()); got != tt.want {
 				t.Errorf("packet after the policy change: verdict %d, want %d", got, tt.want)
 			}
 		})

@@ -3,6 +3,8 @@ package bpf
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/palisade-cni/palisade/tests/packet"
 )
 
 var (
@@ -28,38 +30,38 @@ func TestPrivilegedServiceTranslation(t *testing.T) {
 		if proto == udp {
 			port, backendPort = 53, 5353
 		}
-		out := pkt{src: subjectIP, dst: vip, proto: proto, sport: 40000, dpt: port, tcpFlags: syn}
-		verdict, data := f.runOut(t, FromPod, out.bytes())
+		out := pkt{Src: subjectIP, Dst: vip, Proto: proto, SrcPort: 40000, DstPort: port, TCPFlags: syn}
+		verdict, data := f.runOut(t, FromPod, out.Frame())
 		if verdict != tcActOK {
 			t.Fatalf("proto %d: packet to the Service dropped", proto)
 		}
-		got := decode(t, data)
-		if got.dst != peerIP || got.dpt != backendPort || got.src != subjectIP || got.sport != 40000 {
+		got := packet.Decode(data)
+		if got.Dst != peerIP || got.DstPort != backendPort || got.Src != subjectIP || got.SrcPort != 40000 {
 			t.Errorf("proto %d: translated to %+v, want destination %s:%d", proto, got, peerIP, backendPort)
 		}
-		if !got.checksOK {
+		if !got.ChecksumsOK {
 			t.Errorf("proto %d: checksums wrong after translation", proto)
 		}
 
-		reply := pkt{src: peerIP, dst: subjectIP, proto: proto, sport: backendPort, dpt: 40000, tcpFlags: syn | ack}
-		verdict, data = f.runOut(t, ToPod, reply.bytes())
+		reply := pkt{Src: peerIP, Dst: subjectIP, Proto: proto, SrcPort: backendPort, DstPort: 40000, TCPFlags: syn | ack}
+		verdict, data = f.runOut(t, ToPod, reply.Frame())
 		if verdict != tcActOK {
 			t.Fatalf("proto %d: reply from the backend dropped", proto)
 		}
-		got = decode(t, data)
-		if got.src != vip || got.sport != port || got.dst != subjectIP {
+		got = packet.Decode(data)
+		if got.Src != vip || got.SrcPort != port || got.Dst != subjectIP {
 			t.Errorf("proto %d: reply rewritten to %+v, want source %s:%d", proto, got, vip, port)
 		}
-		if !got.checksOK {
+		if !got.ChecksumsOK {
 			t.Errorf("proto %d: checksums wrong after reverse translation", proto)
 		}
 
 		// Later packets of the flow keep their backend.
 		next := out
-		next.tcpFlags = ack
-		verdict, data = f.runOut(t, FromPod, next.bytes())
-		if got := decode(t, data); verdict != tcActOK || got.dst != peerIP {
-			t.Errorf("proto %d: second packet verdict %d to %s", proto, verdict, got.dst)
+		next.TCPFlags = ack
+		verdict, data = f.runOut(t, FromPod, next.Frame())
+		if got := packet.Decode(data); verdict != tcActOK || got.Dst != peerIP {
+			t.Errorf("proto %d: second packet verdict %d to %s", proto, verdict, got.Dst)
 		}
 	}
 }
@@ -87,8 +89,8 @@ func TestPrivilegedServiceEgressJudgedOnBackend(t *testing.T) {
 				t.Fatal(err)
 			}
 			f.isolate(t, FlagEgressIsolated, 1, nil, tt.egress(t))
-			p := pkt{src: subjectIP, dst: vip, proto: tcp, sport: 40001, dpt: 80, tcpFlags: syn}
-			if got := f.run(t, FromPod, p.bytes()); got != tt.want {
+			p := pkt{Src: subjectIP, Dst: vip, Proto: tcp, SrcPort: 40001, DstPort: 80, TCPFlags: syn}
+			if got := f.run(t, FromPod, p.Frame()); got != tt.want {
 				t.Errorf("verdict %d, want %d", got, tt.want)
 			}
 		})
@@ -103,20 +105,20 @@ func TestPrivilegedServiceEdgeCases(t *testing.T) {
 	if err := f.objs.SetService(NewServiceKey(vip2, 80, tcp), 3, 0, []Backend{{subjectIP, 80}}, 0); err != nil {
 		t.Fatal(err)
 	}
-	self := pkt{src: subjectIP, dst: vip2, proto: tcp, sport: 40002, dpt: 80, tcpFlags: syn}
-	verdict, data := f.runOut(t, FromPod, self.bytes())
-	if got := decode(t, data); verdict != tcActOK || got.dst != vip2 {
-		t.Errorf("hairpin to itself: verdict %d, destination %s; want pass, untouched", verdict, got.dst)
+	self := pkt{Src: subjectIP, Dst: vip2, Proto: tcp, SrcPort: 40002, DstPort: 80, TCPFlags: syn}
+	verdict, data := f.runOut(t, FromPod, self.Frame())
+	if got := packet.Decode(data); verdict != tcActOK || got.Dst != vip2 {
+		t.Errorf("hairpin to itself: verdict %d, destination %s; want pass, untouched", verdict, got.Dst)
 	}
 	// With other backends, the subject is not chosen.
 	if err := f.objs.SetService(NewServiceKey(vip2, 80, tcp), 3, 0, []Backend{{subjectIP, 80}, {peerIP, 8080}}, 1); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 8 {
-		p := pkt{src: subjectIP, dst: vip2, proto: tcp, sport: uint16(41000 + i), dpt: 80, tcpFlags: syn}
-		_, data := f.runOut(t, FromPod, p.bytes())
-		if got := decode(t, data); got.dst != peerIP {
-			t.Fatalf("flow %d went to %s, want the other backend %s", i, got.dst, peerIP)
+		p := pkt{Src: subjectIP, Dst: vip2, Proto: tcp, SrcPort: uint16(41000 + i), DstPort: 80, TCPFlags: syn}
+		_, data := f.runOut(t, FromPod, p.Frame())
+		if got := packet.Decode(data); got.Dst != peerIP {
+			t.Fatalf("flow %d went to %s, want the other backend %s", i, got.Dst, peerIP)
 		}
 	}
 	// A Service without backends is an address like any other: here, one
@@ -124,8 +126,8 @@ func TestPrivilegedServiceEdgeCases(t *testing.T) {
 	if err := f.objs.DeleteService(NewServiceKey(vip2, 80, tcp), 3, 2); err != nil {
 		t.Fatal(err)
 	}
-	p := pkt{src: subjectIP, dst: vip2, proto: tcp, sport: 42000, dpt: 80, tcpFlags: syn}
-	if got := f.run(t, FromPod, p.bytes()); got != tcActShot {
+	p := pkt{Src: subjectIP, Dst: vip2, Proto: tcp, SrcPort: 42000, DstPort: 80, TCPFlags: syn}
+	if got := f.run(t, FromPod, p.Frame()); got != tcActShot {
 		t.Errorf("packet to a Service with no backends: verdict %d, want drop", got)
 	}
 }
@@ -139,9 +141,9 @@ func TestPrivilegedServiceAffinityKeepsTheBackend(t *testing.T) {
 	}
 	var first netip.Addr
 	for i := range 16 {
-		p := pkt{src: subjectIP, dst: vip, proto: tcp, sport: uint16(43000 + i), dpt: 80, tcpFlags: syn}
-		_, data := f.runOut(t, FromPod, p.bytes())
-		got := decode(t, data).dst
+		p := pkt{Src: subjectIP, Dst: vip, Proto: tcp, SrcPort: uint16(43000 + i), DstPort: 80, TCPFlags: syn}
+		_, data := f.runOut(t, FromPod, p.Frame())
+		got := packet.Decode(data).Dst
 		if i == 0 {
 			first = got
 		} else if got != first {
