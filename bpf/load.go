@@ -97,9 +97,6 @@ func (o *Objects) program(d Direction) *ebpf.Program {
 	return o.objs.PalToPod
 }
 
-// Program returns the loaded program for d, for tests that run it.
-func (o *Objects) Program(d Direction) *ebpf.Program { return o.program(d) }
-
 // Root is the bpffs directory holding the pins.
 func (o *Objects) Root() string { return o.root }
 

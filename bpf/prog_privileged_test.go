@@ -10,16 +10,14 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
-	"github.com/vishvananda/netlink"
 
+	"github.com/palisade-cni/palisade/tests/kernel"
 	"github.com/palisade-cni/palisade/tests/packet"
-	"github.com/palisade-cni/palisade/tests/privileged"
 )
 
 const (
-	tcActOK   = 0
-	tcActShot = 2
+	tcActOK   = VerdictPass
+	tcActShot = VerdictDrop
 )
 
 var (
@@ -45,31 +43,8 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	privileged.Require(t)
-	netns, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		netns.Close()
-		_ = testutils.UnmountNS(netns)
-	})
-	f := &fixture{netns: netns}
-	err = netns.Do(func(ns.NetNS) error {
-		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pal-subject"}, PeerName: "pal-peer"}
-		if err := netlink.LinkAdd(veth); err != nil {
-			return err
-		}
-		l, err := netlink.LinkByName("pal-subject")
-		if err != nil {
-			return err
-		}
-		f.ifindex = l.Attrs().Index
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("create veth: %v", err)
-	}
+	netns, ifindexes := kernel.NetNSWithVeths(t, 1)
+	f := &fixture{netns: netns, ifindex: ifindexes[0]}
 	root := fmt.Sprintf("/sys/fs/bpf/palisade-test-%08x", rand.Uint32())
 	objs, err := Load(LoadOptions{Root: root, Rejudge: true})
 	if err != nil {
@@ -117,12 +92,6 @@ func allow(t *testing.T, peer uint32, proto uint8, r PortRange) []PolicyEntry {
 	return out
 }
 
-// skbContext is the head of struct __sk_buff up to ifindex, which
-// BPF_PROG_TEST_RUN accepts as the context.
-type skbContext struct {
-	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto, Priority, IngressIfindex, Ifindex uint32
-}
-
 // run runs the program for d on pkt as if it crossed the subject's interface.
 func (f *fixture) run(t *testing.T, d Direction, pkt []byte) uint32 {
 	t.Helper()
@@ -134,20 +103,16 @@ func (f *fixture) run(t *testing.T, d Direction, pkt []byte) uint32 {
 func (f *fixture) runOut(t *testing.T, d Direction, pkt []byte) (uint32, []byte) {
 	t.Helper()
 	var ret uint32
-	opts := &ebpf.RunOptions{
-		Data:    pkt,
-		DataOut: make([]byte, len(pkt)+256),
-		Context: skbContext{Ifindex: uint32(f.ifindex)},
-	}
+	var out []byte
 	err := f.netns.Do(func(ns.NetNS) error {
 		var err error
-		ret, err = f.objs.Program(d).Run(opts)
+		ret, out, err = f.objs.Classify(d, f.ifindex, pkt)
 		return err
 	})
 	if err != nil {
-		t.Fatalf("run %s: %v", d, err)
+		t.Fatal(err)
 	}
-	return ret, opts.DataOut
+	return ret, out
 }
 
 // Protocols and TCP flags, short for the tables below.
