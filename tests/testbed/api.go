@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
+	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -38,19 +40,37 @@ func (cp *ControlPlane) CreateNamespace(tb testing.TB, name string, labels map[s
 	})
 }
 
-// ReadPolicy decodes a NetworkPolicy from a YAML file, strictly: a field
-// the API does not have is an error, never ignored.
+// ReadPolicy decodes a NetworkPolicy from a YAML file.
 func ReadPolicy(tb testing.TB, path string) *networkingv1.NetworkPolicy {
 	tb.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		tb.Fatalf("read policy: %v", err)
 	}
-	var pol networkingv1.NetworkPolicy
-	if err := yaml.UnmarshalStrict(data, &pol); err != nil {
+	pol, err := DecodePolicy(data)
+	if err != nil {
 		tb.Fatalf("decode policy %s: %v", path, err)
 	}
-	return &pol
+	return pol
+}
+
+// DecodePolicy decodes NetworkPolicy YAML as strictly as the API server: a
+// field the API does not have, or one spelt with other capitals (the seeds'
+// NamespaceSelector), is an error, never silently dropped or matched.
+func DecodePolicy(data []byte) (*networkingv1.NetworkPolicy, error) {
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, err
+	}
+	var pol networkingv1.NetworkPolicy
+	strict, err := sigsjson.UnmarshalStrict(js, &pol)
+	if err != nil {
+		return nil, err
+	}
+	if err := errors.Join(strict...); err != nil {
+		return nil, err
+	}
+	return &pol, nil
 }
 
 // ApplyPolicy creates the policy in file path in namespace and returns its
