@@ -132,4 +132,3 @@ func TestIPv6AndDualStack(t *testing.T) {
 		t.Error("the pod's IPv6 address is not in the ipcache")
 	}
 }
-
