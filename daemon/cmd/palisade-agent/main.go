@@ -39,6 +39,12 @@ var version = "dev"
 func main() { os.Exit(run()) }
 
 func run() int {
+	// install-cni and uninstall: see subcommands.go.
+	if len(os.Args) > 1 {
+		if sub, ok := subcommands[os.Args[1]]; ok {
+			return sub(os.Args[2:])
+		}
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "palisade-agent: %v\n", err)

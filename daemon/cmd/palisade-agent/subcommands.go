@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/palisade-cni/palisade/daemon/agentapi"
+	"github.com/palisade-cni/palisade/daemon/install"
+)
+
+// The installer is a subcommand of the agent rather than a binary of its
+// own: the image then carries one Go binary with everything linked once,
+// and the installer's version always matches the agent's.
+
+// subcommands run instead of the agent when named as the first argument.
+var subcommands = map[string]func(args []string) int{
+	"install-cni": runInstall,
+	"uninstall":   runUninstall,
+}
+
+// defaultPluginSource is the plugin binary next to the agent's own, as the
+// image lays them out.
+func defaultPluginSource() string {
+	self, err := os.Executable()
+	if err != nil {
+		return "/usr/local/bin/palisade"
+	}
+	return filepath.Join(filepath.Dir(self), install.PluginType)
+}
+
+func subcommandLogger() *slog.Logger { return slog.New(slog.NewTextHandler(os.Stderr, nil)) }
+
+func runInstall(args []string) int {
+	var cfg install.Config
+	fs := flag.NewFlagSet("palisade-agent install-cni", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.PluginSource, "plugin-src", defaultPluginSource(), "the palisade plugin binary to install")
+	fs.StringVar(&cfg.BinDir, "cni-bin-dir", "/opt/cni/bin", "CNI plugin directory")
+	fs.StringVar(&cfg.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "CNI configuration directory")
+	accept := fs.String("accept-main-plugin", "", "comma-separated main plugin types to accept as veth-based besides flannel, bridge, ptp and weave-net")
+	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the main CNI to write its configuration")
+	watch := fs.Duration("watch", 0, "after installing, check every this often that palisade is still chained (0: exit)")
+	if err := fs.Parse(args); err != nil {
+		fmt.Fprintf(os.Stderr, "palisade-agent install-cni: %v\nflags:\n%s", err, usage(fs))
+		return 2
+	}
+	if *accept != "" {
+		cfg.Options.AcceptMainPlugins = strings.Split(*accept, ",")
+	}
+	log := subcommandLogger()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	waitCtx, cancel := context.WithTimeout(ctx, *wait)
+	defer cancel()
+	res, err := install.WaitInstall(waitCtx, log, cfg, time.Second)
+	if err != nil {
+		log.Error("Palisade not installed", "error", err)
+		return 1
+	}
+	log.Info("Palisade installed", "conflist", res.Conflist, "chained", res.Chained, "pluginUpdated", res.PluginUpdated)
+	if *watch > 0 {
+		install.Watch(ctx, log, cfg, *watch)
+	}
+	return 0
+}
+
+func runUninstall(args []string) int {
+	var cfg install.UninstallConfig
+	fs := flag.NewFlagSet("palisade-agent uninstall", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.BinDir, "cni-bin-dir", "/opt/cni/bin", "CNI plugin directory")
+	fs.StringVar(&cfg.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "CNI configuration directory")
+	fs.StringVar(&cfg.BPFRoot, "bpf-root", agentapi.DefaultBPFRoot, "the agent's bpffs directory")
+	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/palisade", "the agent's state directory")
+	if err := fs.Parse(args); err != nil {
+		fmt.Fprintf(os.Stderr, "palisade-agent uninstall: %v\nflags:\n%s", err, usage(fs))
+		return 2
+	}
+	log := subcommandLogger()
+	if err := install.Uninstall(log, cfg); err != nil {
+		log.Error("Uninstall incomplete; run it again", "error", err)
+		return 1
+	}
+	log.Info("Palisade removed from this node")
+	return 0
+}

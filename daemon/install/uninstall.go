@@ -1,0 +1,130 @@
+package install
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/palisade-cni/palisade/bpf"
+	"github.com/palisade-cni/palisade/daemon/endpoint"
+)
+
+// UninstallConfig says where Palisade's pieces are on the node.
+type UninstallConfig struct {
+	BinDir   string
+	ConfDir  string
+	BPFRoot  string
+	StateDir string
+}
+
+// Uninstall takes Palisade off the node, in the order that never leaves a
+// pod without a network: first the conflist entry (new pods no longer call
+// the plugin), then the programs on every pod's veth and the pinned maps
+// (running pods become unenforced, as before Palisade), then the agent's
+// state, and the plugin binary last. Run it after the agent has stopped; it
+// is idempotent.
+func Uninstall(log *slog.Logger, cfg UninstallConfig) error {
+	var errs []error
+	if err := unchainAll(log, cfg.ConfDir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := detachAll(log, cfg.BPFRoot, cfg.StateDir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := bpf.Unpin(cfg.BPFRoot); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(cfg.StateDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove state directory: %w", err))
+	}
+	bin := filepath.Join(cfg.BinDir, PluginType)
+	if err := os.Remove(bin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove plugin %s: %w", bin, err))
+	}
+	return errors.Join(errs...)
+}
+
+// unchainAll removes the palisade entry from every configuration file, not
+// only the first: the file order may have changed since the install.
+func unchainAll(log *slog.Logger, dir string) error {
+	files, err := FindAll(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read %s: %w", file, err))
+			continue
+		}
+		if filepath.Ext(file) != ".conflist" {
+			continue
+		}
+		out, changed, err := Unchain(file, data)
+		if err != nil {
+			// Not ours to fix, and it cannot hold our entry usably.
+			log.Warn("Configuration file left alone", "file", file, "error", err)
+			continue
+		}
+		if changed {
+			st, err := os.Stat(file)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("stat %s: %w", file, err))
+				continue
+			}
+			if err := writeAtomic(file, out, st.Mode().Perm()); err != nil {
+				errs = append(errs, fmt.Errorf("write %s: %w", file, err))
+				continue
+			}
+			log.Info("Palisade removed from the chain", "file", file)
+		}
+		if err := os.Remove(file + BackupSuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove backup: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// FindAll lists every CNI configuration file in dir, in the kubelet's order.
+func FindAll(dir string) ([]string, error) {
+	files, err := listConf(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", dir, err)
+	}
+	return files, nil
+}
+
+// detachAll removes Palisade's programs from every endpoint the agent knew
+// and, to be sure, every tc filter of ours on any interface of the node.
+// TCX links go with their pins in bpf.Unpin.
+func detachAll(log *slog.Logger, root, stateDir string) error {
+	var errs []error
+	reg, err := endpoint.Open(filepath.Join(stateDir, "endpoints.json"))
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, ep := range reg.List() {
+			if err := bpf.Detach(root, ep.HostIfIndex, ep.ID); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("list links: %w", err))...)
+	}
+	for _, l := range links {
+		// An empty endpoint ID names no link pin: this removes only our
+		// tc filters (by their priority).
+		if err := bpf.Detach(root, l.Attrs().Index, ""); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	log.Info("Programs detached", "interfaces", len(links))
+	return errors.Join(errs...)
+}
