@@ -34,10 +34,19 @@ type oneNode struct {
 }
 
 func newOneNode(t *testing.T, attachMode string) *oneNode {
+	return setUpOneNode(t, testbed.AgentOptions{AttachMode: attachMode})
+}
+
+// newOneNodeArgs is newOneNode with extra agent flags.
+func newOneNodeArgs(t *testing.T, args ...string) *oneNode {
+	return setUpOneNode(t, testbed.AgentOptions{Args: args})
+}
+
+func setUpOneNode(t *testing.T, opts testbed.AgentOptions) *oneNode {
 	privileged.Require(t)
 	cp := testbed.StartControlPlane(t)
 	node := cp.AddNode(t, "node-1", 1)
-	env := &oneNode{cp: cp, node: node, agent: node.StartAgent(t, testbed.AgentOptions{AttachMode: attachMode})}
+	env := &oneNode{cp: cp, node: node, agent: node.StartAgent(t, opts)}
 	cp.CreateNamespace(t, "prod", map[string]string{"team": "prod"})
 	env.backend = node.AddPod(t, testbed.MakePod("prod", "backend", map[string]string{"role": "backend"},
 		testbed.TCP(6379), testbed.UDP(6379), testbed.TCP(8080)))
