@@ -1,15 +1,18 @@
 package datapath
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	gocmp "github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -49,6 +52,7 @@ func TestPrivilegedEngineAndDatapathAgree(t *testing.T) {
 	// agent restarting onto a changed cluster, it must leave nothing of the
 	// previous seed behind.
 	objs := load(t)
+	scratch := load(t) // the final state of each seed, written from scratch
 	sport := uint16(20000)
 	budget := time.Now().Add(60 * time.Second)
 	for _, seed := range seeds {
@@ -78,11 +82,75 @@ func TestPrivilegedEngineAndDatapathAgree(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		if err := writeFromScratch(scratch, &res); err != nil {
+			t.Fatal(err)
+		}
+		if diff := gocmp.Diff(dump(t, scratch), dump(t, objs)); diff != "" {
+			t.Fatalf("seed %d: incrementally written maps differ from a from-scratch write of the final state (-scratch +incremental):\n%s", seed, diff)
+		}
 		err = netns.Do(func(ns.NetNS) error { return c.probe(r, objs, &res, 120) })
 		if err != nil {
 			t.Fatalf("seed %d (replay with PALISADE_DIFF_SEED=%d): %v\npolicies:\n%s", seed, seed, err, c.describe())
 		}
 	}
+}
+
+// writeFromScratch writes res into objs with a new Writer, as an agent
+// starting afresh would.
+func writeFromScratch(objs *bpf.Objects, res *policy.Result) error {
+	w, err := New(objs)
+	if err != nil {
+		return err
+	}
+	if err := w.Apply(res, 1); err != nil {
+		return err
+	}
+	keep := map[int]bool{}
+	for _, ep := range res.Endpoints {
+		keep[ep.Ifindex] = true
+	}
+	return w.Prune(keep)
+}
+
+// mapDump is the content of the maps, revisions aside.
+type mapDump struct {
+	IPCache   map[netip.Prefix]uint32
+	Endpoints map[int]uint32 // ifindex -> flags
+	Ingress   map[int][]bpf.PolicyEntry
+	Egress    map[int][]bpf.PolicyEntry
+}
+
+func dump(t *testing.T, objs *bpf.Objects) mapDump {
+	t.Helper()
+	d := mapDump{Endpoints: map[int]uint32{}, Ingress: map[int][]bpf.PolicyEntry{}, Egress: map[int][]bpf.PolicyEntry{}}
+	var err error
+	if d.IPCache, err = objs.IPCache(); err != nil {
+		t.Fatal(err)
+	}
+	eps, err := objs.Endpoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ifindex, info := range eps {
+		d.Endpoints[ifindex] = info.Flags
+		for _, dir := range []bpf.Direction{bpf.ToPod, bpf.FromPod} {
+			entries, err := objs.Policy(ifindex, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.SortFunc(entries, func(a, b bpf.PolicyEntry) int { return cmpKey(a.Key, b.Key) })
+			if dir == bpf.ToPod {
+				d.Ingress[ifindex] = entries
+			} else {
+				d.Egress[ifindex] = entries
+			}
+		}
+	}
+	return d
+}
+
+func cmpKey(a, b bpf.PolicyKey) int {
+	return cmp.Or(cmpU(a.Identity, b.Identity), cmpU(uint32(a.Proto), uint32(b.Proto)), cmpU(a.Prefixlen, b.Prefixlen), cmpU(uint32(a.PortNet), uint32(b.PortNet)))
 }
 
 // cluster is a random cluster: namespaces, pods (the first ones local
