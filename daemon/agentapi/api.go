@@ -75,6 +75,9 @@ type Endpoint struct {
 	Revision uint64 `json:"revision"`
 	// Current is true when no newer revision is waiting to be programmed.
 	Current bool `json:"current"`
+	// Adopted is true for a pod that was running before the agent and that
+	// the agent registered itself at start, with no CNI ADD.
+	Adopted bool `json:"adopted,omitempty"`
 }
 
 // AddResponse answers a successful AddRequest, sent only once the pod's

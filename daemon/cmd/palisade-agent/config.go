@@ -23,8 +23,11 @@ type Config struct {
 	AttachMode bpf.AttachMode
 	HealthAddr string
 	Rejudge    bool
-	LogLevel   slog.Level
-	LogJSON    bool
+	// CNICacheDir is where the runtime's libcni keeps ADD results; the
+	// agent adopts pods found there that were running before it.
+	CNICacheDir string
+	LogLevel    slog.Level
+	LogJSON     bool
 }
 
 func parseFlags(args []string) (Config, error) {
@@ -39,6 +42,7 @@ func parseFlags(args []string) (Config, error) {
 	mode := fs.String("attach-mode", string(bpf.AttachAuto), "program hook: auto (tcx, else tc), tcx or tc")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", "127.0.0.1:9879", "address of /healthz and /readyz")
 	fs.BoolVar(&cfg.Rejudge, "rejudge", true, "re-judge established flows when the policy that admitted them changes")
+	fs.StringVar(&cfg.CNICacheDir, "cni-cache-dir", "/var/lib/cni", "the container runtime's libcni cache, read to adopt pods started before the agent")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {

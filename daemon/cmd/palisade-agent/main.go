@@ -25,6 +25,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/palisade-cni/palisade/bpf"
+	"github.com/palisade-cni/palisade/daemon/adopt"
 	"github.com/palisade-cni/palisade/daemon/controller"
 	"github.com/palisade-cni/palisade/daemon/datapath"
 	"github.com/palisade-cni/palisade/daemon/endpoint"
@@ -122,8 +123,16 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if !cluster.WaitForSync(ctx) {
 		return ctx.Err()
 	}
-	close(synced)
 	go ctrl.Run(ctx)
+	// Adopt pods that were running before the agent (daemon/adopt). The
+	// agent reports ready only afterwards, so a rollout waits for it.
+	if _, err := adopt.Run(ctx, adopt.Config{
+		Log: log, NodeName: cfg.NodeName, CacheDir: cfg.CNICacheDir, BPFRoot: cfg.BPFRoot,
+		AttachMode: cfg.AttachMode, Registry: registry, Pods: cluster.Pods, Controller: ctrl,
+	}); err != nil {
+		log.Error("Adoption incomplete", "error", err)
+	}
+	close(synced)
 	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
 
 	select {

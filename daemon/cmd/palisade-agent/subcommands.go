@@ -81,6 +81,7 @@ func runUninstall(args []string) int {
 	fs.StringVar(&cfg.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "CNI configuration directory")
 	fs.StringVar(&cfg.BPFRoot, "bpf-root", agentapi.DefaultBPFRoot, "the agent's bpffs directory")
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/palisade", "the agent's state directory")
+	stay := fs.Bool("stay", false, "after a successful uninstall, wait for SIGTERM instead of exiting (for a DaemonSet)")
 	if err := fs.Parse(args); err != nil {
 		fmt.Fprintf(os.Stderr, "palisade-agent uninstall: %v\nflags:\n%s", err, usage(fs))
 		return 2
@@ -91,5 +92,10 @@ func runUninstall(args []string) int {
 		return 1
 	}
 	log.Info("Palisade removed from this node")
+	if *stay {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		<-ctx.Done()
+	}
 	return 0
 }
