@@ -37,6 +37,12 @@ test: kube
 test-unit:
 	$(GO) test -count=1 ./bpf/... ./daemon/... ./plugin/...
 
+# Palisade's OCI image, agent + plugin (+ palisadectl), as a tarball for
+# `ctr -n k8s.io images import`; no container engine needed.
+.PHONY: image
+image: build
+	LDFLAGS='$(LDFLAGS)' scripts/image
+
 demo: kube build
 	scripts/demo
 
