@@ -1,0 +1,77 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/palisade-cni/palisade/daemon/identity"
+)
+
+// scaleState is a cluster of pods spread over 50 namespaces with a few
+// label sets each, policies of realistic shapes (default deny per
+// namespace, selector allows with ports and ranges, ipBlocks), and 100 local
+// endpoints: one node's share.
+func scaleState(pods, policies int) State {
+	var s State
+	for n := range 50 {
+		s.Namespaces = append(s.Namespaces, ns(fmt.Sprintf("ns-%d", n), map[string]string{"team": fmt.Sprintf("t%d", n%7)}))
+	}
+	for i := range pods {
+		ip := netip.AddrFrom4([4]byte{10, 244, byte(i / 250), byte(1 + i%250)})
+		p := pod(fmt.Sprintf("ns-%d", i%50), fmt.Sprintf("p-%d", i), ip,
+			map[string]string{"app": fmt.Sprintf("a%d", i%20), "tier": []string{"web", "api", "db"}[i%3]},
+			corev1.ContainerPort{Name: "http", ContainerPort: 8080})
+		s.Pods = append(s.Pods, p)
+		if i < 100 {
+			s.Endpoints = append(s.Endpoints, Endpoint{ID: p.Name, Ifindex: 10 + i, Pod: p, IPs: []netip.Addr{ip}})
+		}
+	}
+	for i := range policies {
+		namespace := fmt.Sprintf("ns-%d", i%50)
+		var p *networkingv1.NetworkPolicy
+		switch i % 4 {
+		case 0:
+			p = netpol(fmt.Sprintf("deny-%d", i), inNamespace(namespace), types(networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress))
+		case 1:
+			p = netpol(fmt.Sprintf("web-%d", i), inNamespace(namespace), selecting(map[string]string{"tier": "api"}),
+				ingressRule(peers(podPeer(map[string]string{"tier": "web"})), port(corev1.ProtocolTCP, 8080), named(corev1.ProtocolTCP, "http")))
+		case 2:
+			p = netpol(fmt.Sprintf("team-%d", i), inNamespace(namespace), selecting(map[string]string{"app": fmt.Sprintf("a%d", i%20)}),
+				ingressRule(peers(nsPeer(map[string]string{"team": fmt.Sprintf("t%d", i%7)})), portRange(30000, 32767)))
+		case 3:
+			p = netpol(fmt.Sprintf("out-%d", i), inNamespace(namespace),
+				egressRule(peers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+					CIDR: fmt.Sprintf("192.168.%d.0/24", i%256), Except: []string{fmt.Sprintf("192.168.%d.128/25", i%256)}}}), port(corev1.ProtocolTCP, 443)))
+		}
+		s.Policies = append(s.Policies, p)
+	}
+	return s
+}
+
+// BenchmarkCompile measures a full compile (what the agent does on every
+// change) as the cluster grows. Run: go test -run '^$' -bench Compile ./daemon/policy
+func BenchmarkCompile(b *testing.B) {
+	for _, pods := range []int{1000, 5000, 10000} {
+		for _, policies := range []int{100, 1000} {
+			b.Run(fmt.Sprintf("pods=%d/policies=%d", pods, policies), func(b *testing.B) {
+				s := scaleState(pods, policies)
+				alloc := identity.NewAllocator()
+				var res Result
+				for b.Loop() {
+					res = Compile(s, alloc)
+				}
+				rules := 0
+				for _, ep := range res.Endpoints {
+					rules += len(ep.Ingress) + len(ep.Egress)
+				}
+				b.ReportMetric(float64(len(res.IPCache)), "ipcache-entries")
+				b.ReportMetric(float64(rules), "rules")
+			})
+		}
+	}
+}
+
