@@ -74,4 +74,3 @@ func BenchmarkCompile(b *testing.B) {
 		}
 	}
 }
-
