@@ -43,6 +43,9 @@ const (
 	ReasonPolicy          = 2
 	ReasonRejudged        = 3
 	ReasonMalformed       = 4
+	ReasonNAT             = 5
+	// ReasonMax is the number of reason slots (maps.h REASON_MAX).
+	ReasonMax = 8
 )
 
 // dir is the C direction of a Direction (maps.h DIR_*).

@@ -18,6 +18,13 @@ type LoadOptions struct {
 	// Rejudge makes the programs re-judge an established flow against the
 	// current policy when the policy revision changed since it was admitted.
 	Rejudge bool
+	// AllowSampleRate emits one allowed flow in this many as a verdict
+	// event; 0 emits none. Drops are always emitted.
+	AllowSampleRate uint32
+	// EventRateLimit bounds the verdict events each CPU emits per second;
+	// 0 means DefaultEventRateLimit. Verdicts over the bound are still
+	// counted, and the events lost are counted too.
+	EventRateLimit uint32
 }
 
 // Objects are the loaded programs and maps.
@@ -52,6 +59,9 @@ func Load(opts LoadOptions) (*Objects, error) {
 	}
 	if err := spec.Variables[palisadeVarRejudge].Set(rejudge); err != nil {
 		return nil, fmt.Errorf("set rejudge: %w", err)
+	}
+	if err := setEventVariables(spec, opts); err != nil {
+		return nil, err
 	}
 	o := &Objects{root: opts.Root, inner: spec.Maps[palisadeMapPalPolicy].InnerMap.Copy()}
 	err = spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{

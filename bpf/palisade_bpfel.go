@@ -69,6 +69,12 @@ type palisadeEndpointInfo struct {
 	Flags    uint32
 }
 
+type palisadeEventBudget struct {
+	_      structs.HostLayout
+	Window uint64
+	Count  uint64
+}
+
 type palisadeIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -129,6 +135,8 @@ type palisadeVerdictEvent struct {
 	Pad          uint8
 	Ifindex      uint32
 	PeerIdentity uint32
+	Rule         uint32
+	Pad2         uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -140,12 +148,17 @@ const (
 	palisadeMapPalCt              = "pal_ct"
 	palisadeMapPalDrops           = "pal_drops"
 	palisadeMapPalEndpoints       = "pal_endpoints"
+	palisadeMapPalEventBudget     = "pal_event_budget"
+	palisadeMapPalEventStats      = "pal_event_stats"
 	palisadeMapPalEvents          = "pal_events"
 	palisadeMapPalIpcache         = "pal_ipcache"
 	palisadeMapPalPolicy          = "pal_policy"
 	palisadeMapPalServices        = "pal_services"
+	palisadeMapPalVerdicts        = "pal_verdicts"
 	palisadeProgPalFromPod        = "pal_from_pod"
 	palisadeProgPalToPod          = "pal_to_pod"
+	palisadeVarAllowSampleRate    = "allow_sample_rate"
+	palisadeVarEventRateLimit     = "event_rate_limit"
 	palisadeVarRejudge            = "rejudge"
 	palisadeVarUnusedPolicyKey    = "unused_policy_key"
 	palisadeVarUnusedPolicyValue  = "unused_policy_value"
@@ -202,21 +215,26 @@ type palisadeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type palisadeMapSpecs struct {
-	PalAffinity  *ebpf.MapSpec `ebpf:"pal_affinity"`
-	PalBackends  *ebpf.MapSpec `ebpf:"pal_backends"`
-	PalCt        *ebpf.MapSpec `ebpf:"pal_ct"`
-	PalDrops     *ebpf.MapSpec `ebpf:"pal_drops"`
-	PalEndpoints *ebpf.MapSpec `ebpf:"pal_endpoints"`
-	PalEvents    *ebpf.MapSpec `ebpf:"pal_events"`
-	PalIpcache   *ebpf.MapSpec `ebpf:"pal_ipcache"`
-	PalPolicy    *ebpf.MapSpec `ebpf:"pal_policy"`
-	PalServices  *ebpf.MapSpec `ebpf:"pal_services"`
+	PalAffinity    *ebpf.MapSpec `ebpf:"pal_affinity"`
+	PalBackends    *ebpf.MapSpec `ebpf:"pal_backends"`
+	PalCt          *ebpf.MapSpec `ebpf:"pal_ct"`
+	PalDrops       *ebpf.MapSpec `ebpf:"pal_drops"`
+	PalEndpoints   *ebpf.MapSpec `ebpf:"pal_endpoints"`
+	PalEventBudget *ebpf.MapSpec `ebpf:"pal_event_budget"`
+	PalEventStats  *ebpf.MapSpec `ebpf:"pal_event_stats"`
+	PalEvents      *ebpf.MapSpec `ebpf:"pal_events"`
+	PalIpcache     *ebpf.MapSpec `ebpf:"pal_ipcache"`
+	PalPolicy      *ebpf.MapSpec `ebpf:"pal_policy"`
+	PalServices    *ebpf.MapSpec `ebpf:"pal_services"`
+	PalVerdicts    *ebpf.MapSpec `ebpf:"pal_verdicts"`
 }
 
 // palisadeVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type palisadeVariableSpecs struct {
+	AllowSampleRate    *ebpf.VariableSpec `ebpf:"allow_sample_rate"`
+	EventRateLimit     *ebpf.VariableSpec `ebpf:"event_rate_limit"`
 	Rejudge            *ebpf.VariableSpec `ebpf:"rejudge"`
 	UnusedPolicyKey    *ebpf.VariableSpec `ebpf:"unused_policy_key"`
 	UnusedPolicyValue  *ebpf.VariableSpec `ebpf:"unused_policy_value"`
@@ -243,15 +261,18 @@ func (o *palisadeObjects) Close() error {
 //
 // It can be passed to loadPalisadeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type palisadeMaps struct {
-	PalAffinity  *ebpf.Map `ebpf:"pal_affinity"`
-	PalBackends  *ebpf.Map `ebpf:"pal_backends"`
-	PalCt        *ebpf.Map `ebpf:"pal_ct"`
-	PalDrops     *ebpf.Map `ebpf:"pal_drops"`
-	PalEndpoints *ebpf.Map `ebpf:"pal_endpoints"`
-	PalEvents    *ebpf.Map `ebpf:"pal_events"`
-	PalIpcache   *ebpf.Map `ebpf:"pal_ipcache"`
-	PalPolicy    *ebpf.Map `ebpf:"pal_policy"`
-	PalServices  *ebpf.Map `ebpf:"pal_services"`
+	PalAffinity    *ebpf.Map `ebpf:"pal_affinity"`
+	PalBackends    *ebpf.Map `ebpf:"pal_backends"`
+	PalCt          *ebpf.Map `ebpf:"pal_ct"`
+	PalDrops       *ebpf.Map `ebpf:"pal_drops"`
+	PalEndpoints   *ebpf.Map `ebpf:"pal_endpoints"`
+	PalEventBudget *ebpf.Map `ebpf:"pal_event_budget"`
+	PalEventStats  *ebpf.Map `ebpf:"pal_event_stats"`
+	PalEvents      *ebpf.Map `ebpf:"pal_events"`
+	PalIpcache     *ebpf.Map `ebpf:"pal_ipcache"`
+	PalPolicy      *ebpf.Map `ebpf:"pal_policy"`
+	PalServices    *ebpf.Map `ebpf:"pal_services"`
+	PalVerdicts    *ebpf.Map `ebpf:"pal_verdicts"`
 }
 
 func (m *palisadeMaps) Close() error {
@@ -261,10 +282,13 @@ func (m *palisadeMaps) Close() error {
 		m.PalCt,
 		m.PalDrops,
 		m.PalEndpoints,
+		m.PalEventBudget,
+		m.PalEventStats,
 		m.PalEvents,
 		m.PalIpcache,
 		m.PalPolicy,
 		m.PalServices,
+		m.PalVerdicts,
 	)
 }
 
@@ -272,6 +296,8 @@ func (m *palisadeMaps) Close() error {
 //
 // It can be passed to loadPalisadeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type palisadeVariables struct {
+	AllowSampleRate    *ebpf.Variable `ebpf:"allow_sample_rate"`
+	EventRateLimit     *ebpf.Variable `ebpf:"event_rate_limit"`
 	Rejudge            *ebpf.Variable `ebpf:"rejudge"`
 	UnusedPolicyKey    *ebpf.Variable `ebpf:"unused_policy_key"`
 	UnusedPolicyValue  *ebpf.Variable `ebpf:"unused_policy_value"`

@@ -43,10 +43,17 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureWith(t, LoadOptions{Rejudge: true})
+}
+
+// newFixtureWith is newFixture with load options; Root is set here.
+func newFixtureWith(t *testing.T, opts LoadOptions) *fixture {
+	t.Helper()
 	netns, ifindexes := kernel.NetNSWithVeths(t, 1)
 	f := &fixture{netns: netns, ifindex: ifindexes[0]}
 	root := fmt.Sprintf("/sys/fs/bpf/palisade-test-%08x", rand.Uint32())
-	objs, err := Load(LoadOptions{Root: root, Rejudge: true})
+	opts.Root = root
+	objs, err := Load(opts)
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}

@@ -12,6 +12,7 @@
 #include "parse.h"
 #include "verdict.h"
 #include "service.h"
+#include "events.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -32,24 +33,8 @@ static __always_inline void count(__u32 reason)
 static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u8 dir, __u8 reason,
 				__u32 peer)
 {
-	struct verdict_event *ev;
-
 	count(reason);
-	ev = bpf_ringbuf_reserve(&pal_events, sizeof(*ev), 0);
-	if (ev) {
-		ev->timestamp = bpf_ktime_get_ns();
-		__builtin_memcpy(ev->saddr, f->saddr, 16);
-		__builtin_memcpy(ev->daddr, f->daddr, 16);
-		ev->sport = f->sport;
-		ev->dport = f->dport;
-		ev->proto = f->proto;
-		ev->dir = dir;
-		ev->reason = reason;
-		ev->pad = 0;
-		ev->ifindex = skb->ifindex;
-		ev->peer_identity = peer;
-		bpf_ringbuf_submit(ev, 0);
-	}
+	emit_drop(skb, f, dir, reason, peer);
 	return TC_ACT_SHOT;
 }
 
@@ -138,6 +123,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		__builtin_memcpy(entry.nat_addr, vip, 16);
 	}
 	bpf_map_update_elem(&pal_ct, &key, &entry, BPF_ANY);
+	emit_allow(skb, &f, dir, peer, rule);
 	return TC_ACT_OK;
 }
 

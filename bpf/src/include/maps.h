@@ -164,8 +164,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_drops SEC(".maps");
 
-/* pal_events: verdict events for the agent (drops). When the agent lags and
- * the buffer is full, the event is lost and counted, never the packet. */
+/* pal_events: verdict events for the agent (drops, and sampled allowed
+ * flows; see events.h). When the agent lags and the buffer is full, the event
+ * is lost and counted, never the packet. */
 struct verdict_event {
 	__u64 timestamp;
 	__u8 saddr[16];
@@ -178,6 +179,8 @@ struct verdict_event {
 	__u8 pad;
 	__u32 ifindex;
 	__u32 peer_identity;
+	__u32 rule; /* policy rule that allowed the flow; 0 for a drop */
+	__u32 pad2;
 };
 
 struct {
