@@ -38,6 +38,14 @@ type Status struct {
 	AttachMode string `json:"attachMode"`
 	Endpoints  int    `json:"endpoints"`
 	Revision   uint64 `json:"revision"`
+	// The fields below are for palisadectl status.
+	NodeName string `json:"nodeName,omitempty"`
+	// APIConnected is false when the last request to the API server failed.
+	APIConnected bool      `json:"apiConnected"`
+	APIError     string    `json:"apiError,omitempty"`
+	Identities   int       `json:"identities"`
+	Policies     int       `json:"policies"`
+	Maps         []MapFill `json:"maps,omitempty"`
 }
 
 // AddRequest registers a pod's interface with the agent (POST /v1/endpoints).
@@ -78,6 +86,12 @@ type Endpoint struct {
 	// Adopted is true for a pod that was running before the agent and that
 	// the agent registered itself at start, with no CNI ADD.
 	Adopted bool `json:"adopted,omitempty"`
+	// The fields below come from the last compiled policy; palisadectl
+	// endpoints shows them.
+	Identity        uint32   `json:"identity,omitempty"`
+	IngressIsolated bool     `json:"ingressIsolated,omitempty"`
+	EgressIsolated  bool     `json:"egressIsolated,omitempty"`
+	Policies        []string `json:"policies,omitempty"`
 }
 
 // AddResponse answers a successful AddRequest, sent only once the pod's

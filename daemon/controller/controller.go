@@ -50,6 +50,7 @@ type Controller struct {
 	nodeIPs func() ([]netip.Addr, error)
 	// persist saves the identity table after a sync.
 	persist func(*identity.Allocator) error
+	onSync  func(SyncTimings)
 
 	trigger chan struct{}
 
@@ -73,13 +74,25 @@ type Config struct {
 	Alloc    *identity.Allocator
 	NodeIPs  func() ([]netip.Addr, error)
 	Persist  func(*identity.Allocator) error
+	// OnSync, when set, is told how long each sync's steps took (metrics).
+	OnSync func(SyncTimings)
+}
+
+// SyncTimings are the durations of one sync.
+type SyncTimings struct {
+	// Compile is the policy compilation.
+	Compile time.Duration
+	// Apply is the write of policy and ipcache to the maps; zero when
+	// nothing changed.
+	Apply   time.Duration
+	Changed bool
 }
 
 // New returns a controller; call Run to start it.
 func New(cfg Config) *Controller {
 	return &Controller{
 		log: cfg.Log, node: cfg.NodeName, cluster: cfg.Cluster, registry: cfg.Registry,
-		dp: cfg.Datapath, alloc: cfg.Alloc, nodeIPs: cfg.NodeIPs, persist: cfg.Persist,
+		dp: cfg.Datapath, alloc: cfg.Alloc, nodeIPs: cfg.NodeIPs, persist: cfg.Persist, onSync: cfg.OnSync,
 		trigger:    make(chan struct{}, 1),
 		programmed: map[string]uint64{},
 		changed:    make(chan struct{}),
@@ -145,7 +158,9 @@ func (c *Controller) sync() error {
 	if err != nil {
 		return err
 	}
+	compileStart := time.Now()
 	res := policy.Compile(state, c.alloc)
+	timings := SyncTimings{Compile: time.Since(compileStart)}
 	for _, p := range res.Problems {
 		c.log.Error("Policy part matches nothing", "error", p)
 	}
@@ -159,6 +174,7 @@ func (c *Controller) sync() error {
 	c.mu.Unlock()
 
 	if changed {
+		applyStart := time.Now()
 		if err := c.dp.Apply(&res, rev); err != nil {
 			return fmt.Errorf("write datapath revision %d: %w", rev, err)
 		}
@@ -172,6 +188,7 @@ func (c *Controller) sync() error {
 		if err := c.persist(c.alloc); err != nil {
 			return err
 		}
+		timings.Apply, timings.Changed = time.Since(applyStart), true
 		c.log.Info("Policy revision programmed", "revision", rev, "endpoints", len(res.Endpoints),
 			"unknownPods", len(res.Unknown), "duration", time.Since(start))
 	}
@@ -197,8 +214,22 @@ func (c *Controller) sync() error {
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
+	if c.onSync != nil {
+		c.onSync(timings)
+	}
 	return nil
 }
+
+// Last returns the policy compiled by the last successful sync, nil before
+// the first. It is what the maps hold: callers must not modify it.
+func (c *Controller) Last() *policy.Result {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}
+
+// Cluster is the controller's view of the API server, read-only.
+func (c *Controller) Cluster() *k8s.Cluster { return c.cluster }
 
 // syncServices mirrors Services and EndpointSlices into the translation
 // maps when they changed.
