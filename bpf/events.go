@@ -170,3 +170,32 @@ func countEntries(m *ebpf.Map) (int, error) {
 	}
 	return int(m.MaxEntries()), nil
 }
+
+// ReasonName names a verdict reason (maps.h REASON_*) for logs, flows and
+// metric labels.
+func ReasonName(reason int) string {
+	switch reason {
+	case ReasonAllowed:
+		return "allowed"
+	case ReasonUnknownEndpoint:
+		return "unknown-endpoint"
+	case ReasonPolicy:
+		return "policy"
+	case ReasonRejudged:
+		return "rejudged"
+	case ReasonMalformed:
+		return "malformed"
+	case ReasonNAT:
+		return "nat"
+	}
+	return fmt.Sprintf("reason-%d", reason)
+}
+
+// PolicyDirection names a Direction from the pod's point of view, as
+// NetworkPolicy does: FromPod is egress, ToPod ingress.
+func (d Direction) PolicyDirection() string {
+	if d == FromPod {
+		return "egress"
+	}
+	return "ingress"
+}
