@@ -1,0 +1,196 @@
+// Package metrics defines the agent's Prometheus metrics on a registry it
+// is given, never the global one. Counters the datapath keeps (verdicts,
+// lost events) and fill levels are read at scrape time by a collector;
+// durations are observed by the controller's sync hook; API errors come
+// from client-go's request metrics hook.
+package metrics
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientmetrics "k8s.io/client-go/tools/metrics"
+
+	"github.com/palisade-cni/palisade/bpf"
+	"github.com/palisade-cni/palisade/daemon/agentapi"
+)
+
+// Datapath is what the collector reads from the maps at scrape time.
+type Datapath interface {
+	Verdicts() ([]bpf.VerdictCount, error)
+	LostEvents() (map[int]uint64, error)
+	MapFill() ([]bpf.MapFill, error)
+}
+
+// State is the agent's own state at scrape time.
+type State struct {
+	Endpoints  int
+	Identities int
+	Policies   int
+	Revision   uint64
+}
+
+// Metrics are the agent's metrics.
+type Metrics struct {
+	log      *slog.Logger
+	dp       Datapath
+	state    func() State
+	compile  prometheus.Histogram
+	apply    prometheus.Histogram
+	flows    *prometheus.CounterVec
+	apiErrs  *prometheus.CounterVec
+	api      apiHealth
+	descs    map[string]*prometheus.Desc
+	fillOnce sync.Mutex
+}
+
+// syncBuckets span a 100 µs compile of a tiny cluster to a 10 s one of a
+// very large cluster (policy/compile_bench_test.go measures the range).
+var syncBuckets = prometheus.ExponentialBuckets(0.0001, 4, 9)
+
+// New registers the metrics on reg. dp and state are read at each scrape.
+func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() State) *Metrics {
+	m := &Metrics{
+		log: log, dp: dp, state: state,
+		compile: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "palisade_policy_compile_duration_seconds", Help: "Time to compile every local pod's policy, per sync.", Buckets: syncBuckets,
+		}),
+		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "palisade_map_sync_duration_seconds", Help: "Time to write a changed policy and ipcache to the BPF maps, per sync that changed them.", Buckets: syncBuckets,
+		}),
+		flows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_flow_events_total", Help: "Verdict events the agent decoded from the ring buffer, by verdict.",
+		}, []string{"verdict"}),
+		apiErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_api_errors_total", Help: "Failed requests (including list and watch) to the Kubernetes API server, by HTTP method and code (\"<error>\" when no answer came).",
+		}, []string{"method", "code"}),
+		descs: map[string]*prometheus.Desc{
+			"verdicts":   prometheus.NewDesc("palisade_verdicts_total", "Datapath verdicts by direction (of the pod) and reason: reason=\"allowed\" counts flows admitted by policy, every other reason dropped packets.", []string{"direction", "reason"}, nil),
+			"lost":       prometheus.NewDesc("palisade_events_lost_total", "Verdict events not delivered to the agent, by cause: rate-limit (over the per-CPU budget) or ringbuf-full (the agent lagged).", []string{"cause"}, nil),
+			"entries":    prometheus.NewDesc("palisade_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
+			"capacity":   prometheus.NewDesc("palisade_map_capacity", "Maximum entries of a BPF map.", []string{"map"}, nil),
+			"endpoints":  prometheus.NewDesc("palisade_endpoints", "Local pod endpoints with a compiled policy.", nil, nil),
+			"identities": prometheus.NewDesc("palisade_identities", "Distinct peer identities in the ipcache.", nil, nil),
+			"policies":   prometheus.NewDesc("palisade_policies", "NetworkPolicies in the cluster.", nil, nil),
+			"revision":   prometheus.NewDesc("palisade_policy_revision", "Datapath policy revision in the maps.", nil, nil),
+		},
+	}
+	m.api.errs = m.apiErrs
+	reg.MustRegister(m.compile, m.apply, m.flows, m.apiErrs, m)
+	return m
+}
+
+// ObserveSync records one controller sync.
+func (m *Metrics) ObserveSync(compile, apply time.Duration, changed bool) {
+	m.compile.Observe(compile.Seconds())
+	if changed {
+		m.apply.Observe(apply.Seconds())
+	}
+}
+
+// ObserveFlow counts one decoded verdict event.
+func (m *Metrics) ObserveFlow(f *agentapi.Flow) { m.flows.WithLabelValues(f.Verdict).Inc() }
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range m.descs {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: it reads the datapath's counters
+// and the agent's state. A map that cannot be read is logged and left out,
+// rather than failing the whole scrape.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	if vs, err := m.dp.Verdicts(); err != nil {
+		m.log.Warn("Verdict counters not read", "error", err)
+	} else {
+		for _, v := range vs {
+			if v.Reason > bpf.ReasonNAT { // slots no reason uses yet
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(m.descs["verdicts"], prometheus.CounterValue, float64(v.Count),
+				v.Direction.PolicyDirection(), bpf.ReasonName(v.Reason))
+		}
+	}
+	if lost, err := m.dp.LostEvents(); err != nil {
+		m.log.Warn("Lost event counters not read", "error", err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(m.descs["lost"], prometheus.CounterValue, float64(lost[bpf.LostRateLimit]), "rate-limit")
+		ch <- prometheus.MustNewConstMetric(m.descs["lost"], prometheus.CounterValue, float64(lost[bpf.LostRingbufFull]), "ringbuf-full")
+	}
+	// Walking conntrack is the costly part of a scrape; two scrapes at once
+	// need not both do it in parallel.
+	m.fillOnce.Lock()
+	fill, err := m.dp.MapFill()
+	m.fillOnce.Unlock()
+	if err != nil {
+		m.log.Warn("Map fill levels not read", "error", err)
+	}
+	for _, f := range fill {
+		ch <- prometheus.MustNewConstMetric(m.descs["entries"], prometheus.GaugeValue, float64(f.Entries), f.Name)
+		ch <- prometheus.MustNewConstMetric(m.descs["capacity"], prometheus.GaugeValue, float64(f.Capacity), f.Name)
+	}
+	st := m.state()
+	ch <- prometheus.MustNewConstMetric(m.descs["endpoints"], prometheus.GaugeValue, float64(st.Endpoints))
+	ch <- prometheus.MustNewConstMetric(m.descs["identities"], prometheus.GaugeValue, float64(st.Identities))
+	ch <- prometheus.MustNewConstMetric(m.descs["policies"], prometheus.GaugeValue, float64(st.Policies))
+	ch <- prometheus.MustNewConstMetric(m.descs["revision"], prometheus.GaugeValue, float64(st.Revision))
+}
+
+// apiHealth is client-go's request result hook: it counts failures and
+// remembers whether the last request succeeded.
+type apiHealth struct {
+	errs    *prometheus.CounterVec
+	mu      sync.Mutex
+	lastErr string
+	seen    bool
+}
+
+// Increment implements clientmetrics.ResultMetric.
+func (a *apiHealth) Increment(_ context.Context, code, method, host string) {
+	ok := strings.HasPrefix(code, "2")
+	a.mu.Lock()
+	a.seen = true
+	a.lastErr = ""
+	if !ok {
+		a.lastErr = method + " " + host + ": " + code
+	}
+	a.mu.Unlock()
+	if !ok {
+		a.errs.WithLabelValues(method, code).Inc()
+	}
+}
+
+// HookClientGo makes client-go report every API request's result here.
+// client-go accepts one registration per process; later ones are ignored.
+func (m *Metrics) HookClientGo() {
+	clientmetrics.Register(clientmetrics.RegisterOpts{RequestResult: &m.api})
+}
+
+// APIConnected reports whether the last request to the API server got an
+// answer, and the failure otherwise.
+func (m *Metrics) APIConnected() (bool, string) {
+	m.api.mu.Lock()
+	defer m.api.mu.Unlock()
+	if !m.api.seen {
+		return false, "no request answered yet"
+	}
+	return m.api.lastErr == "", m.api.lastErr
+}
+
+// Fill returns the map fill levels for palisadectl status.
+func (m *Metrics) Fill() ([]agentapi.MapFill, error) {
+	m.fillOnce.Lock()
+	fill, err := m.dp.MapFill()
+	m.fillOnce.Unlock()
+	out := []agentapi.MapFill{}
+	for _, f := range fill {
+		out = append(out, agentapi.MapFill{Map: f.Name, Entries: f.Entries, Capacity: f.Capacity})
+	}
+	return out, err
+}

@@ -1,0 +1,137 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/palisade-cni/palisade/bpf"
+	"github.com/palisade-cni/palisade/daemon/agentapi"
+)
+
+type fakeDatapath struct{}
+
+func (fakeDatapath) Verdicts() ([]bpf.VerdictCount, error) {
+	var out []bpf.VerdictCount
+	for _, d := range bpf.Directions {
+		for r := 0; r < bpf.ReasonMax; r++ {
+			out = append(out, bpf.VerdictCount{Direction: d, Reason: r, Count: uint64(10*int(d) + r)})
+		}
+	}
+	return out, nil
+}
+
+func (fakeDatapath) LostEvents() (map[int]uint64, error) {
+	return map[int]uint64{bpf.LostRateLimit: 7, bpf.LostRingbufFull: 1}, nil
+}
+
+func (fakeDatapath) MapFill() ([]bpf.MapFill, error) {
+	return []bpf.MapFill{{Name: "ipcache", Entries: 12, Capacity: 524288}}, nil
+}
+
+// Parse reads a /metrics page the way Prometheus does.
+func Parse(t *testing.T, r io.Reader) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(r)
+	if err != nil {
+		t.Fatalf("parse metrics: %v", err)
+	}
+	return fams
+}
+
+func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
+	t.Helper()
+	fam, ok := fams[name]
+	if !ok {
+		t.Fatalf("no metric %s", name)
+	}
+	for _, m := range fam.GetMetric() {
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		if !cmp.Equal(got, labels, cmpEmpty) {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		}
+	}
+	t.Fatalf("no %s%v", name, labels)
+	return 0
+}
+
+var cmpEmpty = cmp.Comparer(func(a, b map[string]string) bool { return len(a) == len(b) && (len(a) == 0 || cmp.Equal(map[string]string(a), map[string]string(b))) })
+
+func TestScrape(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg, slog.New(slog.DiscardHandler), fakeDatapath{}, func() State {
+		return State{Endpoints: 3, Identities: 5, Policies: 2, Revision: 9}
+	})
+	m.ObserveSync(2*time.Millisecond, 5*time.Millisecond, true)
+	m.ObserveSync(time.Millisecond, 0, false)
+	m.ObserveFlow(&agentapi.Flow{Verdict: agentapi.FlowDropped})
+	m.api.Increment(context.Background(), "<error>", "GET", "198.18.0.1:6443")
+
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.HTTPErrorOnError}))
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	fams := Parse(t, resp.Body)
+
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"palisade_verdicts_total", map[string]string{"direction": "ingress", "reason": "policy"}, 12},
+		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "allowed"}, 0},
+		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "nat"}, 5},
+		{"palisade_events_lost_total", map[string]string{"cause": "rate-limit"}, 7},
+		{"palisade_events_lost_total", map[string]string{"cause": "ringbuf-full"}, 1},
+		{"palisade_map_entries", map[string]string{"map": "ipcache"}, 12},
+		{"palisade_map_capacity", map[string]string{"map": "ipcache"}, 524288},
+		{"palisade_endpoints", nil, 3},
+		{"palisade_identities", nil, 5},
+		{"palisade_policies", nil, 2},
+		{"palisade_policy_revision", nil, 9},
+		{"palisade_policy_compile_duration_seconds", nil, 2},
+		{"palisade_map_sync_duration_seconds", nil, 1},
+		{"palisade_flow_events_total", map[string]string{"verdict": "dropped"}, 1},
+		{"palisade_api_errors_total", map[string]string{"method": "GET", "code": "<error>"}, 1},
+	} {
+		if got := value(t, fams, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	// Reason slots no reason uses are not exported.
+	if n := len(fams["palisade_verdicts_total"].GetMetric()); n != 2*(bpf.ReasonNAT+1) {
+		t.Errorf("%d verdict series, want %d", n, 2*(bpf.ReasonNAT+1))
+	}
+	if ok, why := m.APIConnected(); ok || why == "" {
+		t.Errorf("APIConnected after a failed request = %v %q, want false and the failure", ok, why)
+	}
+	m.api.Increment(context.Background(), "200", "GET", "198.18.0.1:6443")
+	if ok, _ := m.APIConnected(); !ok {
+		t.Error("APIConnected after an answered request = false")
+	}
+}
