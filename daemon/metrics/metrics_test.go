@@ -77,7 +77,9 @@ func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, labels 
 	return 0
 }
 
-var cmpEmpty = cmp.Comparer(func(a, b map[string]string) bool { return len(a) == len(b) && (len(a) == 0 || cmp.Equal(map[string]string(a), map[string]string(b))) })
+var cmpEmpty = cmp.Comparer(func(a, b map[string]string) bool {
+	return len(a) == len(b) && (len(a) == 0 || cmp.Equal(map[string]string(a), map[string]string(b)))
+})
 
 func TestScrape(t *testing.T) {
 	reg := prometheus.NewRegistry()
