@@ -32,6 +32,8 @@ type Server struct {
 	Controller *controller.Controller
 	// Ready reports whether the agent accepts endpoints, and why not.
 	Ready func() (bool, string)
+	// Inspect serves palisadectl's routes (inspect.go); nil serves none.
+	Inspect *Inspect
 }
 
 // Handler returns the API's routes.
@@ -43,6 +45,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/endpoints/{id}", s.get)
 	mux.HandleFunc("DELETE /v1/endpoints/{id}", s.delete)
 	mux.HandleFunc("POST /v1/gc", s.gc)
+	s.inspectRoutes(mux)
 	return mux
 }
 
@@ -81,10 +84,12 @@ func (s *Server) Serve(ctx context.Context, socket string) error {
 
 func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	ready, reason := s.Ready()
-	writeJSON(w, http.StatusOK, agentapi.Status{
+	st := agentapi.Status{
 		Version: s.Version, Ready: ready, Reason: reason, BPFRoot: s.BPFRoot,
 		AttachMode: string(s.AttachMode), Endpoints: len(s.Registry.List()), Revision: s.Controller.Revision(),
-	})
+	}
+	s.statusDetail(&st)
+	writeJSON(w, http.StatusOK, st)
 }
 
 func (s *Server) add(w http.ResponseWriter, r *http.Request) {
@@ -149,6 +154,7 @@ func validate(req *agentapi.AddRequest) string {
 
 func (s *Server) withStatus(ep agentapi.Endpoint) agentapi.Endpoint {
 	ep.Revision, ep.Current = s.Controller.Status(ep.ID)
+	s.endpointDetail(&ep)
 	return ep
 }
 

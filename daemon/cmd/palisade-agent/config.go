@@ -28,6 +28,11 @@ type Config struct {
 	CNICacheDir string
 	LogLevel    slog.Level
 	LogJSON     bool
+	// FlowSampleRate reports one allowed flow in this many as a flow
+	// event; 0 reports none. Drops are always reported.
+	FlowSampleRate uint32
+	// EventRateLimit bounds verdict events per second per CPU.
+	EventRateLimit uint32
 }
 
 func parseFlags(args []string) (Config, error) {
@@ -43,6 +48,8 @@ func parseFlags(args []string) (Config, error) {
 	fs.StringVar(&cfg.HealthAddr, "health-addr", "127.0.0.1:9879", "address of /healthz and /readyz")
 	fs.BoolVar(&cfg.Rejudge, "rejudge", true, "re-judge established flows when the policy that admitted them changes")
 	fs.StringVar(&cfg.CNICacheDir, "cni-cache-dir", "/var/lib/cni", "the container runtime's libcni cache, read to adopt pods started before the agent")
+	sample := fs.Uint("flow-sample-rate", 0, "report one allowed flow in N to palisadectl flows (0: none, 1: all); drops are always reported")
+	rate := fs.Uint("event-rate-limit", bpf.DefaultEventRateLimit, "most verdict events a CPU reports per second; the rest are counted, not reported")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
@@ -50,6 +57,10 @@ func parseFlags(args []string) (Config, error) {
 	}
 	var errs []error
 	var err error
+	cfg.FlowSampleRate, cfg.EventRateLimit = uint32(min(*sample, 1<<31)), uint32(min(*rate, 1<<31))
+	if *rate == 0 {
+		errs = append(errs, errors.New("--event-rate-limit must be at least 1"))
+	}
 	if cfg.AttachMode, err = bpf.ParseAttachMode(*mode); err != nil {
 		errs = append(errs, err)
 	}

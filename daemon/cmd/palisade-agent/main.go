@@ -64,7 +64,8 @@ func run() int {
 }
 
 func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
-	objs, err := bpf.Load(bpf.LoadOptions{Root: cfg.BPFRoot, Rejudge: cfg.Rejudge})
+	objs, err := bpf.Load(bpf.LoadOptions{Root: cfg.BPFRoot, Rejudge: cfg.Rejudge,
+		AllowSampleRate: cfg.FlowSampleRate, EventRateLimit: cfg.EventRateLimit})
 	if err != nil {
 		return err
 	}
@@ -82,19 +83,23 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var ctrl *controller.Controller
+	var cluster *k8s.Cluster
+	state := agentState(&cluster, &ctrl)
+	obs := newObservability(log, objs, state)
 	client, err := kubeClient(cfg.Kubeconfig)
 	if err != nil {
 		return err
 	}
 
-	var ctrl *controller.Controller
-	cluster, err := k8s.New(client, func() { ctrl.Trigger() })
+	cluster, err = k8s.New(client, func() { ctrl.Trigger() })
 	if err != nil {
 		return err
 	}
 	ctrl = controller.New(controller.Config{
 		Log: log, NodeName: cfg.NodeName, Cluster: cluster, Registry: registry, Datapath: writer,
 		Alloc: alloc, NodeIPs: localAddrs, Persist: func(a *identity.Allocator) error { return a.Save(idPath) },
+		OnSync: func(t controller.SyncTimings) { obs.metrics.ObserveSync(t.Compile, t.Apply, t.Changed) },
 	})
 	restore(log, cfg, registry)
 
@@ -113,10 +118,11 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	srv := &server.Server{
 		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
 		Registry: registry, Controller: ctrl, Ready: ready,
+		Inspect: obs.inspector(ctx, log, cfg, objs, cluster, registry, ctrl, state),
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
-	go func() { errc <- serveHealth(ctx, cfg.HealthAddr, ready) }()
+	go func() { errc <- serveHealth(ctx, cfg.HealthAddr, ready, obs.metricsHandler()) }()
 
 	cluster.Start(ctx)
 	defer cluster.Shutdown()
@@ -198,8 +204,9 @@ func localAddrs() ([]netip.Addr, error) {
 	return out, nil
 }
 
-func serveHealth(ctx context.Context, addr string, ready func() (bool, string)) error {
+func serveHealth(ctx context.Context, addr string, ready func() (bool, string), metrics http.Handler) error {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if ok, reason := ready(); !ok {
