@@ -96,7 +96,9 @@ func protoName(p uint8) string {
 	case 58:
 		return "ICMPv6"
 	case 0:
-		return "none"
+		// IPv6 hop-by-hop options, as MLD reports carry: the datapath
+		// reports the first next-header.
+		return "HOPOPT"
 	}
 	return inspect.ProtoName(p)
 }

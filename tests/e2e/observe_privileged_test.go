@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -102,6 +103,47 @@ func TestPrivilegedObservability(t *testing.T) {
 	t.Run("a denied connection appears in flows within a second", func(t *testing.T) { deniedFlow(t, env) })
 	t.Run("explain agrees with probes on every pair and port", func(t *testing.T) { explainMatchesProbes(t, env) })
 	t.Run("metrics scrape and parse", func(t *testing.T) { scrapeMetrics(t, env) })
+	t.Run("palisadectl answers in words", func(t *testing.T) { palisadectl(t, env) })
+}
+
+func palisadectl(t *testing.T, env *oneNode) {
+	bin := filepath.Join(t.TempDir(), "palisadectl")
+	build := exec.Command("go", "build", "-o", bin, "./daemon/cmd/palisadectl")
+	build.Dir = testbed.ModuleRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build palisadectl: %v\n%s", err, out)
+	}
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"status"}, []string{"Ready:            yes", "API server:       connected", "Endpoints:        4", "NetworkPolicies:  3", "Map endpoints:    4 / 4096"}},
+		{[]string{"endpoints"}, []string{"prod/backend", "isolated", "prod/backend-access"}},
+		{[]string{"policy", "prod/backend"}, []string{
+			"Ingress: isolated by prod/backend-access",
+			"allow ingress from pods {role=frontend} in namespace prod (frontend) on TCP port 6379 (prod/backend-access ingress[0])",
+			"map key {identity", "Egress: not isolated"}},
+		{[]string{"explain", "--from", "prod/other", "--to", "prod/backend:6379/TCP"}, []string{
+			"prod/other (" + env.other.IP().String() + ") -> prod/backend (" + env.backend.IP().String() + ") TCP/6379: DENIED",
+			"is not among its peers", `To allow it: add {"podSelector":{"matchLabels":{"role":"other"}}} to the from of prod/backend-access ingress[0]`}},
+		{[]string{"explain", "--from", "prod/frontend", "--to", "lab/outsider:80/UDP"}, []string{
+			"DENIED", "egress of prod/frontend denies", "the peer matches, but it allows only TCP 80",
+			"add {protocol: UDP, port: 80} to the ports of prod/frontend-egress egress[1]"}},
+		{[]string{"flows", "--pod", "prod/backend", "--verdict", "dropped"}, []string{"dropped", "prod/other " + env.other.IP().String(), "no policy allows"}},
+	} {
+		cmd := exec.Command(bin, append(c.args, "--socket", env.agent.Socket())...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("palisadectl %s: %v\n%s", strings.Join(c.args, " "), err, out)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("palisadectl %s: output lacks %q:\n%s", strings.Join(c.args, " "), w, out)
+			}
+		}
+		t.Logf("palisadectl %s\n%s", strings.Join(c.args, " "), out)
+	}
 }
 
 func deniedFlow(t *testing.T, env *oneNode) {
