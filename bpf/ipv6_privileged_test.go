@@ -38,6 +38,9 @@ func TestPrivilegedIPv6(t *testing.T) {
 		{"neighbour solicitation always passes", FromPod, packet.Packet{Src: subject6, Dst: other6, Proto: packet.ICMPv6, ICMPType: 135}, tcActOK},
 		{"neighbour advertisement always passes", ToPod, packet.Packet{Src: other6, Dst: subject6, Proto: packet.ICMPv6, ICMPType: 136}, tcActOK},
 		{"an echo request to a peer no rule admits is dropped", FromPod, packet.Packet{Src: subject6, Dst: other6, Proto: packet.ICMPv6, ICMPType: 128, SrcPort: 5}, tcActShot},
+		{"a multicast listener report behind a hop-by-hop header passes", FromPod, packet.Packet{Src: subject6, Dst: netip.MustParseAddr("ff02::16"), Proto: packet.ICMPv6, ICMPType: 143, HopByHop: true}, tcActOK},
+		{"TCP behind a hop-by-hop header is judged on its ports: admitted", ToPod, packet.Packet{Src: peer6, Dst: subject6, Proto: tcp, SrcPort: 2, DstPort: 80, TCPFlags: syn, HopByHop: true}, tcActOK},
+		{"TCP behind a hop-by-hop header is judged on its ports: denied", ToPod, packet.Packet{Src: peer6, Dst: subject6, Proto: tcp, SrcPort: 3, DstPort: 81, TCPFlags: syn, HopByHop: true}, tcActShot},
 		{"the reply of an admitted connection comes back", FromPod, packet.Packet{Src: subject6, Dst: peer6, Proto: tcp, SrcPort: 80, DstPort: 1, TCPFlags: syn | ack}, tcActOK},
 	}
 	for _, s := range steps {

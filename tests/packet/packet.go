@@ -36,6 +36,9 @@ type Packet struct {
 	// Payload follows the transport header; for an ICMP error, the quoted
 	// IP packet.
 	Payload []byte
+	// HopByHop puts an IPv6 hop-by-hop options header (Router Alert, as
+	// MLD sends) before the transport header.
+	HopByHop bool
 }
 
 // Frame returns the packet as an Ethernet frame.
@@ -67,13 +70,19 @@ func (p Packet) IP() []byte {
 	}
 	ip := make([]byte, 40)
 	ip[0] = 0x60
-	binary.BigEndian.PutUint16(ip[4:], uint16(len(l4)))
 	ip[6] = p.Proto
 	ip[7] = 64
 	s, d := p.Src.As16(), p.Dst.As16()
 	copy(ip[8:], s[:])
 	copy(ip[24:], d[:])
 	p.fillChecksum(pseudoHeader(ip[8:40], p.Proto, len(l4)), l4)
+	if p.HopByHop {
+		// next header, length 0 (8 bytes), Router Alert option, PadN.
+		hop := []byte{p.Proto, 0, 5, 2, 0, 0, 1, 0}
+		ip[6] = 0
+		l4 = append(hop, l4...)
+	}
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(l4)))
 	return append(ip, l4...)
 }
 

@@ -30,6 +30,9 @@
 #define ICMPV6_PARAMPROB 4
 #define ICMPV6_ECHO_REQUEST 128
 #define ICMPV6_ECHO_REPLY 129
+#define ICMPV6_MLD_QUERY 130
+#define ICMPV6_MLD_DONE 132
+#define ICMPV6_MLD2_REPORT 143
 #define ICMPV6_ND_FIRST 133 /* router solicitation */
 #define ICMPV6_ND_LAST 137  /* redirect */
 
@@ -49,7 +52,7 @@ struct flow {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 icmp_error; /* ICMP error quoting the tuple in inner */
-	__u8 nd;         /* ICMPv6 neighbour discovery */
+	__u8 nd;         /* ICMPv6 neighbour discovery or multicast listener discovery */
 	__u8 ipv6;
 	__u8 pad[3];
 	__u32 l4_off; /* offset of the transport header */
@@ -101,13 +104,55 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct flo
 				f->dport = f->sport;
 			} else if (hdr[0] >= ICMPV6_DEST_UNREACH && hdr[0] <= ICMPV6_PARAMPROB) {
 				f->icmp_error = 1;
-			} else if (hdr[0] >= ICMPV6_ND_FIRST && hdr[0] <= ICMPV6_ND_LAST) {
+			} else if ((hdr[0] >= ICMPV6_ND_FIRST && hdr[0] <= ICMPV6_ND_LAST) ||
+				   (hdr[0] >= ICMPV6_MLD_QUERY && hdr[0] <= ICMPV6_MLD_DONE) ||
+				   hdr[0] == ICMPV6_MLD2_REPORT) {
 				f->nd = 1;
 			}
 		}
 		return PARSE_OK;
 	}
 	/* Other protocols have no ports: only a rule without ports admits them. */
+	return PARSE_OK;
+}
+
+#define IPV6_EXT_MAX 4 /* extension headers walked before giving up */
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
+
+/* skip_ipv6_ext walks IPv6 extension headers (hop-by-hop, routing,
+ * destination options, fragment) so that f->proto and *l4 name the
+ * transport header. MLD reports, for one, carry a hop-by-hop header. */
+static __always_inline int skip_ipv6_ext(struct __sk_buff *skb, struct flow *f, __u32 *l4, int *ports_ok)
+{
+	__u8 ext[2];
+	__u16 frag;
+
+#pragma unroll
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		switch (f->proto) {
+		case NEXTHDR_HOP:
+		case NEXTHDR_ROUTING:
+		case NEXTHDR_DEST:
+			if (bpf_skb_load_bytes(skb, *l4, ext, 2) < 0)
+				return PARSE_MALFORMED;
+			f->proto = ext[0];
+			*l4 += ((__u32)ext[1] + 1) * 8;
+			break;
+		case NEXTHDR_FRAGMENT:
+			if (bpf_skb_load_bytes(skb, *l4, ext, 2) < 0 || bpf_skb_load_bytes(skb, *l4 + 2, &frag, 2) < 0)
+				return PARSE_MALFORMED;
+			f->proto = ext[0];
+			if (bpf_ntohs(frag) & 0xfff8)
+				*ports_ok = 0; /* not the first fragment */
+			*l4 += 8;
+			break;
+		default:
+			return PARSE_OK;
+		}
+	}
 	return PARSE_OK;
 }
 
@@ -143,7 +188,7 @@ static __always_inline int parse_ip(struct __sk_buff *skb, __u32 off, __be16 pro
 		f->proto = ip6.nexthdr;
 		f->ipv6 = 1;
 		*l4 = off + sizeof(ip6);
-		return PARSE_OK;
+		return skip_ipv6_ext(skb, f, l4, ports_ok);
 	}
 	return PARSE_NOT_IP;
 }
