@@ -17,6 +17,7 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/palisade ./plugin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/palisade-agent ./daemon/cmd/palisade-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/palisadectl ./daemon/cmd/palisadectl
 
 generate:
 	cd bpf && BPF2GO_CC=$(CLANG) BPF2GO_STRIP=$(STRIP) \
