@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -45,7 +44,7 @@ type Agent struct {
 // StartAgent runs palisade-agent inside the node (built on first use) with a
 // state directory and a bpffs directory of its own, and waits until it
 // reports ready. Cleanup stops it and removes its pins.
-func (n *Node) StartAgent(tb testing.TB, opts AgentOptions) *Agent {
+func (n *Node) StartAgent(tb TB, opts AgentOptions) *Agent {
 	tb.Helper()
 	bin := Binaries(tb).Agent(tb)
 	a := &Agent{
@@ -143,7 +142,7 @@ func (a *Agent) Process() *Process { return a.proc }
 // bpffs returns a bpffs mount to pin under: the host's /sys/fs/bpf when it is
 // one, else a private bpffs mounted for this test on a directory of its own,
 // which cleanup unmounts and removes (after the agent's own cleanup ran).
-func bpffs(tb testing.TB) string {
+func bpffs(tb TB) string {
 	tb.Helper()
 	if isBPFFS(bpffsRoot) {
 		return bpffsRoot

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -25,7 +24,7 @@ func containerPort(proto corev1.Protocol, port int32) corev1.ContainerPort {
 }
 
 // CreateNamespace creates a namespace with labels; cleanup deletes it.
-func (cp *ControlPlane) CreateNamespace(tb testing.TB, name string, labels map[string]string) {
+func (cp *ControlPlane) CreateNamespace(tb TB, name string, labels map[string]string) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
@@ -41,7 +40,7 @@ func (cp *ControlPlane) CreateNamespace(tb testing.TB, name string, labels map[s
 }
 
 // ReadPolicy decodes a NetworkPolicy from a YAML file.
-func ReadPolicy(tb testing.TB, path string) *networkingv1.NetworkPolicy {
+func ReadPolicy(tb TB, path string) *networkingv1.NetworkPolicy {
 	tb.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -75,7 +74,7 @@ func DecodePolicy(data []byte) (*networkingv1.NetworkPolicy, error) {
 
 // ApplyPolicy creates the policy in file path in namespace and returns its
 // name; cleanup deletes it if the test has not.
-func (cp *ControlPlane) ApplyPolicy(tb testing.TB, namespace, path string) string {
+func (cp *ControlPlane) ApplyPolicy(tb TB, namespace, path string) string {
 	tb.Helper()
 	pol := ReadPolicy(tb, path)
 	pol.Namespace = namespace
@@ -93,7 +92,7 @@ func (cp *ControlPlane) ApplyPolicy(tb testing.TB, namespace, path string) strin
 }
 
 // DeletePolicy deletes a NetworkPolicy.
-func (cp *ControlPlane) DeletePolicy(tb testing.TB, namespace, name string) {
+func (cp *ControlPlane) DeletePolicy(tb TB, namespace, name string) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
@@ -103,7 +102,7 @@ func (cp *ControlPlane) DeletePolicy(tb testing.TB, namespace, name string) {
 }
 
 // SetPodLabels replaces the labels of a pod's object.
-func (cp *ControlPlane) SetPodLabels(tb testing.TB, p *Pod, labels map[string]string) {
+func (cp *ControlPlane) SetPodLabels(tb TB, p *Pod, labels map[string]string) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()

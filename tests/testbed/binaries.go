@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 )
 
 // modulePath is the product module whose binaries the testbed builds.
@@ -48,7 +47,7 @@ var (
 // $XDG_CACHE_HOME/palisade/bin-test (go build's cache makes repeats cheap).
 // Palisade's own binaries are built on first use by Plugin and Agent, so a
 // test that needs neither does not depend on them compiling.
-func Binaries(tb testing.TB) *Bins {
+func Binaries(tb TB) *Bins {
 	tb.Helper()
 	binsOnce.Do(func() {
 		root, err := moduleRoot()
@@ -72,18 +71,18 @@ func Binaries(tb testing.TB) *Bins {
 }
 
 // Plugin builds ./plugin as Dir/palisade, once, and returns its path.
-func (b *Bins) Plugin(tb testing.TB) string {
+func (b *Bins) Plugin(tb TB) string {
 	tb.Helper()
 	return b.lazy(tb, &b.plugin, "palisade", "./plugin")
 }
 
 // Agent builds ./daemon/cmd/palisade-agent, once, and returns its path.
-func (b *Bins) Agent(tb testing.TB) string {
+func (b *Bins) Agent(tb TB) string {
 	tb.Helper()
 	return b.lazy(tb, &b.agent, "palisade-agent", "./daemon/cmd/palisade-agent")
 }
 
-func (b *Bins) lazy(tb testing.TB, l *lazyBuild, name, pkg string) string {
+func (b *Bins) lazy(tb TB, l *lazyBuild, name, pkg string) string {
 	tb.Helper()
 	l.once.Do(func() {
 		l.err = b.buildAs(name, pkg)
@@ -130,7 +129,7 @@ func (b *Bins) buildAs(name, pkg string) error {
 // KubeBinDir runs scripts/kube-build and returns the directory holding
 // kube-apiserver, kube-controller-manager, kube-proxy and kubectl. The
 // script builds them only when tests/kube/go.mod changed, so this is cheap.
-func KubeBinDir(tb testing.TB) string {
+func KubeBinDir(tb TB) string {
 	tb.Helper()
 	root, err := moduleRoot()
 	if err != nil {
@@ -147,7 +146,7 @@ func KubeBinDir(tb testing.TB) string {
 }
 
 // ModuleRoot is the directory of Palisade's go.mod.
-func ModuleRoot(tb testing.TB) string {
+func ModuleRoot(tb TB) string {
 	tb.Helper()
 	root, err := moduleRoot()
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"testing"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -42,7 +41,7 @@ func buildCNIOptions(opts []CNIOption) cniOptions {
 // cni returns the libcni handle for the node, with the plugins' directory as
 // CNI_PATH and a cache of the node's own (libcni keeps ADD results there for
 // CHECK and DEL, as a runtime does).
-func (n *Node) cni(tb testing.TB, o cniOptions) (*libcni.CNIConfig, *libcni.NetworkConfigList) {
+func (n *Node) cni(tb TB, o cniOptions) (*libcni.CNIConfig, *libcni.NetworkConfigList) {
 	tb.Helper()
 	b := Binaries(tb)
 	if o.palisade {
@@ -121,7 +120,7 @@ func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
 
 // CNIStatus runs the chain's STATUS verb inside the node (cniVersion 1.1.0
 // and later; libcni skips it for older versions).
-func (n *Node) CNIStatus(tb testing.TB, ctx context.Context, opts ...CNIOption) error {
+func (n *Node) CNIStatus(tb TB, ctx context.Context, opts ...CNIOption) error {
 	tb.Helper()
 	c, list := n.cni(tb, buildCNIOptions(opts))
 	return n.Do(func() error { return c.GetStatusNetworkList(ctx, list) })
@@ -129,7 +128,7 @@ func (n *Node) CNIStatus(tb testing.TB, ctx context.Context, opts ...CNIOption) 
 
 // CNIGC runs the chain's GC verb inside the node, naming valid as the
 // attachments the runtime still has (cniVersion 1.1.0 and later).
-func (n *Node) CNIGC(tb testing.TB, ctx context.Context, valid []*Pod, opts ...CNIOption) error {
+func (n *Node) CNIGC(tb TB, ctx context.Context, valid []*Pod, opts ...CNIOption) error {
 	tb.Helper()
 	c, list := n.cni(tb, buildCNIOptions(opts))
 	// Never nil: a runtime always names the valid attachments, and an

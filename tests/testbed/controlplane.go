@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -62,7 +61,7 @@ type ControlPlane struct {
 // StartControlPlane brings up etcd and kube-apiserver and waits until the API
 // is ready and the default namespace exists. Cleanup stops both and deletes
 // the namespace.
-func StartControlPlane(tb testing.TB) *ControlPlane {
+func StartControlPlane(tb TB) *ControlPlane {
 	tb.Helper()
 	start := time.Now()
 	kubeDir := KubeBinDir(tb)
@@ -195,7 +194,7 @@ func addUnderlayBridge() error {
 
 // rsaKeyPEM makes the service-account signing key. 2048 bits takes ~50 ms,
 // which is why it is not 4096.
-func rsaKeyPEM(tb testing.TB) []byte {
+func rsaKeyPEM(tb TB) []byte {
 	tb.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -225,7 +224,7 @@ current-context: testbed
 `, server, token)
 }
 
-func writeFile(tb testing.TB, path, content string, perm os.FileMode) {
+func writeFile(tb TB, path, content string, perm os.FileMode) {
 	tb.Helper()
 	if err := os.WriteFile(path, []byte(content), perm); err != nil {
 		tb.Fatalf("write %s: %v", path, err)

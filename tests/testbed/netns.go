@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -28,30 +27,50 @@ type NetNS struct {
 
 // NewNetNS creates the named network namespace /run/netns/<prefix>-<random>
 // with its loopback up, and deletes it in tb's cleanup.
-func NewNetNS(tb testing.TB, prefix string) *NetNS {
+func NewNetNS(tb TB, prefix string) *NetNS {
 	tb.Helper()
+	n, err := CreateNetNS(prefix)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	record(tb, "netns", n.name)
+	tb.Cleanup(func() {
+		if err := n.Delete(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return n
+}
+
+// CreateNetNS is NewNetNS for owners that are not a TB, such as the pod
+// runner, whose sandboxes live as long as their Pod: the caller deletes it.
+func CreateNetNS(prefix string) (*NetNS, error) {
 	name := prefix + "-" + randomHex(4)
 	// iproute2 creates the bind mount and makes /run/netns a shared mount
 	// point, exactly as the tools an operator debugs with expect it.
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		tb.Fatalf("create netns %s: %v: %s", name, err, trimOut(out))
+		return nil, fmt.Errorf("create netns %s: %w: %s", name, err, trimOut(out))
 	}
-	tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			tb.Errorf("delete netns %s: %v: %s", name, err, trimOut(out))
-		}
-	})
 	h, err := ns.GetNS(filepath.Join(netnsDir, name))
 	if err != nil {
-		tb.Fatalf("open netns %s: %v", name, err)
+		_ = exec.Command("ip", "netns", "delete", name).Run()
+		return nil, fmt.Errorf("open netns %s: %w", name, err)
 	}
-	// Registered after the delete, so it runs before it.
-	tb.Cleanup(func() { _ = h.Close() })
 	n := &NetNS{name: name, ns: h}
 	if err := n.Do(func() error { return linkUp("lo") }); err != nil {
-		tb.Fatalf("netns %s: %v", name, err)
+		_ = n.Delete()
+		return nil, fmt.Errorf("netns %s: %w", name, err)
 	}
-	return n
+	return n, nil
+}
+
+// Delete closes the handle and removes the namespace; its links go with it.
+func (n *NetNS) Delete() error {
+	_ = n.ns.Close()
+	if out, err := exec.Command("ip", "netns", "delete", n.name).CombinedOutput(); err != nil {
+		return fmt.Errorf("delete netns %s: %w: %s", n.name, err, trimOut(out))
+	}
+	return nil
 }
 
 // Name is the namespace's name, as `ip netns` shows it.

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -31,14 +30,15 @@ type Node struct {
 	PodCIDR netip.Prefix
 	NetNS   *NetNS
 
-	cp  *ControlPlane
-	dir string
+	cp     *ControlPlane
+	runner *PodRunner
+	dir    string
 }
 
 // AddNode creates node name with underlay address 198.18.0.(10+index) and pod
 // CIDR 10.244.<index>.0/24. Cleanup deletes the Node object and the namespace
 // (which takes its underlay veth with it).
-func (cp *ControlPlane) AddNode(tb testing.TB, name string, index int) *Node {
+func (cp *ControlPlane) AddNode(tb TB, name string, index int) *Node {
 	tb.Helper()
 	if index < 0 || index > maxNodeIndex {
 		tb.Fatalf("add node %s: index %d outside 0..%d", name, index, maxNodeIndex)

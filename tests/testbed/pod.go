@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -41,6 +40,7 @@ type Pod struct {
 	rt   *libcni.RuntimeConf
 
 	mu          sync.Mutex
+	listening   bool
 	result      *current.Result
 	ip          netip.Addr
 	hostIfName  string
@@ -52,7 +52,7 @@ type Pod struct {
 // sandbox, writes the pod's IP and readiness to its status, and serves every
 // containerPort. Any failure fails tb. Cleanup stops the responders, runs
 // CNI DEL, deletes the sandbox and then the Pod object.
-func (n *Node) AddPod(tb testing.TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
+func (n *Node) AddPod(tb TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
 	tb.Helper()
 	p := n.PreparePod(tb, pod, opts...)
 	ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
@@ -68,7 +68,7 @@ func (n *Node) AddPod(tb testing.TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
 // CNI verb, so a test can drive ADD, CHECK and DEL itself and look at their
 // errors. Cleanup is AddPod's (a DEL on a sandbox that never got an ADD is
 // what a runtime does too).
-func (n *Node) PreparePod(tb testing.TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
+func (n *Node) PreparePod(tb TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
 	tb.Helper()
 	spec := pod.DeepCopy()
 	spec.Spec.NodeName = n.Name
@@ -107,20 +107,7 @@ func (n *Node) PreparePod(tb testing.TB, pod *corev1.Pod, opts ...CNIOption) *Po
 		tb.Fatalf("pod %s: %v", p, err)
 	}
 	p.cni, p.list = n.cni(tb, buildCNIOptions(opts))
-	p.rt = &libcni.RuntimeConf{
-		ContainerID: p.ContainerID,
-		NetNS:       p.NetNS.Path(),
-		IfName:      PodIfName,
-		// What kubelet (through the CRI runtime) passes in CNI_ARGS.
-		Args: [][2]string{
-			{"IgnoreUnknown", "1"},
-			{"K8S_POD_NAMESPACE", p.Namespace},
-			{"K8S_POD_NAME", p.Name},
-			{"K8S_POD_INFRA_CONTAINER_ID", p.ContainerID},
-			{"K8S_POD_UID", p.UID},
-		},
-		CapabilityArgs: portMappings(created),
-	}
+	p.rt = p.runtimeConf()
 	// Registered after NewNetNS, so it runs while the sandbox still exists.
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
@@ -130,6 +117,24 @@ func (n *Node) PreparePod(tb testing.TB, pod *corev1.Pod, opts ...CNIOption) *Po
 		}
 	})
 	return p
+}
+
+// runtimeConf is what a kubelet (through the CRI runtime) hands libcni for
+// the pod's sandbox, CNI_ARGS included.
+func (p *Pod) runtimeConf() *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: p.ContainerID,
+		NetNS:       p.NetNS.Path(),
+		IfName:      PodIfName,
+		Args: [][2]string{
+			{"IgnoreUnknown", "1"},
+			{"K8S_POD_NAMESPACE", p.Namespace},
+			{"K8S_POD_NAME", p.Name},
+			{"K8S_POD_INFRA_CONTAINER_ID", p.ContainerID},
+			{"K8S_POD_UID", p.UID},
+		},
+		CapabilityArgs: portMappings(p.spec),
+	}
 }
 
 func (p *Pod) String() string { return p.Namespace + "/" + p.Name }

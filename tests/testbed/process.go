@@ -6,10 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -27,6 +27,8 @@ type Process struct {
 	netns   *NetNS
 	argv    []string
 	logPath string
+	// onStart records each run's PID with the TB (see record).
+	onStart func(pid int)
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -36,7 +38,7 @@ type Process struct {
 
 // StartProcess runs argv inside netns, appending its output to a log file in
 // tb.TempDir(). Cleanup prints the log's tail if tb failed, then stops it.
-func StartProcess(tb testing.TB, netns *NetNS, name string, argv ...string) *Process {
+func StartProcess(tb TB, netns *NetNS, name string, argv ...string) *Process {
 	tb.Helper()
 	p := NewProcess(tb, netns, name, argv...)
 	if err := p.Start(); err != nil {
@@ -46,13 +48,14 @@ func StartProcess(tb testing.TB, netns *NetNS, name string, argv ...string) *Pro
 }
 
 // NewProcess prepares argv inside netns without starting it; see StartProcess.
-func NewProcess(tb testing.TB, netns *NetNS, name string, argv ...string) *Process {
+func NewProcess(tb TB, netns *NetNS, name string, argv ...string) *Process {
 	tb.Helper()
 	p := &Process{
 		name:    name,
 		netns:   netns,
 		argv:    argv,
 		logPath: filepath.Join(tb.TempDir(), name+".log"),
+		onStart: func(pid int) { record(tb, "pid", strconv.Itoa(pid)) },
 	}
 	tb.Cleanup(func() {
 		// The tail before stopping shows why the test failed rather than
@@ -95,6 +98,7 @@ func (p *Process) Start() error {
 	if err := p.netns.Do(cmd.Start); err != nil {
 		return fmt.Errorf("start %s in netns %s: %w", p.name, p.netns.Name(), err)
 	}
+	p.onStart(cmd.Process.Pid)
 	done := make(chan struct{})
 	p.cmd, p.done, p.waitErr = cmd, done, nil
 	go func() {

@@ -8,41 +8,72 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
-	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 )
 
+// EchoPortPrefix marks a TCP containerPort whose responder keeps the
+// connection open: it writes the pod's name and a newline, then echoes what
+// it reads until the peer closes. Tests use it for long-lived flows.
+const EchoPortPrefix = "echo"
+
 // Serve makes the pod look like a running workload once CNIAdd succeeded:
-// it writes the pod's IP and readiness to its status and answers on every
-// containerPort inside the sandbox, with the pod's name as the reply (TCP:
-// written on accept, then closed; UDP: sent back for each datagram). SCTP
-// ports are skipped: this kernel has no SCTP sockets (see DESIGN.md).
-// Cleanup closes the sockets and waits for the responders.
-func (p *Pod) Serve(tb testing.TB) {
+// it answers on every containerPort inside the sandbox (see Listen) and
+// writes the pod's IP and readiness to its status.
+func (p *Pod) Serve(tb TB) {
 	tb.Helper()
 	if !p.IP().IsValid() {
 		tb.Fatalf("serve pod %s: no successful CNI ADD yet", p)
 	}
+	p.Listen(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
 	if err := p.writeRunning(ctx); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// Listen starts the responders on every containerPort, with the pod's name
+// as the reply (TCP: written on accept, then closed, or echoed on for an
+// EchoPortPrefix port; UDP: sent back for each datagram). It may run before
+// CNIAdd, so that a test can probe from the instant ADD returns. SCTP
+// ports are skipped: this kernel has no SCTP sockets (see DESIGN.md).
+// Cleanup closes the sockets and waits for the responders. A second call
+// does nothing.
+func (p *Pod) Listen(tb TB) {
+	tb.Helper()
+	p.mu.Lock()
+	listening := p.listening
+	p.listening = true
+	p.mu.Unlock()
+	if listening {
+		return
+	}
+	stop, err := startResponders(p.NetNS, p.spec, func(format string, args ...any) { tb.Logf(format, args...) })
+	if err != nil {
+		tb.Fatalf("serve pod %s: %v", p, err)
+	}
+	tb.Cleanup(stop)
+}
+
+// startResponders serves pod's containerPorts inside netns; stop closes
+// the sockets and waits for the responder goroutines.
+func startResponders(netns *NetNS, pod *corev1.Pod, logf func(string, ...any)) (stop func(), err error) {
 	var closers []io.Closer
 	var wg sync.WaitGroup
-	tb.Cleanup(func() {
+	stop = func() {
 		for _, c := range closers {
 			_ = c.Close()
 		}
 		wg.Wait()
-	})
-	reply := []byte(p.Name)
+	}
+	reply := []byte(pod.Name)
 	seen := map[string]bool{}
-	for _, c := range p.spec.Spec.Containers {
+	for _, c := range pod.Spec.Containers {
 		for _, port := range c.Ports {
 			proto := port.Protocol
 			if proto == "" {
@@ -56,28 +87,46 @@ func (p *Pod) Serve(tb testing.TB) {
 			seen[key] = true
 			switch proto {
 			case corev1.ProtocolTCP:
-				l, err := p.NetNS.Listen("tcp4", addr)
+				l, err := netns.Listen("tcp4", addr)
 				if err != nil {
-					tb.Fatalf("serve pod %s: %v", p, err)
+					stop()
+					return nil, err
 				}
 				closers = append(closers, l)
-				wg.Go(func() { serveTCP(l, reply) })
+				echo := strings.HasPrefix(port.Name, EchoPortPrefix)
+				wg.Go(func() { serveTCP(l, reply, echo) })
 			case corev1.ProtocolUDP:
-				c, err := p.NetNS.ListenPacket("udp4", addr)
+				c, err := netns.ListenPacket("udp4", addr)
 				if err != nil {
-					tb.Fatalf("serve pod %s: %v", p, err)
+					stop()
+					return nil, err
 				}
 				closers = append(closers, c)
 				wg.Go(func() { serveUDP(c, reply) })
 			default:
-				tb.Logf("pod %s: not serving %s port %d: no %s sockets on this kernel", p, proto, port.ContainerPort, proto)
+				logf("pod %s/%s: not serving %s port %d: no %s sockets on this kernel", pod.Namespace, pod.Name, proto, port.ContainerPort, proto)
 			}
 		}
 	}
+	return stop, nil
 }
 
-// serveTCP answers each connection with reply until l is closed.
-func serveTCP(l net.Listener, reply []byte) {
+// serveTCP answers each connection with reply until l is closed; with echo,
+// it then echoes the connection back until the peer closes it.
+func serveTCP(l net.Listener, reply []byte, echo bool) {
+	// Open echo connections end with the listener, so that stopping the
+	// pod never waits for a peer to hang up.
+	var conns sync.WaitGroup
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	defer func() {
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		conns.Wait()
+	}()
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -86,8 +135,26 @@ func serveTCP(l net.Listener, reply []byte) {
 			}
 			return
 		}
-		_, _ = c.Write(reply)
-		_ = c.Close()
+		if !echo {
+			_, _ = c.Write(reply)
+			_ = c.Close()
+			continue
+		}
+		mu.Lock()
+		open[c] = true
+		mu.Unlock()
+		conns.Go(func() {
+			defer func() {
+				mu.Lock()
+				delete(open, c)
+				mu.Unlock()
+				_ = c.Close()
+			}()
+			if _, err := c.Write(append(reply, '\n')); err != nil {
+				return
+			}
+			_, _ = io.Copy(c, c)
+		})
 	}
 }
 

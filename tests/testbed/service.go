@@ -1,0 +1,79 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// ServicePort is one port of a Service: Port on the ClusterIP, forwarded to
+// Target on the backends (a number, or a containerPort's name).
+type ServicePort struct {
+	Name     string
+	Protocol corev1.Protocol
+	Port     int32
+	Target   intstr.IntOrString
+}
+
+// CreateService creates a ClusterIP Service selecting pods by selector and
+// returns its ClusterIP; kube-controller-manager (StartControllerManager)
+// writes its EndpointSlices. Cleanup deletes it.
+func (cp *ControlPlane) CreateService(tb TB, namespace, name string, selector map[string]string, ports ...ServicePort) netip.Addr {
+	tb.Helper()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec:       corev1.ServiceSpec{Selector: selector},
+	}
+	for _, p := range ports {
+		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port, TargetPort: p.Target})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	created, err := cp.Client.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		tb.Fatalf("create service %s/%s: %v", namespace, name, err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		defer cancel()
+		_ = cp.Client.CoreV1().Services(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	})
+	ip, err := netip.ParseAddr(created.Spec.ClusterIP)
+	if err != nil {
+		tb.Fatalf("service %s/%s: clusterIP %q: %v", namespace, name, created.Spec.ClusterIP, err)
+	}
+	return ip
+}
+
+// WaitEndpoints waits until the Service's EndpointSlices list want ready
+// endpoints in total.
+func (cp *ControlPlane) WaitEndpoints(ctx context.Context, namespace, name string, want int) error {
+	var got int
+	for {
+		slices, err := cp.Client.DiscoveryV1().EndpointSlices(namespace).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + name})
+		if err == nil {
+			got = 0
+			for _, s := range slices.Items {
+				for _, e := range s.Endpoints {
+					if e.Conditions.Ready == nil || *e.Conditions.Ready {
+						got++
+					}
+				}
+			}
+			if got == want {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %d endpoints of service %s/%s: have %d: %w", want, namespace, name, got, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
