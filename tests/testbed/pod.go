@@ -12,6 +12,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+// UnmanagedAnnotation marks a Pod that a test wires itself (AddPod,
+// PreparePod): the pod runner of its node leaves it alone.
+const UnmanagedAnnotation = "testbed.palisade.dev/unmanaged"
+
 // PodIfName is the pod's interface, as a kubelet names it.
 const PodIfName = "eth0"
 
@@ -72,6 +76,11 @@ func (n *Node) PreparePod(tb TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
 	tb.Helper()
 	spec := pod.DeepCopy()
 	spec.Spec.NodeName = n.Name
+	// The node's pod runner, if any, must leave this one to the test.
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{}
+	}
+	spec.Annotations[UnmanagedAnnotation] = "true"
 	if spec.Namespace == "" {
 		spec.Namespace = metav1.NamespaceDefault
 	}

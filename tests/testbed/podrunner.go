@@ -140,6 +140,9 @@ func (r *PodRunner) sync(key string) error {
 	var pod *corev1.Pod
 	if exists {
 		pod = obj.(*corev1.Pod)
+		if pod.Annotations[UnmanagedAnnotation] != "" {
+			return nil
+		}
 	}
 	r.mu.Lock()
 	rp := r.pods[key]
