@@ -1,0 +1,172 @@
+package conformance
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/palisade-cni/palisade/tests/privileged"
+	"github.com/palisade-cni/palisade/tests/testbed"
+)
+
+// The contract's command line (scripts/conformance passes it through; the
+// flag package takes --model as well as -model). Without -model the test
+// replays the upstream catalog and ours.
+var (
+	flagModel = flag.String("model", "", "catalog model.json")
+	flagCases = flag.String("cases", "", "catalog cases.json")
+	flagOnly  = flag.String("only", "", "comma-separated case ids to run (default: all)")
+	flagNodes = flag.Int("nodes", 2, "testbed nodes to spread the pods over")
+	flagJSON  = flag.String("json", "", "also write the results to this file")
+	flagCLI   = flag.Bool("cli", false, "scripts/conformance mode: the report alone on stdout, exit status from the results")
+)
+
+// cli holds, in -cli mode, the real stdout and the finished report.
+var cli struct {
+	stdout  io.Writer
+	reports []*Report
+	want    int // catalogs to replay
+	err     error
+}
+
+// TestMain turns the test binary into scripts/conformance with -cli: the
+// testing package's own lines go to stderr, the report alone to stdout,
+// and the exit status is the report's (0 only when nothing failed).
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if !*flagCLI {
+		os.Exit(m.Run())
+	}
+	cli.stdout = os.Stdout
+	os.Stdout = os.Stderr
+	m.Run()
+	switch {
+	case cli.err != nil:
+		fmt.Fprintf(cli.stdout, "conformance: %v\n", cli.err)
+		os.Exit(2)
+	case len(cli.reports) < cli.want || cli.want == 0:
+		fmt.Fprintln(cli.stdout, "conformance: the testbed could not be set up; the log is on stderr")
+		os.Exit(2)
+	}
+	total := &Report{}
+	for _, r := range cli.reports {
+		total.Passed += r.Passed
+		total.Failed += r.Failed
+		total.Skipped += r.Skipped
+	}
+	if len(cli.reports) > 1 {
+		fmt.Fprintf(cli.stdout, "\nall catalogs:\n%s\n", total.Summary())
+	}
+	if total.Failed > 0 {
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// catalogSpec names a catalog's files.
+type catalogSpec struct{ name, model, cases string }
+
+// defaultCatalogs are what `go test` replays: the upstream suite from the
+// shared folder (PALISADE_CONFORMANCE_UPSTREAM overrides where), and ours.
+func defaultCatalogs(t *testing.T) []catalogSpec {
+	root := testbed.ModuleRoot(t)
+	upstream := os.Getenv("PALISADE_CONFORMANCE_UPSTREAM")
+	if upstream == "" {
+		upstream = filepath.Join(root, "..", "shared", "conformance", "upstream-netpol")
+	}
+	return []catalogSpec{
+		{"upstream-netpol", filepath.Join(upstream, "model.json"), filepath.Join(upstream, "cases.json")},
+		{"palisade", filepath.Join(root, "tests", "conformance", "catalog", "model.json"), filepath.Join(root, "tests", "conformance", "catalog", "cases.json")},
+	}
+}
+
+// TestPrivilegedConformance replays the catalogs on a testbed of -nodes
+// nodes. Every case must pass: a skip fails the test too, because both
+// catalogs are ones this runner must replay in full.
+func TestPrivilegedConformance(t *testing.T) {
+	privileged.Require(t)
+	specs := []catalogSpec{{"", *flagModel, *flagCases}}
+	if *flagModel == "" && *flagCases == "" {
+		specs = defaultCatalogs(t)
+	} else if *flagModel == "" || *flagCases == "" {
+		cli.err = fmt.Errorf("need both --model and --cases")
+		t.Fatal(cli.err)
+	}
+	cli.want = len(specs)
+	var only []string
+	if *flagOnly != "" {
+		only = strings.Split(*flagOnly, ",")
+	}
+	for _, spec := range specs {
+		if spec.name == "" {
+			spec.name = filepath.Base(filepath.Dir(spec.model))
+		}
+		t.Run(spec.name, func(t *testing.T) {
+			cat, err := Load(spec.model, spec.cases)
+			if err != nil {
+				cli.err = err
+				t.Fatal(err)
+			}
+			cases, err := cat.Select(only)
+			if err != nil {
+				cli.err = err
+				t.Fatal(err)
+			}
+			var out io.Writer = &logWriter{t: t}
+			if *flagCLI {
+				out = cli.stdout
+			}
+			report := NewReport(out, spec.name, cat.Model.PodOrder)
+			start := time.Now()
+			env := Setup(t, cat.Model, *flagNodes)
+			report.Header(env, time.Since(start))
+			for i := range cases {
+				c := &cases[i]
+				t.Run(c.ID, func(t *testing.T) {
+					res := Run(env, cat, c)
+					report.Add(res)
+					if *flagCLI {
+						return
+					}
+					switch res.Status {
+					case Fail:
+						t.Error(FormatCase(res, cat.Model.PodOrder))
+					case Skip:
+						t.Errorf("skipped, and this catalog must run in full: %s", res.Reason)
+					}
+				})
+			}
+			report.Finish()
+			if *flagJSON != "" {
+				if err := report.WriteJSON(*flagJSON); err != nil {
+					t.Error(err)
+				}
+			}
+			cli.reports = append(cli.reports, report)
+		})
+	}
+}
+
+// logWriter sends whole lines to t.Log.
+type logWriter struct {
+	t   *testing.T
+	buf bytes.Buffer
+}
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	w.buf.Write(p)
+	for {
+		line, err := w.buf.ReadString('\n')
+		if err != nil {
+			w.buf.WriteString(line)
+			return len(p), nil
+		}
+		w.t.Log(strings.TrimSuffix(line, "\n"))
+	}
+}

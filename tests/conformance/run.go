@@ -1,0 +1,295 @@
+package conformance
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/palisade-cni/palisade/tests/testbed"
+)
+
+const (
+	// ProbeDeadline is how long a pair whose result differs from the
+	// expected one is retried before it counts as a failure (upstream:
+	// 10 s per pair).
+	ProbeDeadline = 10 * time.Second
+	// retryPause separates the rounds of retries of mismatched pairs.
+	retryPause = 200 * time.Millisecond
+	// parallelism bounds the probes in flight; each holds an OS thread in
+	// a namespace for up to testbed.ProbeTimeout.
+	parallelism = 32
+)
+
+// Status is a case's result.
+type Status string
+
+// The three results of a case.
+const (
+	Pass Status = "PASS"
+	Fail Status = "FAIL"
+	Skip Status = "SKIP"
+)
+
+// CaseResult is the result of one case.
+type CaseResult struct {
+	ID      string        `json:"id"`
+	Name    string        `json:"name"`
+	Status  Status        `json:"status"`
+	Seconds float64       `json:"seconds"`
+	Reason  string        `json:"reason,omitempty"`
+	Probes  []ProbeResult `json:"probes,omitempty"`
+}
+
+// ProbeResult is the result of one probe step (or readiness check).
+type ProbeResult struct {
+	Step     string          `json:"step"`
+	Port     int             `json:"port"`
+	Protocol corev1.Protocol `json:"protocol"`
+	Target   string          `json:"target"`
+	// Method says how the verdict was obtained: "connect", or for SCTP
+	// "association" or "init-arrival" (the forward verdict only).
+	Method     string            `json:"method"`
+	Seconds    float64           `json:"seconds"`
+	Rounds     int               `json:"rounds"`
+	Pairs      int               `json:"pairs"`
+	Expected   Matrix            `json:"expected"`
+	Observed   Matrix            `json:"observed"`
+	Mismatches []string          `json:"mismatches,omitempty"`
+	Details    map[string]string `json:"details,omitempty"`
+}
+
+// pair is one ordered pair of pods of a probe.
+type pair struct{ from, to string }
+
+// observation is one probe of one pair.
+type observation struct {
+	connected bool
+	// invalid: the probe got an answer that proves nothing (from a pod
+	// other than the Service's backends); it never matches.
+	invalid bool
+	detail  string
+}
+
+// Run replays case c on e. It never fails tb: a step that cannot be done
+// fails the case, with the reason. The cluster is reset to the model after
+// the case, whatever happened.
+func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
+	start := time.Now()
+	res = CaseResult{ID: c.ID, Name: c.Name, Status: Pass}
+	defer func() { res.Seconds = time.Since(start).Seconds() }()
+	if reason := cat.SkipReason(c); reason != "" {
+		res.Status, res.Reason = Skip, reason
+		return res
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		defer cancel()
+		if err := e.Reset(ctx); err != nil && res.Status != Fail {
+			res.Status, res.Reason = Fail, fmt.Sprintf("reset after the case: %v", err)
+		}
+	}()
+	fail := func(format string, args ...any) CaseResult {
+		res.Status, res.Reason = Fail, fmt.Sprintf(format, args...)
+		return res
+	}
+
+	// The previous case's reset must be in force before this case starts:
+	// every pair connects with no policy (upstream's waitForHTTPServers).
+	if c.Preconditions != nil {
+		for _, rp := range c.Preconditions.ReadinessProbes {
+			pr := e.probe(&Probe{Port: rp.Port, Protocol: rp.Protocol, IgnoreLoopback: true, Expected: allTrue(e.Model.PodOrder)}, "readiness")
+			res.Probes = append(res.Probes, pr)
+			if len(pr.Mismatches) > 0 {
+				return fail("readiness %s/%d: %d pairs do not connect with no policy", rp.Protocol, rp.Port, len(pr.Mismatches))
+			}
+		}
+	}
+	for i, s := range c.Setup {
+		kind, _ := s.Kind()
+		label := fmt.Sprintf("step %d (%s)", i+1, kind)
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		var err error
+		switch kind {
+		case "apply":
+			mode, _ := s.Mode()
+			err = e.Apply(ctx, s["apply"], mode)
+		case "delete":
+			var r ObjectRef
+			if err = s.Decode(kind, &r); err == nil {
+				err = e.DeletePolicy(ctx, r)
+			}
+		case "label_namespace":
+			var l LabelNamespace
+			if err = s.Decode(kind, &l); err == nil {
+				err = e.LabelNamespace(ctx, l)
+			}
+		case "label_pod":
+			var l LabelPod
+			if err = s.Decode(kind, &l); err == nil {
+				err = e.LabelPod(ctx, l)
+			}
+		case "probe":
+			var p Probe
+			if err = s.Decode(kind, &p); err == nil {
+				pr := e.probe(&p, fmt.Sprintf("step %d", i+1))
+				res.Probes = append(res.Probes, pr)
+				if len(pr.Mismatches) > 0 && res.Status == Pass {
+					res.Status = Fail
+					res.Reason = fmt.Sprintf("%s: %s/%d: %d of %d pairs differ", label, p.Protocol, p.Port, len(pr.Mismatches), pr.Pairs)
+				}
+			}
+		}
+		cancel()
+		if err != nil {
+			return fail("%s: %v", label, err)
+		}
+		if w, _ := s.WaitAfter(); w > 0 {
+			time.Sleep(time.Duration(w * float64(time.Second)))
+		}
+	}
+	return res
+}
+
+func allTrue(ids []string) map[string]map[string]bool {
+	m := map[string]map[string]bool{}
+	for _, a := range ids {
+		m[a] = map[string]bool{}
+		for _, b := range ids {
+			m[a][b] = true
+		}
+	}
+	return m
+}
+
+// probe runs one probe step: every pair in parallel, then the mismatched
+// pairs again until they match or ProbeDeadline passes.
+func (e *Env) probe(p *Probe, step string) ProbeResult {
+	start := time.Now()
+	target := p.Target
+	if target == "" {
+		target = "service"
+	}
+	method := "connect"
+	if p.Protocol == corev1.ProtocolSCTP {
+		method = e.SCTPMode
+	}
+	pr := ProbeResult{Step: step, Port: p.Port, Protocol: p.Protocol, Target: target, Method: method,
+		Expected: Matrix(p.Expected), Observed: Matrix{}, Details: map[string]string{}}
+	var pending []pair
+	for _, from := range e.Model.PodOrder {
+		for _, to := range e.Model.PodOrder {
+			if from == to && p.IgnoreLoopback {
+				continue
+			}
+			pending = append(pending, pair{from, to})
+		}
+	}
+	pr.Pairs = len(pending)
+	deadline := start.Add(ProbeDeadline)
+	for {
+		pr.Rounds++
+		obs := e.probePairs(pending, p, target)
+		var again []pair
+		for i, pp := range pending {
+			o := obs[i]
+			pr.Observed.set(pp.from, pp.to, o.connected)
+			key := pp.from + "->" + pp.to
+			if want := p.Expected[pp.from][pp.to]; o.invalid || o.connected != want {
+				again = append(again, pp)
+				pr.Details[key] = o.detail
+			} else {
+				delete(pr.Details, key)
+			}
+		}
+		pending = again
+		if len(pending) == 0 || time.Now().Add(retryPause).After(deadline) {
+			break
+		}
+		time.Sleep(retryPause)
+	}
+	for _, pp := range pending {
+		pr.Mismatches = append(pr.Mismatches, pp.from+"->"+pp.to)
+	}
+	if len(pr.Details) == 0 {
+		pr.Details = nil
+	}
+	pr.Seconds = time.Since(start).Seconds()
+	return pr
+}
+
+// probePairs probes pairs in parallel and returns the observations in the
+// same order.
+func (e *Env) probePairs(pairs []pair, p *Probe, target string) []observation {
+	out := make([]observation, len(pairs))
+	sem := make(chan struct{}, parallelism)
+	var wg sync.WaitGroup
+	for i, pp := range pairs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			out[i] = e.probeOne(pp, p, target)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// probeOne probes one pair: from the source pod to the destination's
+// Service ClusterIP (or pod IP), on the probe's port and protocol.
+func (e *Env) probeOne(pp pair, p *Probe, target string) observation {
+	ctx := context.Background()
+	src, dst := e.Pods[pp.from], e.Pods[pp.to]
+	addr := dst.IP()
+	backends := []string{pp.to}
+	if target == "service" {
+		ls, ok := e.serviceOf(pp.to, p.Port, p.Protocol)
+		if !ok {
+			return observation{invalid: true, detail: fmt.Sprintf("no Service leads to %s on %s/%d", pp.to, p.Protocol, p.Port)}
+		}
+		addr, backends = ls.clusterIP, ls.backends
+	}
+	switch p.Protocol {
+	case corev1.ProtocolSCTP:
+		return e.probeSCTP(ctx, src, dst, addr, p.Port)
+	default:
+		v := testbed.Probe(ctx, src, addr, p.Port, p.Protocol)
+		o := observation{connected: v.Outcome == testbed.Connected, detail: fmt.Sprintf("%s via %s", v, addr)}
+		if o.connected && !containsPodName(backends, v.Reply) {
+			o.invalid = true
+			o.detail = fmt.Sprintf("answered by %q, not by a backend of %s (%v)", v.Reply, addr, backends)
+		}
+		return o
+	}
+}
+
+// containsPodName reports whether reply is the name of one of ids' pods;
+// a testbed pod answers with its name.
+func containsPodName(ids []string, reply string) bool {
+	for _, id := range ids {
+		if _, name, _ := strings.Cut(id, "/"); name == reply {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Env) probeSCTP(ctx context.Context, src, dst *testbed.Pod, addr netip.Addr, port int) observation {
+	var ok bool
+	var err error
+	if e.SCTPMode == SCTPAssociation {
+		ok, err = probeSCTPAssociation(ctx, src, addr, port)
+	} else {
+		// The INIT is watched for at the destination pod itself: the
+		// Service's translation to it is part of what is checked.
+		ok, err = probeSCTPInit(ctx, src, dst, addr, port)
+	}
+	if err != nil {
+		return observation{invalid: true, detail: err.Error()}
+	}
+	return observation{connected: ok, detail: fmt.Sprintf("%s %v via %s", e.SCTPMode, ok, addr)}
+}
