@@ -53,6 +53,7 @@ func (n *Node) StartAgent(tb TB, opts AgentOptions) *Agent {
 		bpfRoot:  filepath.Join(bpffs(tb), "palisade-test-"+randomHex(4)),
 		stateDir: filepath.Join(tb.TempDir(), "state"),
 	}
+	record(tb, "path", a.bpfRoot)
 	// Registered before the process, so it runs after the agent stopped.
 	tb.Cleanup(func() {
 		if err := os.RemoveAll(a.bpfRoot); err != nil {

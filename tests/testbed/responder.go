@@ -184,6 +184,7 @@ func (p *Pod) writeRunning(ctx context.Context) error {
 			return err
 		}
 		now := metav1.Now()
+		started := true
 		cur.Status.Phase = corev1.PodRunning
 		cur.Status.HostIP = p.Node.IP.String()
 		cur.Status.HostIPs = []corev1.HostIP{{IP: p.Node.IP.String()}}
@@ -191,6 +192,13 @@ func (p *Pod) writeRunning(ctx context.Context) error {
 		cur.Status.PodIPs = []corev1.PodIP{{IP: ip}}
 		cur.Status.StartTime = &now
 		cur.Status.Conditions = nil
+		cur.Status.ContainerStatuses = nil
+		for _, c := range cur.Spec.Containers {
+			cur.Status.ContainerStatuses = append(cur.Status.ContainerStatuses, corev1.ContainerStatus{
+				Name: c.Name, Image: c.Image, Ready: true, Started: &started,
+				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
+			})
+		}
 		for _, t := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
 			cur.Status.Conditions = append(cur.Status.Conditions, corev1.PodCondition{
 				Type: t, Status: corev1.ConditionTrue, LastTransitionTime: now,
