@@ -34,6 +34,13 @@ kube: deps
 test: kube
 	PALISADE_REQUIRE_PRIVILEGED=1 $(GO) test -count=1 -timeout 30m ./...
 
+# NetworkPolicy conformance: the upstream e2e suite's catalog and ours,
+# replayed on a two-node testbed, with the report (README "Conformance").
+# `make test` runs the same cases as TestPrivilegedConformance.
+.PHONY: conformance
+conformance: kube
+	scripts/conformance
+
 # The tests that need neither root nor a control plane.
 test-unit:
 	$(GO) test -count=1 ./bpf/... ./daemon/... ./plugin/...
@@ -44,8 +51,9 @@ test-unit:
 image: build
 	LDFLAGS='$(LDFLAGS)' scripts/image
 
+# KEEP=1 leaves the demo's testbed up until ^C, for kubectl.
 demo: kube build
-	scripts/demo
+	scripts/demo $(if $(KEEP),--keep)
 
 clean:
 	rm -rf bin

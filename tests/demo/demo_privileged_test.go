@@ -2,76 +2,157 @@ package demo
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/palisade-cni/palisade/tests/privileged"
 	"github.com/palisade-cni/palisade/tests/testbed"
 )
 
+// keep leaves the cluster up after the last step until SIGINT or SIGTERM.
+var keep = flag.Bool("demo.keep", false, "keep the testbed up after the demo, until ^C")
+
 // settle bounds how long a step may take to reach the datapath.
 const settle = 15 * time.Second
+
+// backupIP is the seeds' database backup host, outside the cluster.
+var backupIP = netip.MustParseAddr("198.18.0.250")
 
 type step struct {
 	title string
 	do    func(t *testing.T)
-	// want lists, per source pod (rows in order), which targets it reaches.
+	// want lists, per source (rows in order), which targets it reaches.
 	want [][]bool
 }
 
-// TestPrivilegedDemo is `make demo`: the one-node scenario of the seeds
-// (default deny, then backend-access, then a label change, then removal),
-// with the reachability matrix after each step.
+// TestPrivilegedDemo is `make demo`: three nodes, the seeds' 3-tier app in
+// namespace prod (frontend :80, api :5000, db :27017), two pods in dev (one
+// of them an api-pod by label), a DNS stand-in in kube-system behind the
+// kube-dns Service (UDP/TCP 53, UDP 1053), and a backup host outside the
+// cluster; then the seeds' policies step by step, with the matrix after
+// each.
 func TestPrivilegedDemo(t *testing.T) {
 	privileged.Require(t)
 	start := time.Now()
-	cp := testbed.StartControlPlane(t)
-	node := cp.AddNode(t, "node-1", 1)
-	node.StartAgent(t, testbed.AgentOptions{})
-	cp.CreateNamespace(t, "prod", map[string]string{"team": "prod"})
-	cp.CreateNamespace(t, "lab", nil)
-	frontend := node.AddPod(t, testbed.MakePod("prod", "frontend", map[string]string{"role": "frontend"}, testbed.TCP(80)))
-	backend := node.AddPod(t, testbed.MakePod("prod", "backend", map[string]string{"role": "backend"}, testbed.TCP(6379), testbed.UDP(6379)))
-	other := node.AddPod(t, testbed.MakePod("prod", "other", map[string]string{"role": "other"}, testbed.TCP(80)))
-	outsider := node.AddPod(t, testbed.MakePod("lab", "outsider", nil, testbed.TCP(80)))
+	c := testbed.StartCluster(t, testbed.ClusterOptions{Nodes: 3})
+	up := time.Since(start)
+	c.CreateNamespace(t, "prod", map[string]string{"name": "prod"})
+	c.CreateNamespace(t, "dev", map[string]string{"name": "dev"})
+	run := func(ns, name, node string, labels map[string]string, ports ...corev1.ContainerPort) *testbed.Pod {
+		p := testbed.MakePod(ns, name, labels, ports...)
+		p.Spec.NodeName = node
+		return c.RunPod(t, p)
+	}
+	frontend := run("prod", "frontend", "node-1", map[string]string{"role": "frontend"}, testbed.TCP(80))
+	api := run("prod", "api", "node-2", map[string]string{"role": "api", "name": "api-pod"}, testbed.TCP(5000))
+	db := run("prod", "db", "node-3", map[string]string{"role": "db"}, testbed.TCP(27017))
+	devAPI := run("dev", "api", "node-1", map[string]string{"role": "api", "name": "api-pod"}, testbed.TCP(5000))
+	devTester := run("dev", "tester", "node-3", map[string]string{"role": "tester"}, testbed.TCP(80))
+	run("kube-system", "coredns", "node-2", map[string]string{"k8s-app": "kube-dns"}, testbed.UDP(53), testbed.TCP(53), testbed.UDP(1053))
+	dnsVIP := c.CreateService(t, "kube-system", "kube-dns", map[string]string{"k8s-app": "kube-dns"},
+		testbed.ServicePort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53, Target: intstr.FromInt32(53)},
+		testbed.ServicePort{Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53, Target: intstr.FromInt32(53)},
+		testbed.ServicePort{Name: "dns-alt", Protocol: corev1.ProtocolUDP, Port: 1053, Target: intstr.FromInt32(1053)})
+	backup := c.AddExternalHost(t, "backup (outside)", backupIP)
+	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	defer cancel()
+	if err := c.WaitEndpoints(ctx, "kube-system", "kube-dns", 1); err != nil {
+		t.Fatal(err)
+	}
 
-	from := []*testbed.Pod{frontend, backend, other, outsider}
+	from := []Source{PodSource(frontend), PodSource(api), PodSource(db), PodSource(devAPI), PodSource(devTester),
+		{Name: backup.Name, Probe: backup.Probe}}
+	pod := func(p *testbed.Pod, port int) Target {
+		return Target{Name: p.String(), IP: p.IP(), Port: port, Proto: corev1.ProtocolTCP, Self: p.String()}
+	}
 	to := []Target{
-		{frontend, 80, corev1.ProtocolTCP}, {backend, 6379, corev1.ProtocolTCP}, {backend, 6379, corev1.ProtocolUDP},
-		{other, 80, corev1.ProtocolTCP}, {outsider, 80, corev1.ProtocolTCP},
+		pod(frontend, 80), pod(api, 5000), pod(db, 27017),
+		{Name: "svc/kube-dns", IP: dnsVIP, Port: 53, Proto: corev1.ProtocolUDP},
+		{Name: "svc/kube-dns", IP: dnsVIP, Port: 1053, Proto: corev1.ProtocolUDP},
+		pod(devAPI, 5000), pod(devTester, 80),
 	}
 	policy := func(name string) string { return filepath.Join(testbed.ModuleRoot(t), "conf", "policies", name) }
-	var denyIngress, backendAccess string
 	const y, n = true, false
+	// Columns: frontend:80 api:5000 db:27017 dns/53 dns/1053 dev/api:5000 dev/tester:80.
+	// The backup host has no route to the Service range (it is not a node),
+	// so its DNS cells are ✗ throughout.
 	steps := []step{
-		{"No policy: Flannel alone, every pod reaches every pod", func(*testing.T) {}, [][]bool{
-			{y, y, y, y, y}, {y, y, y, y, y}, {y, y, y, y, y}, {y, y, y, y, y}}},
-		{"default-deny-ingress in prod: nothing gets into prod, prod still gets out", func(t *testing.T) {
-			denyIngress = cp.ApplyPolicy(t, "prod", policy("default-deny-ingress.yaml"))
+		{"No policy: Flannel alone, everything reaches everything", func(*testing.T) {}, [][]bool{
+			{y, y, y, y, y, y, y},
+			{y, y, y, y, y, y, y},
+			{y, y, y, y, y, y, y},
+			{y, y, y, y, y, y, y},
+			{y, y, y, y, y, y, y},
+			{y, y, y, n, n, y, y},
+		}},
+		{"default-deny (Ingress+Egress) in prod: prod neither accepts nor opens connections", func(t *testing.T) {
+			c.ApplyPolicy(t, "prod", policy("default-deny.yaml"))
 		}, [][]bool{
-			{y, n, n, n, y}, {n, y, y, n, y}, {n, n, n, y, y}, {n, n, n, n, y}}},
-		{"backend-access: frontends of prod reach backend on TCP 6379, nothing else does", func(t *testing.T) {
-			backendAccess = cp.ApplyPolicy(t, "prod", policy("backend-access.yaml"))
+			{y, n, n, n, n, n, n},
+			{n, y, n, n, n, n, n},
+			{n, n, y, n, n, n, n},
+			{n, n, n, y, y, y, y},
+			{n, n, n, y, y, y, y},
+			{n, n, n, n, n, y, y},
+		}},
+		{"allow-dns-kube-dns in prod: prod may query kube-dns (through its ClusterIP), nothing more", func(t *testing.T) {
+			c.ApplyPolicy(t, "prod", policy("allow-dns-kube-dns.yaml"))
 		}, [][]bool{
-			{y, y, n, n, y}, {n, y, y, n, y}, {n, n, n, y, y}, {n, n, n, n, y}}},
-		{"other relabelled role=frontend: it joins the allow", func(t *testing.T) {
-			cp.SetPodLabels(t, other, map[string]string{"role": "frontend"})
+			{y, n, n, y, y, n, n},
+			{n, y, n, y, y, n, n},
+			{n, n, y, y, y, n, n},
+			{n, n, n, y, y, y, y},
+			{n, n, n, y, y, y, y},
+			{n, n, n, n, n, y, y},
+		}},
+		{"tier-frontend, tier-api, db-network-policy: world→frontend:80→api:5000→db:27017; dev's api-pod is not prod's", func(t *testing.T) {
+			c.ApplyPolicy(t, "prod", policy("tier-frontend.yaml"))
+			c.ApplyPolicy(t, "prod", policy("tier-api.yaml"))
+			c.ApplyPolicy(t, "prod", policy("db-network-policy.yaml"))
 		}, [][]bool{
-			{y, y, n, n, y}, {n, y, y, n, y}, {n, y, n, y, y}, {n, n, n, n, y}}},
-		{"both policies deleted: open again", func(t *testing.T) {
-			cp.DeletePolicy(t, "prod", backendAccess)
-			cp.DeletePolicy(t, "prod", denyIngress)
+			{y, y, n, y, y, n, n},
+			{n, y, y, y, y, n, n},
+			{n, n, y, y, y, n, n},
+			{y, n, n, y, y, y, y},
+			{y, n, n, y, y, y, y},
+			{y, n, n, n, n, y, y},
+		}},
+		{"namespace-isolation in dev: dev accepts only dev", func(t *testing.T) {
+			c.ApplyPolicy(t, "dev", policy("namespace-isolation.yaml"))
 		}, [][]bool{
-			{y, y, y, y, y}, {y, y, y, y, y}, {y, y, y, y, y}, {y, y, y, y, y}}},
+			{y, y, n, y, y, n, n},
+			{n, y, y, y, y, n, n},
+			{n, n, y, y, y, n, n},
+			{y, n, n, y, y, y, y},
+			{y, n, n, y, y, y, y},
+			{y, n, n, n, n, n, n},
+		}},
+		{"db-backup-ipblock: the backup host outside the cluster reaches db:27017 by address", func(t *testing.T) {
+			c.ApplyPolicy(t, "prod", policy("db-backup-ipblock.yaml"))
+		}, [][]bool{
+			{y, y, n, y, y, n, n},
+			{n, y, y, y, y, n, n},
+			{n, n, y, y, y, n, n},
+			{y, n, n, y, y, y, y},
+			{y, n, n, y, y, y, y},
+			{y, n, y, n, n, n, n},
+		}},
 	}
 
 	out := os.Stdout
-	fmt.Fprintf(out, "\nTestbed up in %s: control plane, node-1 with palisade-agent, pods %v\n", time.Since(start).Round(time.Millisecond), from)
+	fmt.Fprintf(out, "\nTestbed up in %s: 3 nodes (kube-proxy, palisade-agent, pod runner each); pods placed in %s\n",
+		up.Round(time.Millisecond), (time.Since(start) - up).Round(time.Millisecond))
+	fmt.Fprintf(out, "  prod/frontend@node-1 prod/api@node-2 prod/db@node-3 dev/api@node-1 dev/tester@node-3 kube-system/coredns@node-2 (kube-dns %s), backup host %s\n", dnsVIP, backupIP)
 	var prev *Matrix
 	for i, s := range steps {
 		s.do(t)
@@ -79,6 +160,9 @@ func TestPrivilegedDemo(t *testing.T) {
 		got := waitFor(from, to, want)
 		fmt.Fprintf(out, "\nStep %d. %s\n", i, s.title)
 		got.Print(out, prev)
+		if prev != nil {
+			fmt.Fprintf(out, "  %d cells changed\n", got.Changed(prev))
+		}
 		if !got.Equal(want) {
 			fmt.Fprintln(out, "  expected:")
 			want.Print(out, nil)
@@ -86,12 +170,23 @@ func TestPrivilegedDemo(t *testing.T) {
 		}
 		prev = &got
 	}
-	fmt.Fprintf(out, "\n✓ reaches  ✗ dropped  * changed by the step   (demo ran in %s)\n", time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "\n✓ reaches  ✗ dropped  * changed by the step  · itself   (demo ran in %s)\n", time.Since(start).Round(time.Millisecond))
+	if *keep {
+		kubeDir := testbed.KubeBinDir(t)
+		fmt.Fprintf(out, "\nThe testbed stays up until ^C. kubectl runs inside the control plane's namespace:\n"+
+			"  ip netns exec %s %s/kubectl --kubeconfig %s get pods -A -o wide\n"+
+			"  ip netns exec %s %s/kubectl --kubeconfig %s get networkpolicies -A\n",
+			c.NetNS.Name(), kubeDir, c.Kubeconfig(), c.NetNS.Name(), kubeDir, c.Kubeconfig())
+		sig, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		<-sig.Done()
+		fmt.Fprintln(out, "tearing down")
+	}
 }
 
 // waitFor probes the matrix until it equals want or settle passes, and
 // returns the last one measured.
-func waitFor(from []*testbed.Pod, to []Target, want Matrix) Matrix {
+func waitFor(from []Source, to []Target, want Matrix) Matrix {
 	deadline := time.Now().Add(settle)
 	for {
 		m := measure(from, to)
@@ -102,20 +197,23 @@ func waitFor(from []*testbed.Pod, to []Target, want Matrix) Matrix {
 	}
 }
 
-func measure(from []*testbed.Pod, to []Target) Matrix {
-	var specs []testbed.ProbeSpec
-	for _, f := range from {
-		for _, t := range to {
-			specs = append(specs, testbed.ProbeSpec{From: f, To: t.Pod.IP(), Port: t.Port, Protocol: t.Proto})
+// measure probes every cell in parallel.
+func measure(from []Source, to []Target) Matrix {
+	m := Matrix{From: from, To: to, OK: make([][]bool, len(from))}
+	done := make(chan struct{})
+	sem := make(chan struct{}, 32)
+	for i, f := range from {
+		m.OK[i] = make([]bool, len(to))
+		for j, t := range to {
+			go func() {
+				sem <- struct{}{}
+				defer func() { <-sem; done <- struct{}{} }()
+				m.OK[i][j] = f.Probe(context.Background(), t.IP, t.Port, t.Proto).Outcome == testbed.Connected
+			}()
 		}
 	}
-	verdicts := testbed.ProbeMatrix(context.Background(), specs)
-	m := Matrix{From: from, To: to, OK: make([][]bool, len(from))}
-	for i := range from {
-		m.OK[i] = make([]bool, len(to))
-		for j := range to {
-			m.OK[i][j] = verdicts[i*len(to)+j].Outcome == testbed.Connected
-		}
+	for range len(from) * len(to) {
+		<-done
 	}
 	return m
 }

@@ -1,0 +1,83 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// ExternalHost is a machine outside the cluster on the node network, such
+// as the seeds' database backup host: a namespace on the underlay with
+// host-gw routes to the pod CIDRs of the nodes that existed when it was
+// added. An ipBlock policy names its address.
+type ExternalHost struct {
+	Name  string
+	IP    netip.Addr
+	NetNS *NetNS
+}
+
+// AddExternalHost plugs a host with address ip (inside the underlay) into
+// the underlay bridge. Cleanup deletes its namespace and link.
+func (cp *ControlPlane) AddExternalHost(tb TB, name string, ip netip.Addr) *ExternalHost {
+	tb.Helper()
+	if !UnderlayPrefix.Contains(ip) {
+		tb.Fatalf("external host %s: %s is outside the underlay %s", name, ip, UnderlayPrefix)
+	}
+	h := &ExternalHost{Name: name, IP: ip, NetNS: NewNetNS(tb, "pal-ext")}
+	hostEnd := fmt.Sprintf("ulx%d", ip.As4()[3])
+	err := cp.NetNS.Do(func() error {
+		br, err := netlink.LinkByName(underlayIf)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", underlayIf, err)
+		}
+		veth := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: hostEnd, MasterIndex: br.Attrs().Index},
+			PeerName:      nodeUplink,
+			PeerNamespace: netlink.NsFd(int(h.NetNS.ns.Fd())),
+		}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth %s: %w", hostEnd, err)
+		}
+		return linkUp(hostEnd)
+	})
+	if err != nil {
+		tb.Fatalf("external host %s: %v", name, err)
+	}
+	cp.mu.Lock()
+	nodes := append([]*Node(nil), cp.nodes...)
+	cp.mu.Unlock()
+	err = h.NetNS.Do(func() error {
+		l, err := netlink.LinkByName(nodeUplink)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", nodeUplink, err)
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(UnderlayPrefix.Bits(), 32)}}
+		if err := netlink.AddrAdd(l, addr); err != nil {
+			return fmt.Errorf("add %s: %w", addr, err)
+		}
+		if err := linkUp(nodeUplink); err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if err := addRoute(n.PodCIDR, n.IP); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatalf("external host %s: %v", name, err)
+	}
+	return h
+}
+
+func (h *ExternalHost) String() string { return h.Name }
+
+// Probe connects from the host to to:port; see Probe.
+func (h *ExternalHost) Probe(ctx context.Context, to netip.Addr, port int, proto corev1.Protocol) Verdict {
+	return probeFrom(ctx, h.NetNS, to, port, proto)
+}
