@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ var (
 	flagOnly  = flag.String("only", "", "comma-separated case ids to run (default: all)")
 	flagNodes = flag.Int("nodes", 2, "testbed nodes to spread the pods over")
 	flagJSON  = flag.String("json", "", "also write the results to this file")
+	flagProxy = flag.Bool("kube-proxy", true, "run kube-controller-manager and kube-proxy (iptables); false: the runner writes EndpointSlices and ClusterIPs rely on Palisade's own translation")
 	flagCLI   = flag.Bool("cli", false, "scripts/conformance mode: the report alone on stdout, exit status from the results")
 )
 
@@ -124,7 +126,7 @@ func TestPrivilegedConformance(t *testing.T) {
 			}
 			report := NewReport(out, spec.name, cat.Model.PodOrder)
 			start := time.Now()
-			env := Setup(t, cat.Model, *flagNodes)
+			env := Setup(t, cat.Model, *flagNodes, *flagProxy)
 			report.Header(env, time.Since(start))
 			for i := range cases {
 				c := &cases[i]
@@ -143,14 +145,30 @@ func TestPrivilegedConformance(t *testing.T) {
 				})
 			}
 			report.Finish()
-			if *flagJSON != "" {
-				if err := report.WriteJSON(*flagJSON); err != nil {
-					t.Error(err)
-				}
-			}
 			cli.reports = append(cli.reports, report)
 		})
 	}
+	if *flagJSON != "" {
+		if err := writeJSON(*flagJSON, cli.reports); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// writeJSON writes one catalog's report, or with several a list of them.
+func writeJSON(path string, reports []*Report) error {
+	var v any = reports
+	if len(reports) == 1 {
+		v = reports[0]
+	}
+	data, err := json.MarshalIndent(v, "", " ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
 }
 
 // logWriter sends whole lines to t.Log.

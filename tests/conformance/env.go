@@ -36,6 +36,11 @@ type Env struct {
 	Pods     map[string]*testbed.Pod
 	SCTPMode string
 
+	// KubeProxy: kube-controller-manager writes the EndpointSlices and
+	// kube-proxy (iptables) runs on every node; otherwise the runner
+	// writes the slices itself and there is no kube-proxy.
+	KubeProxy bool
+
 	services  []*liveService
 	podLabels map[string]map[string]string // current labels, by pod id
 	dirtyPods map[string]bool
@@ -50,7 +55,7 @@ type liveService struct {
 
 // Setup brings m up on a new testbed of nodes nodes (at least 1). Any
 // failure fails tb; tb's cleanup removes everything.
-func Setup(tb testing.TB, m *Model, nodes int) *Env {
+func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
 	tb.Helper()
 	if nodes < 1 {
 		tb.Fatalf("conformance: %d nodes", nodes)
@@ -58,10 +63,17 @@ func Setup(tb testing.TB, m *Model, nodes int) *Env {
 	e := &Env{
 		Model: m, CP: testbed.StartControlPlane(tb), Pods: map[string]*testbed.Pod{}, SCTPMode: SCTPMode(),
 		podLabels: map[string]map[string]string{}, dirtyPods: map[string]bool{}, dirtyNS: map[string]bool{},
+		KubeProxy: kubeProxy,
+	}
+	if kubeProxy {
+		e.CP.StartControllerManager(tb)
 	}
 	for i := 1; i <= nodes; i++ {
 		n := e.CP.AddNode(tb, fmt.Sprintf("node-%d", i), i)
 		n.StartAgent(tb, testbed.AgentOptions{})
+		if kubeProxy {
+			n.StartKubeProxy(tb, testbed.ProxyIPTables)
+		}
 		e.Nodes = append(e.Nodes, n)
 	}
 	for _, ns := range m.Namespaces {
@@ -120,13 +132,17 @@ func (e *Env) ensureNamespace(tb testing.TB, ns Namespace) {
 // NodeOf is the name of the node pod id runs on.
 func (e *Env) NodeOf(id string) string { return e.Pods[id].Node.Name }
 
-// createService creates a selector-less ClusterIP Service and its
-// EndpointSlice, written the way the EndpointSlice controller would from
-// the selector (the testbed runs no controller-manager yet).
+// createService creates a ClusterIP Service. With KubeProxy it has the
+// model's selector and the EndpointSlice controller fills it; without, it
+// is selector-less and the runner writes the EndpointSlice the controller
+// would.
 func (e *Env) createService(tb testing.TB, s ModelService) (*liveService, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name}}
+	if e.KubeProxy {
+		svc.Spec.Selector = s.Selector
+	}
 	for _, p := range s.Ports {
 		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{
 			Name: p.Name, Protocol: p.Protocol, Port: p.Port, TargetPort: intstr.FromInt32(p.Target()),
@@ -145,6 +161,12 @@ func (e *Env) createService(tb testing.TB, s ModelService) (*liveService, error)
 	}
 	ls := &liveService{spec: s, clusterIP: ip}
 	ls.backends = e.backendsOf(s)
+	if e.KubeProxy {
+		if err := e.CP.WaitEndpoints(ctx, s.Namespace, s.Name, len(ls.backends)); err != nil {
+			return nil, err
+		}
+		return ls, nil
+	}
 	slice := e.slice(ls)
 	if _, err := e.CP.Client.DiscoveryV1().EndpointSlices(s.Namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("create endpointslice of %s/%s: %w", s.Namespace, s.Name, err)
@@ -203,6 +225,11 @@ func (e *Env) syncSlices(ctx context.Context) error {
 			continue
 		}
 		ls.backends = now
+		if e.KubeProxy {
+			// The EndpointSlice controller follows the labels; the
+			// probes' retries cover its delay.
+			continue
+		}
 		want := e.slice(ls)
 		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			cur, err := e.CP.Client.DiscoveryV1().EndpointSlices(want.Namespace).Get(ctx, want.Name, metav1.GetOptions{})

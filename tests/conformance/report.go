@@ -1,10 +1,8 @@
 package conformance
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 )
@@ -13,16 +11,17 @@ import (
 // line per case, the tables of a failure, and the final plain line
 // "N passed, M failed, K skipped".
 type Report struct {
-	Catalog  string       `json:"catalog"`
-	Nodes    int          `json:"nodes"`
-	SCTPMode string       `json:"sctp_mode"`
-	Started  time.Time    `json:"started"`
-	Setup    float64      `json:"setup_seconds"`
-	Wall     float64      `json:"wall_seconds"`
-	Passed   int          `json:"passed"`
-	Failed   int          `json:"failed"`
-	Skipped  int          `json:"skipped"`
-	Cases    []CaseResult `json:"cases"`
+	Catalog   string       `json:"catalog"`
+	Nodes     int          `json:"nodes"`
+	KubeProxy bool         `json:"kube_proxy"`
+	SCTPMode  string       `json:"sctp_mode"`
+	Started   time.Time    `json:"started"`
+	Setup     float64      `json:"setup_seconds"`
+	Wall      float64      `json:"wall_seconds"`
+	Passed    int          `json:"passed"`
+	Failed    int          `json:"failed"`
+	Skipped   int          `json:"skipped"`
+	Cases     []CaseResult `json:"cases"`
 
 	out io.Writer
 	ids []string // pod order, for the tables
@@ -35,7 +34,7 @@ func NewReport(out io.Writer, catalog string, podOrder []string) *Report {
 
 // Header prints what the run is about, including how SCTP is probed.
 func (r *Report) Header(e *Env, setup time.Duration) {
-	r.Nodes, r.SCTPMode, r.Setup = len(e.Nodes), e.SCTPMode, setup.Seconds()
+	r.Nodes, r.SCTPMode, r.Setup, r.KubeProxy = len(e.Nodes), e.SCTPMode, setup.Seconds(), e.KubeProxy
 	var place []string
 	for _, id := range r.ids {
 		place = append(place, id+"@"+e.NodeOf(id))
@@ -48,7 +47,11 @@ func (r *Report) Header(e *Env, setup time.Duration) {
 	default:
 		fmt.Fprintln(r.out, "note: SCTP probes set up real associations")
 	}
-	fmt.Fprintln(r.out, "note: ClusterIP probes are translated by Palisade's own eBPF Service translation; the testbed runs no kube-proxy yet")
+	if e.KubeProxy {
+		fmt.Fprintln(r.out, "note: kube-proxy (iptables) runs on every node and kube-controller-manager writes the EndpointSlices; Palisade translates ClusterIPs on the sending pod's veth before kube-proxy sees them")
+	} else {
+		fmt.Fprintln(r.out, "note: no kube-proxy (--kube-proxy=false): ClusterIPs are translated by Palisade's own eBPF Service translation only; the runner writes the EndpointSlices")
+	}
 }
 
 // Add records and prints one case.
@@ -104,16 +107,4 @@ func (r *Report) Finish() {
 // Summary is the final line.
 func (r *Report) Summary() string {
 	return fmt.Sprintf("%d passed, %d failed, %d skipped", r.Passed, r.Failed, r.Skipped)
-}
-
-// WriteJSON writes the report to path.
-func (r *Report) WriteJSON(path string) error {
-	data, err := json.MarshalIndent(r, "", " ")
-	if err != nil {
-		return fmt.Errorf("encode results: %w", err)
-	}
-	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write results: %w", err)
-	}
-	return nil
 }
