@@ -106,7 +106,7 @@ func TestPrivilegedDemo(t *testing.T) {
 			{n, n, n, n, n, y, y},
 		}},
 		{"allow-dns-kube-dns in prod: prod may query kube-dns (through its ClusterIP), nothing more", func(t *testing.T) {
-			c.ApplyPolicy(t, "prod", policy("allow-dns-kube-dns.yaml"))
+			c.ApplyPolicy(t, "prod", policy("demo/allow-dns-kube-dns.yaml"))
 		}, [][]bool{
 			{y, n, n, y, y, n, n},
 			{n, y, n, y, y, n, n},
@@ -116,9 +116,9 @@ func TestPrivilegedDemo(t *testing.T) {
 			{n, n, n, n, n, y, y},
 		}},
 		{"tier-frontend, tier-api, db-network-policy: world→frontend:80→api:5000→db:27017; dev's api-pod is not prod's", func(t *testing.T) {
-			c.ApplyPolicy(t, "prod", policy("tier-frontend.yaml"))
-			c.ApplyPolicy(t, "prod", policy("tier-api.yaml"))
-			c.ApplyPolicy(t, "prod", policy("db-network-policy.yaml"))
+			c.ApplyPolicy(t, "prod", policy("demo/tier-frontend.yaml"))
+			c.ApplyPolicy(t, "prod", policy("demo/tier-api.yaml"))
+			c.ApplyPolicy(t, "prod", policy("demo/db-network-policy.yaml"))
 		}, [][]bool{
 			{y, y, n, y, y, n, n},
 			{n, y, y, y, y, n, n},
@@ -128,7 +128,7 @@ func TestPrivilegedDemo(t *testing.T) {
 			{y, n, n, n, n, y, y},
 		}},
 		{"namespace-isolation in dev: dev accepts only dev", func(t *testing.T) {
-			c.ApplyPolicy(t, "dev", policy("namespace-isolation.yaml"))
+			c.ApplyPolicy(t, "dev", policy("demo/namespace-isolation.yaml"))
 		}, [][]bool{
 			{y, y, n, y, y, n, n},
 			{n, y, y, y, y, n, n},
@@ -138,7 +138,7 @@ func TestPrivilegedDemo(t *testing.T) {
 			{y, n, n, n, n, n, n},
 		}},
 		{"db-backup-ipblock: the backup host outside the cluster reaches db:27017 by address", func(t *testing.T) {
-			c.ApplyPolicy(t, "prod", policy("db-backup-ipblock.yaml"))
+			c.ApplyPolicy(t, "prod", policy("demo/db-backup-ipblock.yaml"))
 		}, [][]bool{
 			{y, y, n, y, y, n, n},
 			{n, y, y, y, y, n, n},
