@@ -3,10 +3,8 @@ package testbed
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 
-	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -28,40 +26,13 @@ func (cp *ControlPlane) AddExternalHost(tb TB, name string, ip netip.Addr) *Exte
 		tb.Fatalf("external host %s: %s is outside the underlay %s", name, ip, UnderlayPrefix)
 	}
 	h := &ExternalHost{Name: name, IP: ip, NetNS: NewNetNS(tb, "pal-ext")}
-	hostEnd := fmt.Sprintf("ulx%d", ip.As4()[3])
-	err := cp.NetNS.Do(func() error {
-		br, err := netlink.LinkByName(underlayIf)
-		if err != nil {
-			return fmt.Errorf("find %s: %w", underlayIf, err)
-		}
-		veth := &netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: hostEnd, MasterIndex: br.Attrs().Index},
-			PeerName:      nodeUplink,
-			PeerNamespace: netlink.NsFd(int(h.NetNS.ns.Fd())),
-		}
-		if err := netlink.LinkAdd(veth); err != nil {
-			return fmt.Errorf("add veth %s: %w", hostEnd, err)
-		}
-		return linkUp(hostEnd)
-	})
-	if err != nil {
+	if err := cp.plugUnderlay(fmt.Sprintf("ulx%d", ip.As4()[3]), h.NetNS, ip); err != nil {
 		tb.Fatalf("external host %s: %v", name, err)
 	}
 	cp.mu.Lock()
 	nodes := append([]*Node(nil), cp.nodes...)
 	cp.mu.Unlock()
-	err = h.NetNS.Do(func() error {
-		l, err := netlink.LinkByName(nodeUplink)
-		if err != nil {
-			return fmt.Errorf("find %s: %w", nodeUplink, err)
-		}
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(UnderlayPrefix.Bits(), 32)}}
-		if err := netlink.AddrAdd(l, addr); err != nil {
-			return fmt.Errorf("add %s: %w", addr, err)
-		}
-		if err := linkUp(nodeUplink); err != nil {
-			return err
-		}
+	err := h.NetNS.Do(func() error {
 		for _, n := range nodes {
 			if err := addRoute(n.PodCIDR, n.IP); err != nil {
 				return err

@@ -87,10 +87,14 @@ func (n *Node) Do(fn func() error) error { return n.NetNS.Do(fn) }
 // conflist's palisade entry points, whether or not an agent runs.
 func (n *Node) AgentSocket() string { return filepath.Join(n.dir, "agent.sock") }
 
-// plugNode joins the node to ul0 with a veth whose node end is created
-// directly in the node's namespace as eth0.
+// plugNode joins the node to ul0 as eth0 with its underlay address.
 func (cp *ControlPlane) plugNode(n *Node) error {
-	hostEnd := fmt.Sprintf("ulv%d", n.Index)
+	return cp.plugUnderlay(fmt.Sprintf("ulv%d", n.Index), n.NetNS, n.IP)
+}
+
+// plugUnderlay joins netns to ul0 with a veth whose far end is created
+// directly in netns as eth0, and gives that end ip on the underlay.
+func (cp *ControlPlane) plugUnderlay(hostEnd string, netns *NetNS, ip netip.Addr) error {
 	err := cp.NetNS.Do(func() error {
 		br, err := netlink.LinkByName(underlayIf)
 		if err != nil {
@@ -99,7 +103,7 @@ func (cp *ControlPlane) plugNode(n *Node) error {
 		veth := &netlink.Veth{
 			LinkAttrs:     netlink.LinkAttrs{Name: hostEnd, MasterIndex: br.Attrs().Index},
 			PeerName:      nodeUplink,
-			PeerNamespace: netlink.NsFd(int(n.NetNS.ns.Fd())),
+			PeerNamespace: netlink.NsFd(int(netns.ns.Fd())),
 		}
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("add veth %s: %w", hostEnd, err)
@@ -109,12 +113,12 @@ func (cp *ControlPlane) plugNode(n *Node) error {
 	if err != nil {
 		return fmt.Errorf("plug into %s: %w", underlayIf, err)
 	}
-	return n.Do(func() error {
+	return netns.Do(func() error {
 		l, err := netlink.LinkByName(nodeUplink)
 		if err != nil {
 			return fmt.Errorf("find %s: %w", nodeUplink, err)
 		}
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: n.IP.AsSlice(), Mask: net.CIDRMask(UnderlayPrefix.Bits(), 32)}}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(UnderlayPrefix.Bits(), 32)}}
 		if err := netlink.AddrAdd(l, addr); err != nil {
 			return fmt.Errorf("add %s to %s: %w", addr, nodeUplink, err)
 		}
