@@ -110,6 +110,22 @@ func TestPrivilegedServiceEdgeCases(t *testing.T) {
 	if got := packet.Decode(data); verdict != tcActOK || got.Dst != vip2 {
 		t.Errorf("hairpin to itself: verdict %d, destination %s; want pass, untouched", verdict, got.Dst)
 	}
+	// kube-proxy's reply comes back from the Service address: it passes
+	// as a reply even though the pod is isolated for ingress.
+	f.isolate(t, FlagEgressIsolated|FlagIngressIsolated, 2, nil, allow(t, peerID, tcp, PortRange{8080, 8080}))
+	self.SrcPort = 40003
+	if got := f.run(t, FromPod, self.Frame()); got != tcActOK {
+		t.Errorf("hairpin to itself under default deny: verdict %d, want pass", got)
+	}
+	reply := pkt{Src: vip2, Dst: subjectIP, Proto: tcp, SrcPort: 80, DstPort: 40003, TCPFlags: syn | ack}
+	if got := f.run(t, ToPod, reply.Frame()); got != tcActOK {
+		t.Errorf("the hairpin flow's reply from the Service address: verdict %d, want pass", got)
+	}
+	unsolicited := reply
+	unsolicited.DstPort = 40004
+	if got := f.run(t, ToPod, unsolicited.Frame()); got != tcActShot {
+		t.Errorf("a packet from the Service address that replies to nothing: verdict %d, want drop", got)
+	}
 	// With other backends, the subject is not chosen.
 	if err := f.objs.SetService(NewServiceKey(vip2, 80, tcp), 3, 0, []Backend{{subjectIP, 80}, {peerIP, 8080}}, 1); err != nil {
 		t.Fatal(err)

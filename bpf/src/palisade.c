@@ -69,10 +69,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	now = bpf_ktime_get_ns();
 	if (dir == DIR_EGRESS) {
 		lb = lb_translate(skb, &f, ifindex, now, vip, &vport);
-		/* A pod reaching itself through its Service: kube-proxy
-		 * translates it, and a pod's traffic with itself is allowed. */
-		if (lb == LB_SELF)
-			return TC_ACT_OK;
 		if (lb == LB_ERROR)
 			return drop(skb, &f, dir, REASON_NAT, 0);
 	}
@@ -83,7 +79,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_OK;
 
 	ct = ct_find(&f, dir, ifindex, now, &key);
-	if (ct && key.dir == dir && rejudge && ct->revision != ep->revision) {
+	if (ct && key.dir == dir && rejudge && lb != LB_SELF && ct->revision != ep->revision) {
 		/* The policy changed since this flow was admitted here. */
 		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
 		if (!policy_allows(ifindex, ep, dir, peer, &f, &rule)) {
@@ -108,9 +104,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_OK;
 	}
 
-	peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
-	if (!policy_allows(ifindex, ep, dir, peer, &f, &rule))
-		return drop(skb, &f, dir, REASON_POLICY, peer);
+	/* A pod reaching itself through its Service is left to kube-proxy,
+	 * which translates and masquerades it; a pod's traffic with itself
+	 * is allowed. The flow is still tracked so that its replies, which
+	 * come back from the Service address, pass as replies. */
+	rule = 0;
+	peer = 0;
+	if (lb != LB_SELF) {
+		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
+		if (!policy_allows(ifindex, ep, dir, peer, &f, &rule))
+			return drop(skb, &f, dir, REASON_POLICY, peer);
+	}
 
 	ct_key_forward(&key, &f, dir);
 	entry.expires = now + ct_lifetime(&f);
