@@ -41,6 +41,13 @@ test: kube
 conformance: kube
 	scripts/conformance
 
+# The performance benchmark on the testbed against a no-Palisade baseline
+# (README "Performance"); minutes long, so not part of `make test`.
+# ARGS passes flags through, e.g. ARGS='-rounds=3 -rules=0,1000'.
+.PHONY: bench
+bench: kube
+	scripts/bench $(ARGS)
+
 # The tests that need neither root nor a control plane.
 test-unit:
 	$(GO) test -count=1 ./bpf/... ./daemon/... ./plugin/...

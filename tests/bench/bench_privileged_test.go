@@ -1,0 +1,574 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/palisade-cni/palisade/tests/privileged"
+	"github.com/palisade-cni/palisade/tests/testbed"
+)
+
+// scripts/bench passes these; without -out the benchmark does not run
+// (it takes minutes and is not part of make test).
+var (
+	flagOut       = flag.String("out", "", "write the results as JSON here; the benchmark runs only with it")
+	flagTable     = flag.String("table", "", "also write the Markdown table here")
+	flagRounds    = flag.Int("rounds", 5, "rounds over all datapath configurations")
+	flagDuration  = flag.Duration("duration", time.Second, "length of one datapath measurement")
+	flagRules     = flag.String("rules", "0,100,1000,10000", "policy rules selecting the measured pods, one configuration each")
+	flagPropIters = flag.Int("prop-iterations", 20, "policy changes measured per event kind and stage")
+	flagPodStarts = flag.Int("pod-starts", 20, "CNI ADDs measured per configuration")
+	flagChurn     = flag.Int("churn", 200, "pods created and deleted by the churn test (0: skip)")
+)
+
+// measured is one configuration's pods: a server and a client on the same
+// node and one on the other node.
+type measured struct {
+	rules       int // -1: baseline
+	namespace   string
+	server      *testbed.Pod
+	same, cross *testbed.Pod
+}
+
+func TestPrivilegedBench(t *testing.T) {
+	if *flagOut == "" {
+		t.Skip("the benchmark runs from scripts/bench (make bench), which passes -out")
+	}
+	privileged.Require(t)
+	var rules []int
+	for f := range strings.SplitSeq(*flagRules, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 || n%RulesPerPol != 0 {
+			t.Fatalf("-rules: %q is not a multiple of %d", f, RulesPerPol)
+		}
+		rules = append(rules, n)
+	}
+	res := &Results{Started: time.Now().UTC(), Kernel: kernel(), CPUs: runtime.NumCPU(), Rounds: *flagRounds, Duration: flagDuration.String()}
+	defer func() {
+		b, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if err := os.WriteFile(*flagOut, append(b, '\n'), 0o644); err != nil {
+			t.Error(err)
+		}
+		var tbl bytes.Buffer
+		res.WriteTable(&tbl)
+		fmt.Print(tbl.String())
+		if *flagTable != "" {
+			if err := os.WriteFile(*flagTable, tbl.Bytes(), 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+
+	c := testbed.StartCluster(t, testbed.ClusterOptions{Nodes: 2})
+	ctx := context.Background()
+	policies := 0
+	sample := func(stage string) {
+		for i, a := range c.Agents {
+			s, err := SampleAgent(ctx, a, c.Nodes[i])
+			if err != nil {
+				t.Errorf("sample agent at %s: %v", stage, err)
+				continue
+			}
+			s.Stage, s.Policies, s.Pods = stage, policies, countPods(t, c)
+			res.Agent = append(res.Agent, s)
+		}
+	}
+	sample("idle")
+
+	// Configurations: the baseline's pods have no Palisade in their chain;
+	// the others are under Palisade with rules selecting them.
+	configs := []*measured{startMeasured(t, c, -1, "bench-base")}
+	for _, r := range rules {
+		configs = append(configs, startMeasured(t, c, r, fmt.Sprintf("bench-r%d", r)))
+	}
+	sample("pods up, no policies")
+
+	t.Run("pod start/0 policies", func(t *testing.T) {
+		res.PodStart = append(res.PodStart, podStart(t, c, configs[len(configs)-1].namespace, 0)...)
+	})
+
+	// Policies go in smallest first, so propagation is measured at two
+	// cluster sizes on the way.
+	prop := startMeasured(t, c, 0, "bench-prop")
+	propDone := map[int]bool{}
+	for _, m := range configs[1:] {
+		for _, p := range NamespacePolicies(m.namespace, m.rules) {
+			createPolicy(t, c, p)
+			policies++
+		}
+		waitAllowed(t, m)
+		if m.rules >= 1000 && !propDone[m.rules] {
+			propDone[m.rules] = true
+			t.Run(fmt.Sprintf("propagation/%d policies", policies), func(t *testing.T) {
+				res.Propagation = append(res.Propagation, propagation(t, c, prop, policies)...)
+			})
+			sample(fmt.Sprintf("%d rules applied", m.rules))
+		}
+	}
+	sample("all policies")
+	t.Run(fmt.Sprintf("pod start/%d policies", policies), func(t *testing.T) {
+		res.PodStart = append(res.PodStart, podStart(t, c, configs[len(configs)-1].namespace, policies)...)
+	})
+
+	t.Run("datapath", func(t *testing.T) { res.Datapath = datapath(t, configs) })
+	sample("after datapath")
+
+	if *flagChurn > 0 {
+		t.Run("churn", func(t *testing.T) { res.Churn = churn(t, c, configs[len(configs)-1].namespace, *flagChurn, policies) })
+	}
+}
+
+func kernel() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func countPods(t *testing.T, c *testbed.Cluster) int {
+	l, err := c.Client.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{ResourceVersion: "0"})
+	if err != nil {
+		t.Errorf("count pods: %v", err)
+		return 0
+	}
+	return len(l.Items)
+}
+
+// startMeasured starts a configuration's pods in namespace and serves
+// the load generators on the server; rules < 0 is the baseline, whose pods
+// have no Palisade in their chain.
+func startMeasured(t *testing.T, c *testbed.Cluster, rules int, ns string) *measured {
+	t.Helper()
+	m := &measured{rules: rules, namespace: ns}
+	var opts []testbed.CNIOption
+	if rules < 0 {
+		opts = append(opts, testbed.WithoutPalisade())
+	}
+	c.CreateNamespace(t, ns, map[string]string{"team": "t1"})
+	metrics := corev1.ContainerPort{Name: MetricsPortName, ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP}
+	m.server = c.Nodes[0].AddPod(t, testbed.MakePod(ns, "server", map[string]string{LabelApp: AppServer}, metrics), opts...)
+	m.same = c.Nodes[0].AddPod(t, testbed.MakePod(ns, "client-same", map[string]string{LabelApp: AppClient}, metrics), opts...)
+	m.cross = c.Nodes[1].AddPod(t, testbed.MakePod(ns, "client-cross", map[string]string{LabelApp: AppClient}, metrics), opts...)
+	l, err := m.server.NetNS.Listen("tcp4", fmt.Sprintf(":%d", BenchTCPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := m.server.NetNS.ListenPacket("udp4", fmt.Sprintf(":%d", BenchUDPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	Serve(l, pc)
+	t.Cleanup(func() { l.Close(); pc.Close() })
+	waitAllowed(t, m)
+	return m
+}
+
+func (m *measured) tcpAddr() string {
+	return net.JoinHostPort(m.server.IP().String(), strconv.Itoa(BenchTCPPort))
+}
+
+func (m *measured) udpAddr() string {
+	return net.JoinHostPort(m.server.IP().String(), strconv.Itoa(BenchUDPPort))
+}
+
+// waitAllowed waits until both clients reach the server over TCP and UDP:
+// the measured flow is allowed with every policy in force.
+func waitAllowed(t *testing.T, m *measured) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for _, from := range []*testbed.Pod{m.same, m.cross} {
+		for {
+			vt := testbed.Probe(context.Background(), from, m.server.IP(), BenchTCPPort, corev1.ProtocolTCP)
+			err := from.NetNS.Do(func() error { _, err := UDPRR(dial, m.udpAddr(), 10*time.Millisecond); return err })
+			if vt.Outcome == testbed.Connected && err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s -> %s: measured flow not allowed after 60 s: tcp %v, udp %v", from, m.server, vt, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+func dial(network, addr string) (net.Conn, error) { return net.DialTimeout(network, addr, ioTimeout) }
+
+func createPolicy(t *testing.T, c *testbed.Cluster, p *networkingv1.NetworkPolicy) {
+	t.Helper()
+	if _, err := c.Client.NetworkingV1().NetworkPolicies(p.Namespace).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create policy %s/%s: %v", p.Namespace, p.Name, err)
+	}
+}
+
+// datapath measures every configuration and metric, the configurations
+// interleaved round by round (each round starting one further along), after
+// one unrecorded warm-up pass.
+func datapath(t *testing.T, configs []*measured) []DatapathRow {
+	type key struct {
+		placement string
+		i         int
+	}
+	values := map[key]map[string][]float64{}
+	placements := []string{"same-node", "cross-node"}
+	for round := -1; round < *flagRounds; round++ {
+		for j := range configs {
+			i := (j + max(round, 0)) % len(configs)
+			m := configs[i]
+			for _, pl := range placements {
+				from := m.same
+				if pl == "cross-node" {
+					from = m.cross
+				}
+				got, err := measureOnce(from, m, *flagDuration)
+				if err != nil {
+					t.Fatalf("round %d, %s %s: %v", round, m.namespace, pl, err)
+				}
+				if round < 0 {
+					continue // warm-up
+				}
+				k := key{pl, i}
+				if values[k] == nil {
+					values[k] = map[string][]float64{}
+				}
+				for name, v := range got {
+					values[k][name] = append(values[k][name], v)
+				}
+			}
+		}
+		t.Logf("datapath round %d done", round)
+	}
+	var rows []DatapathRow
+	for _, pl := range placements {
+		base := values[key{pl, 0}]
+		for i, m := range configs {
+			row := DatapathRow{Placement: pl, Rules: m.rules, Metrics: map[string]Summary{}}
+			for name, vs := range values[key{pl, i}] {
+				row.Metrics[name] = Summarize(vs).WithRatio(Summarize(base[name]))
+			}
+			rows = append(rows, row)
+		}
+	}
+	return rows
+}
+
+// measureOnce runs every load generator once from the client's namespace.
+func measureOnce(from *testbed.Pod, m *measured, d time.Duration) (map[string]float64, error) {
+	out := map[string]float64{}
+	err := from.NetNS.Do(func() error {
+		var err error
+		if out["stream1_gbps"], err = Stream(dial, m.tcpAddr(), 1, d); err != nil {
+			return err
+		}
+		if out["stream4_gbps"], err = Stream(dial, m.tcpAddr(), 4, d); err != nil {
+			return err
+		}
+		rr, err := RR(dial, m.tcpAddr(), d)
+		if err != nil {
+			return err
+		}
+		out["rr_tps"] = rr.Rate
+		out["rr_p50_ms"] = Millis(Percentile(rr.Latencies, 50))
+		out["rr_p99_ms"] = Millis(Percentile(rr.Latencies, 99))
+		if out["crr_cps"], err = CRR(dial, m.tcpAddr(), d); err != nil {
+			return err
+		}
+		urr, err := UDPRR(dial, m.udpAddr(), d)
+		out["udp_rr_tps"] = urr.Rate
+		return err
+	})
+	return out, err
+}
+
+// propagation times policy create, update and delete and a pod label
+// change, each until the probe loop sees the new verdict.
+func propagation(t *testing.T, c *testbed.Cluster, m *measured, policies int) []PropagationRow {
+	pods := countPods(t, c)
+	nps := c.Client.NetworkingV1().NetworkPolicies(m.namespace)
+	ctx := context.Background()
+	// Egress is allowed throughout; the ingress allow comes and goes.
+	for _, p := range []*networkingv1.NetworkPolicy{DefaultDeny(m.namespace), AllowEgress(m.namespace)} {
+		createPolicy(t, c, p)
+		t.Cleanup(func() { _ = nps.Delete(ctx, p.Name, metav1.DeleteOptions{}) })
+	}
+	prober := &prober{from: m.cross, to: m.server.IP()}
+	if err := prober.await(false, time.Now()); err != nil {
+		t.Fatalf("default deny: %v", err)
+	}
+	times := map[string][]time.Duration{}
+	fails := map[string]int{}
+	record := func(event string, allowed bool, change func() error) {
+		if err := change(); err != nil {
+			t.Fatalf("%s: %v", event, err)
+		}
+		acked := time.Now()
+		if err := prober.await(allowed, acked); err != nil {
+			t.Errorf("%s: %v", event, err)
+			fails[event]++
+			return
+		}
+		times[event] = append(times[event], prober.seen.Sub(acked))
+	}
+	allow := AllowIngress(m.namespace)
+	for range *flagPropIters {
+		record("policy create", true, func() error { _, err := nps.Create(ctx, allow, metav1.CreateOptions{}); return err })
+		record("policy update (deny)", false, func() error { return updatePort(ctx, c, allow, BenchTCPPort+1000) })
+		record("policy update (allow)", true, func() error { return updatePort(ctx, c, allow, BenchTCPPort) })
+		record("pod label (deny)", false, func() error { return setLabel(ctx, c, m.cross, "other") })
+		record("pod label (allow)", true, func() error { return setLabel(ctx, c, m.cross, AppClient) })
+		record("policy delete", false, func() error { return nps.Delete(ctx, allow.Name, metav1.DeleteOptions{}) })
+	}
+	var rows []PropagationRow
+	for _, ev := range []string{"policy create", "policy update (deny)", "policy update (allow)", "pod label (deny)", "pod label (allow)", "policy delete"} {
+		d := times[ev]
+		rows = append(rows, PropagationRow{
+			Policies: policies + 2, Pods: pods, Event: ev, N: len(d), Failures: fails[ev],
+			P50ms: Millis(Percentile(d, 50)), P99ms: Millis(Percentile(d, 99)), MaxMs: Millis(Percentile(d, 100)),
+		})
+	}
+	return rows
+}
+
+func updatePort(ctx context.Context, c *testbed.Cluster, p *networkingv1.NetworkPolicy, port int) error {
+	nps := c.Client.NetworkingV1().NetworkPolicies(p.Namespace)
+	cur, err := nps.Get(ctx, p.Name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	v := intstr.FromInt32(int32(port))
+	cur.Spec.Ingress[0].Ports[0].Port = &v
+	_, err = nps.Update(ctx, cur, metav1.UpdateOptions{})
+	return err
+}
+
+func setLabel(ctx context.Context, c *testbed.Cluster, p *testbed.Pod, app string) error {
+	pods := c.Client.CoreV1().Pods(p.Namespace)
+	cur, err := pods.Get(ctx, p.Name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	cur.Labels[LabelApp] = app
+	_, err = pods.Update(ctx, cur, metav1.UpdateOptions{})
+	return err
+}
+
+// prober starts a TCP connect every probeEvery, each on a new source port,
+// and reports the start of the first one that gets the wanted verdict: the
+// SYN of a connect leaves at its start, so that is when the datapath gave
+// the verdict, to within probeEvery.
+type prober struct {
+	from *testbed.Pod
+	to   netip.Addr
+	seen time.Time
+}
+
+const (
+	probeEvery   = 2 * time.Millisecond
+	probeTimeout = 100 * time.Millisecond
+	propTimeout  = 10 * time.Second
+)
+
+func (p *prober) await(allowed bool, since time.Time) error {
+	addr := net.JoinHostPort(p.to.String(), strconv.Itoa(BenchTCPPort))
+	var mu sync.Mutex
+	var first time.Time
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	tick := time.NewTicker(probeEvery)
+	defer tick.Stop()
+	stop := time.Now().Add(propTimeout)
+	for now := time.Now(); now.Before(stop); now = <-tick.C {
+		mu.Lock()
+		done := !first.IsZero() && now.Sub(first) > probeTimeout
+		mu.Unlock()
+		if done {
+			break
+		}
+		start := time.Now()
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+			defer cancel()
+			c, err := p.from.NetNS.DialContext(ctx, "tcp4", addr)
+			if err == nil {
+				c.Close()
+			}
+			if (err == nil) != allowed {
+				return
+			}
+			mu.Lock()
+			if first.IsZero() || start.Before(first) {
+				first = start
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if first.IsZero() {
+		return fmt.Errorf("verdict allowed=%v not seen within %v", allowed, propTimeout)
+	}
+	// A connect that started before the API answered can still be the
+	// first to see the change; the time is then 0, not negative.
+	if first.Before(since) {
+		first = since
+	}
+	p.seen = first
+	return nil
+}
+
+// podStart times CNI ADD of the whole chain with and without Palisade,
+// alternating, for pods in namespace ns (the one with the most policies,
+// which select the new pods too).
+func podStart(t *testing.T, c *testbed.Cluster, ns string, policies int) []PodStartRow {
+	with, without := []time.Duration{}, []time.Duration{}
+	for i := range *flagPodStarts {
+		for _, palisade := range []bool{true, false} {
+			var opts []testbed.CNIOption
+			if !palisade {
+				opts = append(opts, testbed.WithoutPalisade())
+			}
+			name := fmt.Sprintf("start-%d-%d-%v", policies, i, palisade)
+			p := c.Nodes[0].PreparePod(t, testbed.MakePod(ns, name, map[string]string{LabelApp: AppServer}), opts...)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			start := time.Now()
+			err := p.CNIAdd(ctx)
+			d := time.Since(start)
+			cancel()
+			if err != nil {
+				t.Fatalf("CNI ADD %s: %v", name, err)
+			}
+			if palisade {
+				with = append(with, d)
+			} else {
+				without = append(without, d)
+			}
+		}
+	}
+	return []PodStartRow{
+		{Policies: policies, Palisade: false, N: len(without), P50ms: Millis(Percentile(without, 50)), P99ms: Millis(Percentile(without, 99))},
+		{Policies: policies, Palisade: true, N: len(with), P50ms: Millis(Percentile(with, 50)), P99ms: Millis(Percentile(with, 99))},
+	}
+}
+
+// churn creates n pods through the scheduler and pod runners in a
+// namespace under policy, deletes them, and compares what the agents hold
+// before and after: endpoints, map entries (but conntrack's) and pins must
+// come back, and
+// goroutines must not grow by more than a few.
+func churn(t *testing.T, c *testbed.Cluster, ns string, n, policies int) *ChurnResult {
+	ctx := context.Background()
+	snapshot := func() []AgentSample {
+		var out []AgentSample
+		for i, a := range c.Agents {
+			s, err := SampleAgent(ctx, a, c.Nodes[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Policies = policies
+			out = append(out, s)
+		}
+		return out
+	}
+	r := &ChurnResult{Pods: n, Before: snapshot()}
+	start := time.Now()
+	pods := c.Client.CoreV1().Pods(ns)
+	for i := range n {
+		p := testbed.MakePod(ns, fmt.Sprintf("churn-%d", i), map[string]string{LabelApp: "churn"})
+		if _, err := pods.Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Minute, "churn pods running", func() bool {
+		for i := range n {
+			if c.RunningPod(ns, fmt.Sprintf("churn-%d", i)) == nil {
+				return false
+			}
+		}
+		return true
+	})
+	zero := int64(0)
+	for i := range n {
+		if err := pods.Delete(ctx, fmt.Sprintf("churn-%d", i), metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Minute, "churn pods gone", func() bool {
+		for i := range n {
+			if c.RunningPod(ns, fmt.Sprintf("churn-%d", i)) != nil {
+				return false
+			}
+		}
+		return true
+	})
+	r.Seconds = time.Since(start).Seconds()
+	// The agents learn of the last deletions asynchronously.
+	var after []AgentSample
+	waitFor(t, 30*time.Second, "agents back to their endpoints", func() bool {
+		after = snapshot()
+		for i := range after {
+			if after[i].Endpoints != r.Before[i].Endpoints {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(2 * time.Second) // let the last sync finish before comparing maps
+	r.After = snapshot()
+	for i, b := range r.Before {
+		a := r.After[i]
+		if a.Endpoints != b.Endpoints {
+			r.Leaks = append(r.Leaks, fmt.Sprintf("%s: endpoints %v → %v", a.Node, b.Endpoints, a.Endpoints))
+		}
+		if a.Pins != b.Pins {
+			r.Leaks = append(r.Leaks, fmt.Sprintf("%s: pins %d → %d", a.Node, b.Pins, a.Pins))
+		}
+		if a.Goroutines > b.Goroutines+10 {
+			r.Leaks = append(r.Leaks, fmt.Sprintf("%s: goroutines %v → %v", a.Node, b.Goroutines, a.Goroutines))
+		}
+		for _, k := range sortedKeys(b.MapEntries) {
+			// Conntrack entries age out on their own clock, not by pod.
+			if strings.Contains(k, "conntrack") {
+				continue
+			}
+			if a.MapEntries[k] != b.MapEntries[k] {
+				r.Leaks = append(r.Leaks, fmt.Sprintf("%s: map %s entries %v → %v", a.Node, k, b.MapEntries[k], a.MapEntries[k]))
+			}
+		}
+	}
+	for _, l := range r.Leaks {
+		t.Errorf("leak after churn: %s", l)
+	}
+	return r
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

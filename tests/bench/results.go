@@ -1,0 +1,153 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// The datapath metrics, in table order.
+var DatapathMetrics = []struct{ Key, Title string }{
+	{"stream1_gbps", "TCP 1 stream Gbit/s"},
+	{"stream4_gbps", "TCP 4 streams Gbit/s"},
+	{"rr_tps", "TCP RR/s"},
+	{"rr_p50_ms", "RR p50 ms"},
+	{"rr_p99_ms", "RR p99 ms"},
+	{"crr_cps", "conn/s"},
+	{"udp_rr_tps", "UDP RR/s"},
+}
+
+// Results is everything one run measured (scripts/bench writes it as JSON).
+type Results struct {
+	Started     time.Time        `json:"started"`
+	Kernel      string           `json:"kernel"`
+	CPUs        int              `json:"cpus"`
+	Rounds      int              `json:"rounds"`
+	Duration    string           `json:"duration_per_measurement"`
+	Datapath    []DatapathRow    `json:"datapath"`
+	Propagation []PropagationRow `json:"propagation"`
+	PodStart    []PodStartRow    `json:"pod_start"`
+	Churn       *ChurnResult     `json:"churn,omitempty"`
+	Agent       []AgentSample    `json:"agent"`
+}
+
+// DatapathRow is one configuration: where the client is and how many rules
+// select the measured pods (-1: the baseline, no Palisade in the chain).
+type DatapathRow struct {
+	Placement string             `json:"placement"`
+	Rules     int                `json:"rules"`
+	Metrics   map[string]Summary `json:"metrics"`
+}
+
+// Config names the row as the table does.
+func (r DatapathRow) Config() string {
+	if r.Rules < 0 {
+		return "baseline (no Palisade)"
+	}
+	return fmt.Sprintf("%d rules", r.Rules)
+}
+
+// PropagationRow is the time from the API's answer to the new verdict.
+type PropagationRow struct {
+	Policies int     `json:"policies"`
+	Pods     int     `json:"pods"`
+	Event    string  `json:"event"`
+	N        int     `json:"n"`
+	P50ms    float64 `json:"p50_ms"`
+	P99ms    float64 `json:"p99_ms"`
+	MaxMs    float64 `json:"max_ms"`
+	Failures int     `json:"failures"`
+}
+
+// PodStartRow is the CNI ADD latency of the whole chain.
+type PodStartRow struct {
+	Policies int     `json:"policies"`
+	Palisade bool    `json:"palisade"`
+	N        int     `json:"n"`
+	P50ms    float64 `json:"p50_ms"`
+	P99ms    float64 `json:"p99_ms"`
+}
+
+// ChurnResult is what the agents held before and after a churn of pods.
+type ChurnResult struct {
+	Pods    int           `json:"pods"`
+	Seconds float64       `json:"seconds"`
+	Before  []AgentSample `json:"before"`
+	After   []AgentSample `json:"after"`
+	Leaks   []string      `json:"leaks"`
+}
+
+// WriteTable writes the results as Markdown tables.
+func (r *Results) WriteTable(w io.Writer) {
+	fmt.Fprintf(w, "Kernel %s, %d CPUs, %d rounds of %s per measurement; median (ratio to the baseline's median of the same run), [min–max].\n\n", r.Kernel, r.CPUs, r.Rounds, r.Duration)
+	for _, placement := range []string{"same-node", "cross-node"} {
+		fmt.Fprintf(w, "Datapath, %s:\n\n| config |", placement)
+		for _, m := range DatapathMetrics {
+			fmt.Fprintf(w, " %s |", m.Title)
+		}
+		fmt.Fprintf(w, "\n|---|%s\n", strings.Repeat("---|", len(DatapathMetrics)))
+		for _, row := range r.Datapath {
+			if row.Placement != placement {
+				continue
+			}
+			fmt.Fprintf(w, "| %s |", row.Config())
+			for _, m := range DatapathMetrics {
+				s := row.Metrics[m.Key]
+				ratio := ""
+				if row.Rules >= 0 && s.Ratio != 0 {
+					ratio = fmt.Sprintf(" (%.3f)", s.Ratio)
+				}
+				fmt.Fprintf(w, " %s%s [%s–%s] |", num(s.Median), ratio, num(s.Min), num(s.Max))
+			}
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintln(w)
+	}
+	if len(r.Propagation) > 0 {
+		fmt.Fprintf(w, "Policy propagation (API answer → new verdict at the probe):\n\n| policies | pods | event | n | p50 ms | p99 ms | max ms | no change in 10 s |\n|---|---|---|---|---|---|---|---|\n")
+		for _, p := range r.Propagation {
+			fmt.Fprintf(w, "| %d | %d | %s | %d | %.1f | %.1f | %.1f | %d |\n", p.Policies, p.Pods, p.Event, p.N, p.P50ms, p.P99ms, p.MaxMs, p.Failures)
+		}
+		fmt.Fprintln(w)
+	}
+	if len(r.PodStart) > 0 {
+		fmt.Fprintf(w, "CNI ADD of the whole chain:\n\n| policies | palisade | n | p50 ms | p99 ms |\n|---|---|---|---|---|\n")
+		for _, p := range r.PodStart {
+			fmt.Fprintf(w, "| %d | %v | %d | %.1f | %.1f |\n", p.Policies, p.Palisade, p.N, p.P50ms, p.P99ms)
+		}
+		fmt.Fprintln(w)
+	}
+	if r.Churn != nil {
+		fmt.Fprintf(w, "Churn: %d pods created and deleted in %.1f s; leaks: %s\n\n", r.Churn.Pods, r.Churn.Seconds, orNone(r.Churn.Leaks))
+	}
+	if len(r.Agent) > 0 {
+		fmt.Fprintf(w, "Agent cost:\n\n| stage | node | policies | pods | RSS MiB | CPU s | BPF map MiB | goroutines | identities | endpoints | map entries |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, a := range r.Agent {
+			var entries []string
+			for _, k := range sortedKeys(a.MapEntries) {
+				entries = append(entries, fmt.Sprintf("%s=%.0f", k, a.MapEntries[k]))
+			}
+			fmt.Fprintf(w, "| %s | %s | %d | %d | %.1f | %.2f | %.1f | %.0f | %.0f | %.0f | %s |\n", a.Stage, a.Node, a.Policies, a.Pods, a.RSSMiB, a.CPUSeconds, a.MapMemlockMiB, a.Goroutines, a.Identities, a.Endpoints, strings.Join(entries, " "))
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func num(v float64) string {
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 1:
+		return fmt.Sprintf("%.2f", v)
+	default:
+		return fmt.Sprintf("%.3f", v)
+	}
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, "; ")
+}
