@@ -21,6 +21,7 @@ type CNIOption func(*cniOptions)
 type cniOptions struct {
 	palisade   bool
 	cniVersion string
+	dualStack  bool
 }
 
 // WithoutPalisade drops the palisade entry: the baseline pod network, with no
@@ -90,6 +91,10 @@ func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
 				return nil, fmt.Errorf("conflist %s: bridge has no ipam object", path)
 			}
 			ipam["ranges"] = []any{[]any{map[string]any{"subnet": n.PodCIDR.String()}}}
+			if o.dualStack {
+				ipam["ranges"] = append(ipam["ranges"].([]any), []any{map[string]any{"subnet": n.PodCIDR6().String()}})
+				ipam["routes"] = append(ipam["routes"].([]any), map[string]any{"dst": ClusterCIDR6.String()})
+			}
 			ipam["dataDir"] = filepath.Join(n.dir, "ipam")
 		case "palisade":
 			sawPalisade = true

@@ -91,7 +91,7 @@ func probeFrom(ctx context.Context, netns *NetNS, to netip.Addr, port int, proto
 
 func probeTCP(ctx context.Context, addr string) Verdict {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp4", addr)
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return failure(err)
 	}
@@ -109,7 +109,7 @@ func probeUDP(ctx context.Context, addr string) Verdict {
 	var d net.Dialer
 	// A connected UDP socket is what makes the kernel report an ICMP port
 	// unreachable as ECONNREFUSED on the next read.
-	c, err := d.DialContext(ctx, "udp4", addr)
+	c, err := d.DialContext(ctx, "udp", addr)
 	if err != nil {
 		return failure(err)
 	}

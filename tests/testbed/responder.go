@@ -87,7 +87,7 @@ func startResponders(netns *NetNS, pod *corev1.Pod, logf func(string, ...any)) (
 			seen[key] = true
 			switch proto {
 			case corev1.ProtocolTCP:
-				l, err := netns.Listen("tcp4", addr)
+				l, err := netns.Listen("tcp", addr) // both families: dual-stack pods
 				if err != nil {
 					stop()
 					return nil, err
@@ -96,7 +96,7 @@ func startResponders(netns *NetNS, pod *corev1.Pod, logf func(string, ...any)) (
 				echo := strings.HasPrefix(port.Name, EchoPortPrefix)
 				wg.Go(func() { serveTCP(l, reply, echo) })
 			case corev1.ProtocolUDP:
-				c, err := netns.ListenPacket("udp4", addr)
+				c, err := netns.ListenPacket("udp", addr)
 				if err != nil {
 					stop()
 					return nil, err
