@@ -75,7 +75,7 @@ func endpoints(ctx context.Context, c *cli, args []string) error {
 		return c.printJSON(eps)
 	}
 	w := c.table()
-	fmt.Fprintln(w, "POD\tIPS\tINTERFACE\tIDENTITY\tINGRESS\tEGRESS\tPOLICIES\tREVISION")
+	fmt.Fprintln(w, "POD\tIPS\tINTERFACE\tIDENTITY\tINGRESS\tEGRESS\tPOLICIES\tREVISION\tSOURCE")
 	for _, ep := range eps {
 		var ips []string
 		for _, a := range ep.IPs {
@@ -92,8 +92,14 @@ func endpoints(ctx context.Context, c *cli, args []string) error {
 		if pols == "" {
 			pols = "-"
 		}
-		fmt.Fprintf(w, "%s/%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", ep.PodNamespace, ep.PodName, strings.Join(ips, ","),
-			ep.HostIfName, ep.Identity, isolation(ep.IngressIsolated), isolation(ep.EgressIsolated), pols, rev)
+		// Pods that ran before the agent are adopted; the rest came
+		// through the CNI chain.
+		source := "cni"
+		if ep.Adopted {
+			source = "adopted"
+		}
+		fmt.Fprintf(w, "%s/%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", ep.PodNamespace, ep.PodName, strings.Join(ips, ","),
+			ep.HostIfName, ep.Identity, isolation(ep.IngressIsolated), isolation(ep.EgressIsolated), pols, rev, source)
 	}
 	return w.Flush()
 }

@@ -87,7 +87,7 @@ func TestCommands(t *testing.T) {
 	sock, seen := fakeAgent(t, map[string]any{
 		"GET /v1/status": agentapi.Status{Version: "v1", Ready: true, AttachMode: "tcx", Endpoints: 2, NodeName: "node-1", APIConnected: true,
 			Maps: []agentapi.MapFill{{Map: "ipcache", Entries: 5, Capacity: 10}}},
-		"GET /v1/endpoints": []agentapi.Endpoint{{PodNamespace: "prod", PodName: "backend", HostIfName: "veth1", Revision: 3, Current: true,
+		"GET /v1/endpoints": []agentapi.Endpoint{{PodNamespace: "prod", PodName: "backend", Adopted: true, HostIfName: "veth1", Revision: 3, Current: true,
 			Identity: 300, IngressIsolated: true, Policies: []string{"prod/deny"}}},
 		"POST /v1/explain": []agentapi.Explanation{{
 			From: agentapi.Peer{Pod: "prod/frontend", IP: "10.244.1.11"}, To: agentapi.Peer{Pod: "prod/backend", IP: "10.244.1.10"},
@@ -108,7 +108,7 @@ func TestCommands(t *testing.T) {
 	}{
 		{args: []string{"status"}, out: []string{"Ready:", "yes", "Map ipcache:", "5 / 10 (50.0%)", "connected"}, request: "GET /v1/status"},
 		{args: []string{"status", "-o", "json"}, out: []string{`"attachMode": "tcx"`}, request: "GET /v1/status"},
-		{args: []string{"endpoints"}, out: []string{"prod/backend", "veth1", "isolated", "open", "prod/deny"}, request: "GET /v1/endpoints"},
+		{args: []string{"endpoints"}, out: []string{"prod/backend", "veth1", "isolated", "open", "prod/deny", "adopted"}, request: "GET /v1/endpoints"},
 		{args: []string{"explain", "--from", "prod/frontend", "--to", "prod/backend:6379/TCP"},
 			out: []string{"TCP/6379: DENIED", "no policy allows it", "To allow it: add x to y", "only isolates"}, request: "POST /v1/explain"},
 		{args: []string{"policy", "lab/x", "-o", "json"}, code: 1, err: []string{"runs on node node-2"}, request: "GET /v1/policy?pod=lab%2Fx"},
