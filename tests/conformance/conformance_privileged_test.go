@@ -27,6 +27,8 @@ var (
 	flagJSON  = flag.String("json", "", "also write the results to this file")
 	flagProxy = flag.Bool("kube-proxy", true, "run kube-controller-manager and kube-proxy (iptables); false: the runner writes EndpointSlices and ClusterIPs rely on Palisade's own translation")
 	flagCLI   = flag.Bool("cli", false, "scripts/conformance mode: the report alone on stdout, exit status from the results")
+	// Issue #6: explain must agree with the datapath on every probed pair.
+	flagExplain = flag.Bool("explain", true, "after each probe step, ask the agents to explain every probed pair and fail on a disagreement with the observation")
 )
 
 // cli holds, in -cli mode, the real stdout and the finished report.
@@ -65,7 +67,13 @@ func TestMain(m *testing.M) {
 	if len(cli.reports) > 1 {
 		fmt.Fprintf(cli.stdout, "\nall catalogs:\n%s\n", total.Summary())
 	}
-	if total.Failed > 0 {
+	explainWrong := 0
+	for _, r := range cli.reports {
+		if r.Explain != nil {
+			explainWrong += r.Explain.Disagreements
+		}
+	}
+	if total.Failed > 0 || explainWrong > 0 {
 		os.Exit(1)
 	}
 	os.Exit(0)
@@ -127,6 +135,7 @@ func TestPrivilegedConformance(t *testing.T) {
 			report := NewReport(out, spec.name, cat.Model.PodOrder)
 			start := time.Now()
 			env := Setup(t, cat.Model, *flagNodes, *flagProxy)
+			env.Explain = *flagExplain
 			report.Header(env, time.Since(start))
 			for i := range cases {
 				c := &cases[i]
@@ -135,6 +144,9 @@ func TestPrivilegedConformance(t *testing.T) {
 					report.Add(res)
 					if *flagCLI {
 						return
+					}
+					if d := res.ExplainDisagreements(); len(d) > 0 {
+						t.Errorf("explain disagrees with the datapath on %d pairs:\n%s", len(d), strings.Join(d, "\n"))
 					}
 					switch res.Status {
 					case Fail:
@@ -146,6 +158,12 @@ func TestPrivilegedConformance(t *testing.T) {
 			}
 			report.Finish()
 			cli.reports = append(cli.reports, report)
+			// A whole catalog has pairs either way: an explain check that
+			// saw only one verdict judged nothing.
+			if x := report.Explain; env.Explain && len(only) == 0 && !*flagCLI &&
+				(x == nil || x.Allowed == 0 || x.Allowed == x.Pairs-x.Disagreements) {
+				t.Errorf("explain check saw a single verdict over the whole catalog: %+v", x)
+			}
 		})
 	}
 	if *flagJSON != "" {

@@ -40,7 +40,11 @@ type Env struct {
 	// kube-proxy (iptables) runs on every node; otherwise the runner
 	// writes the slices itself and there is no kube-proxy.
 	KubeProxy bool
+	// Explain: after each probe step, ask the agents to explain every
+	// probed pair and compare with the observation (explain.go).
+	Explain bool
 
+	explain   *explainer
 	services  []*liveService
 	podLabels map[string]map[string]string // current labels, by pod id
 	dirtyPods map[string]bool

@@ -22,6 +22,8 @@ type Report struct {
 	Failed    int          `json:"failed"`
 	Skipped   int          `json:"skipped"`
 	Cases     []CaseResult `json:"cases"`
+	// Explain totals the explain check, when it ran (explain.go).
+	Explain *ExplainTotal `json:"explain,omitempty"`
 
 	out io.Writer
 	ids []string // pod order, for the tables
@@ -65,6 +67,7 @@ func (r *Report) Add(c CaseResult) {
 	case Skip:
 		r.Skipped++
 	}
+	r.addExplain(c)
 	fmt.Fprint(r.out, FormatCase(c, r.ids))
 }
 
@@ -76,6 +79,7 @@ func FormatCase(c CaseResult, ids []string) string {
 	if c.Reason != "" {
 		fmt.Fprintf(&b, "    %s\n", c.Reason)
 	}
+	b.WriteString(formatExplain(c))
 	for _, p := range c.Probes {
 		if p.Method == SCTPInitArrival {
 			fmt.Fprintf(&b, "    %s SCTP/%d: INIT arrival at the destination pod (forward verdict only)\n", p.Step, p.Port)
@@ -101,6 +105,9 @@ func FormatCase(c CaseResult, ids []string) string {
 func (r *Report) Finish() {
 	r.Wall = time.Since(r.Started).Seconds()
 	fmt.Fprintf(r.out, "catalog %s: %d cases in %.1fs (testbed setup %.1fs)\n", r.Catalog, len(r.Cases), r.Wall, r.Setup)
+	if r.Explain != nil {
+		fmt.Fprintln(r.out, r.Explain.Summary())
+	}
 	fmt.Fprintln(r.out, r.Summary())
 }
 

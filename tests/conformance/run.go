@@ -61,6 +61,8 @@ type ProbeResult struct {
 	Observed   Matrix            `json:"observed"`
 	Mismatches []string          `json:"mismatches,omitempty"`
 	Details    map[string]string `json:"details,omitempty"`
+	// Explain is the explain check of a probe step, with Env.Explain.
+	Explain *ExplainCheck `json:"explain,omitempty"`
 }
 
 // pair is one ordered pair of pods of a probe.
@@ -137,6 +139,9 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 			var p Probe
 			if err = s.Decode(kind, &p); err == nil {
 				pr := e.probe(&p, fmt.Sprintf("step %d", i+1))
+				if e.Explain {
+					pr.Explain = e.explainProbe(&p, &pr)
+				}
 				res.Probes = append(res.Probes, pr)
 				if len(pr.Mismatches) > 0 && res.Status == Pass {
 					res.Status = Fail
