@@ -33,6 +33,12 @@ type AgentSample struct {
 	Endpoints     float64            `json:"endpoints"`
 	MapEntries    map[string]float64 `json:"map_entries"`
 	Pins          int                `json:"pins"`
+	// CompileMs and ApplyMs are the mean full-compile and map-write times
+	// of the agent's syncs so far (its own histograms): every pod ADD and
+	// every API change runs one sync.
+	CompileMs float64 `json:"compile_ms_mean"`
+	ApplyMs   float64 `json:"apply_ms_mean"`
+	Syncs     float64 `json:"syncs"`
 }
 
 // SampleAgent reads a's process figures from /proc and its own /metrics.
@@ -56,6 +62,9 @@ func SampleAgent(ctx context.Context, a *testbed.Agent, node *testbed.Node) (Age
 	s.Goroutines = m["go_goroutines"]
 	s.Identities = m["palisade_identities"]
 	s.Endpoints = m["palisade_endpoints"]
+	s.Syncs = m["palisade_policy_compile_duration_seconds_count"]
+	s.CompileMs = meanMs(m, "palisade_policy_compile_duration_seconds")
+	s.ApplyMs = meanMs(m, "palisade_map_sync_duration_seconds")
 	for k, v := range m {
 		if name, ok := strings.CutPrefix(k, "palisade_map_entries{"); ok {
 			s.MapEntries[strings.TrimSuffix(name, "}")] = v
@@ -201,4 +210,13 @@ func countPins(root string) (int, error) {
 		return 0, fmt.Errorf("count pins under %s: %w", root, err)
 	}
 	return n, nil
+}
+
+// meanMs is a histogram's mean in milliseconds, 0 before its first sample.
+func meanMs(m map[string]float64, histogram string) float64 {
+	n := m[histogram+"_count"]
+	if n == 0 {
+		return 0
+	}
+	return m[histogram+"_sum"] / n * 1000
 }

@@ -122,13 +122,13 @@ func (r *Results) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, "Churn: %d pods created and deleted in %.1f s; leaks: %s\n\n", r.Churn.Pods, r.Churn.Seconds, orNone(r.Churn.Leaks))
 	}
 	if len(r.Agent) > 0 {
-		fmt.Fprintf(w, "Agent cost:\n\n| stage | node | policies | pods | RSS MiB | CPU s | BPF map MiB | goroutines | identities | endpoints | map entries |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(w, "Agent cost:\n\n| stage | node | policies | pods | RSS MiB | CPU s | BPF map MiB | goroutines | identities | endpoints | syncs | compile ms (mean) | map write ms (mean) | map entries |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, a := range r.Agent {
 			var entries []string
 			for _, k := range sortedKeys(a.MapEntries) {
 				entries = append(entries, fmt.Sprintf("%s=%.0f", k, a.MapEntries[k]))
 			}
-			fmt.Fprintf(w, "| %s | %s | %d | %d | %.1f | %.2f | %.1f | %.0f | %.0f | %.0f | %s |\n", a.Stage, a.Node, a.Policies, a.Pods, a.RSSMiB, a.CPUSeconds, a.MapMemlockMiB, a.Goroutines, a.Identities, a.Endpoints, strings.Join(entries, " "))
+			fmt.Fprintf(w, "| %s | %s | %d | %d | %.1f | %.2f | %.1f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %s |\n", a.Stage, a.Node, a.Policies, a.Pods, a.RSSMiB, a.CPUSeconds, a.MapMemlockMiB, a.Goroutines, a.Identities, a.Endpoints, a.Syncs, a.CompileMs, a.ApplyMs, strings.Join(entries, " "))
 		}
 		fmt.Fprintln(w)
 	}
