@@ -2,9 +2,7 @@ package conformance
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
-	"hash/crc32"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -146,38 +144,6 @@ func TestReportLines(t *testing.T) {
 	for _, want := range []string{"PASS c1 first 1.2s", "SKIP c2 second 0.0s", "    tag Needs:IPv6", "FAIL c3 third", "      x/a->x/b: connected"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, buf.String())
-		}
-	}
-}
-
-func TestSCTPInit(t *testing.T) {
-	// The CRC32c check value of "123456789" (RFC 3720 B.4).
-	if got := crc32.Checksum([]byte("123456789"), castagnoli); got != 0xe3069283 {
-		t.Fatalf("crc32c = %#x", got)
-	}
-	pkt := sctpInit(40000, 80, 0xabcd0001)
-	sum := binary.LittleEndian.Uint32(pkt[8:])
-	zeroed := bytes.Clone(pkt)
-	copy(zeroed[8:12], []byte{0, 0, 0, 0})
-	if crc32.Checksum(zeroed, castagnoli) != sum {
-		t.Error("checksum field is not the CRC32c of the packet")
-	}
-	src := netip.MustParseAddr("10.244.1.5")
-	ip := make([]byte, 20)
-	ip[0], ip[9] = 0x45, 132
-	copy(ip[12:], src.AsSlice())
-	ip = append(ip, pkt...)
-	if !matchInit(ip, src, 40000, 80, 0xabcd0001) {
-		t.Error("the INIT built does not match itself")
-	}
-	for name, ok := range map[string]bool{
-		"other tag":    matchInit(ip, src, 40000, 80, 0xabcd0003),
-		"other port":   matchInit(ip, src, 40000, 81, 0xabcd0001),
-		"other source": matchInit(ip, netip.MustParseAddr("10.244.1.6"), 40000, 80, 0xabcd0001),
-		"truncated":    matchInit(ip[:40], src, 40000, 80, 0xabcd0001),
-	} {
-		if ok {
-			t.Errorf("%s matched", name)
 		}
 	}
 }

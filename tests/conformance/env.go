@@ -65,7 +65,7 @@ func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
 		tb.Fatalf("conformance: %d nodes", nodes)
 	}
 	e := &Env{
-		Model: m, CP: testbed.StartControlPlane(tb), Pods: map[string]*testbed.Pod{}, SCTPMode: SCTPMode(),
+		Model: m, CP: testbed.StartControlPlane(tb), Pods: map[string]*testbed.Pod{}, SCTPMode: testbed.SCTPMode(),
 		podLabels: map[string]map[string]string{}, dirtyPods: map[string]bool{}, dirtyNS: map[string]bool{},
 		KubeProxy: kubeProxy,
 	}
@@ -92,17 +92,6 @@ func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
 		p := e.Nodes[i%len(e.Nodes)].AddPod(tb, pod)
 		e.Pods[id] = p
 		e.podLabels[id] = maps.Clone(mp.Labels)
-		if e.SCTPMode == SCTPAssociation {
-			for _, cp := range mp.ContainerPorts {
-				if cp.Protocol == corev1.ProtocolSCTP {
-					stop, err := serveSCTP(p, int(cp.ContainerPort))
-					if err != nil {
-						tb.Fatal(err)
-					}
-					tb.Cleanup(stop)
-				}
-			}
-		}
 	}
 	for _, s := range m.Services {
 		ls, err := e.createService(tb, s)

@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/palisade-cni/palisade/tests/testbed"
 )
 
 // Report collects case results and prints them as the contract says: one
@@ -43,7 +45,7 @@ func (r *Report) Header(e *Env, setup time.Duration) {
 	}
 	fmt.Fprintf(r.out, "catalog %s: %d nodes, testbed up in %.1fs; pods %s\n", r.Catalog, len(e.Nodes), setup.Seconds(), strings.Join(place, " "))
 	switch e.SCTPMode {
-	case SCTPInitArrival:
+	case testbed.SCTPInitArrival:
 		fmt.Fprintln(r.out, "note: this kernel has no SCTP sockets (EPROTONOSUPPORT): SCTP probes send an INIT from a raw socket in the source pod "+
 			"and watch for it with a packet socket in the destination pod: the forward verdict only, no reply is checked")
 	default:
@@ -81,7 +83,7 @@ func FormatCase(c CaseResult, ids []string) string {
 	}
 	b.WriteString(formatExplain(c))
 	for _, p := range c.Probes {
-		if p.Method == SCTPInitArrival {
+		if p.Method == testbed.SCTPInitArrival {
 			fmt.Fprintf(&b, "    %s SCTP/%d: INIT arrival at the destination pod (forward verdict only)\n", p.Step, p.Port)
 		}
 	}

@@ -286,12 +286,12 @@ func containsPodName(ids []string, reply string) bool {
 func (e *Env) probeSCTP(ctx context.Context, src, dst *testbed.Pod, addr netip.Addr, port int) observation {
 	var ok bool
 	var err error
-	if e.SCTPMode == SCTPAssociation {
-		ok, err = probeSCTPAssociation(ctx, src, addr, port)
+	if e.SCTPMode == testbed.SCTPAssociation {
+		ok, err = testbed.ProbeSCTPAssociation(ctx, src, addr, port)
 	} else {
 		// The INIT is watched for at the destination pod itself: the
 		// Service's translation to it is part of what is checked.
-		ok, err = probeSCTPInit(ctx, src, dst, addr, port)
+		ok, err = testbed.ProbeSCTPInit(ctx, src, dst, addr, port)
 	}
 	if err != nil {
 		return observation{invalid: true, detail: err.Error()}

@@ -61,8 +61,8 @@ func (v Verdict) String() string {
 }
 
 // Probe connects from inside the pod's sandbox to to:port over proto (TCP or
-// UDP) and reads the answer. SCTP probes return Failed: this kernel has no
-// SCTP sockets.
+// UDP) and reads the answer. For SCTP use ProbeSCTP, which also needs the
+// destination pod: on a kernel without SCTP it watches for the INIT there.
 func Probe(ctx context.Context, from *Pod, to netip.Addr, port int, proto corev1.Protocol) Verdict {
 	return probeFrom(ctx, from.NetNS, to, port, proto)
 }

@@ -41,7 +41,8 @@ func (p *Pod) Serve(tb TB) {
 // as the reply (TCP: written on accept, then closed, or echoed on for an
 // EchoPortPrefix port; UDP: sent back for each datagram). It may run before
 // CNIAdd, so that a test can probe from the instant ADD returns. SCTP
-// ports are skipped: this kernel has no SCTP sockets (see DESIGN.md).
+// ports are served where the kernel has SCTP; where it has not (this
+// machine's), ProbeSCTP watches for the INIT arriving instead.
 // Cleanup closes the sockets and waits for the responders. A second call
 // does nothing.
 func (p *Pod) Listen(tb TB) {
@@ -103,6 +104,17 @@ func startResponders(netns *NetNS, pod *corev1.Pod, logf func(string, ...any)) (
 				}
 				closers = append(closers, c)
 				wg.Go(func() { serveUDP(c, reply) })
+			case corev1.ProtocolSCTP:
+				if SCTPMode() != SCTPAssociation {
+					logf("pod %s/%s: SCTP port %d: no SCTP sockets on this kernel; ProbeSCTP watches for INIT arrival", pod.Namespace, pod.Name, port.ContainerPort)
+					continue
+				}
+				stopSCTP, err := ServeSCTP(netns, pod.Name, int(port.ContainerPort))
+				if err != nil {
+					stop()
+					return nil, err
+				}
+				closers = append(closers, closeFunc(stopSCTP))
 			default:
 				logf("pod %s/%s: not serving %s port %d: no %s sockets on this kernel", pod.Namespace, pod.Name, proto, port.ContainerPort, proto)
 			}
@@ -212,3 +224,8 @@ func (p *Pod) writeRunning(ctx context.Context) error {
 	}
 	return nil
 }
+
+// closeFunc adapts a stop function to io.Closer.
+type closeFunc func()
+
+func (f closeFunc) Close() error { f(); return nil }

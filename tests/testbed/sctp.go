@@ -1,4 +1,4 @@
-package conformance
+package testbed
 
 import (
 	"context"
@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/palisade-cni/palisade/tests/testbed"
 )
 
 // SCTP probe modes.
@@ -75,10 +73,10 @@ func matchInit(ip []byte, src netip.Addr, srcPort, dstPort uint16, tag uint32) b
 		l4[12] == 1 && binary.BigEndian.Uint32(l4[16:]) == tag
 }
 
-// probeSCTPInit sends an INIT from src to to:port and reports whether it
+// ProbeSCTPInit sends an INIT from src to to:port and reports whether it
 // reached dst's interface before the timeout.
-func probeSCTPInit(ctx context.Context, src, dst *testbed.Pod, to netip.Addr, port int) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, testbed.ProbeTimeout)
+func ProbeSCTPInit(ctx context.Context, src, dst *Pod, to netip.Addr, port int) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
 	defer cancel()
 	var capture int
 	err := dst.NetNS.Do(func() error {
@@ -135,12 +133,21 @@ func probeSCTPInit(ctx context.Context, src, dst *testbed.Pod, to netip.Addr, po
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// serveSCTP listens on SCTP port in pod p (kernels with SCTP only) and
-// answers each association with the pod's name. The returned function
-// stops it.
-func serveSCTP(p *testbed.Pod, port int) (stop func(), err error) {
+// ProbeSCTP probes SCTP from src to to:port, where dst is the pod behind to
+// (to may be its Service address): a real association on a kernel with
+// SCTP, else whether an INIT reaches dst.
+func ProbeSCTP(ctx context.Context, src, dst *Pod, to netip.Addr, port int) (bool, error) {
+	if SCTPMode() == SCTPAssociation {
+		return ProbeSCTPAssociation(ctx, src, to, port)
+	}
+	return ProbeSCTPInit(ctx, src, dst, to, port)
+}
+
+// ServeSCTP listens on SCTP port in netns (kernels with SCTP only) and
+// answers each association with reply. The returned function stops it.
+func ServeSCTP(netns *NetNS, reply string, port int) (stop func(), err error) {
 	var fd int
-	err = p.NetNS.Do(func() error {
+	err = netns.Do(func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
 		if err != nil {
@@ -158,7 +165,7 @@ func serveSCTP(p *testbed.Pod, port int) (stop func(), err error) {
 		if fd > 0 {
 			_ = unix.Close(fd)
 		}
-		return nil, fmt.Errorf("listen on SCTP %d in %s: %w", port, p, err)
+		return nil, fmt.Errorf("listen on SCTP %d in %s: %w", port, netns.Name(), err)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -170,7 +177,7 @@ func serveSCTP(p *testbed.Pod, port int) (stop func(), err error) {
 				}
 				return
 			}
-			_, _ = unix.Write(c, []byte(p.Name))
+			_, _ = unix.Write(c, []byte(reply))
 			_ = unix.Close(c)
 		}
 	})
@@ -182,10 +189,10 @@ func serveSCTP(p *testbed.Pod, port int) (stop func(), err error) {
 	}, nil
 }
 
-// probeSCTPAssociation sets up an association from src to to:port and
+// ProbeSCTPAssociation sets up an association from src to to:port and
 // reads the reply, within the probe timeout.
-func probeSCTPAssociation(ctx context.Context, src *testbed.Pod, to netip.Addr, port int) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, testbed.ProbeTimeout)
+func ProbeSCTPAssociation(ctx context.Context, src *Pod, to netip.Addr, port int) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	var fd int
