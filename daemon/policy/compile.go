@@ -121,9 +121,19 @@ type compiler struct {
 	refs       []RuleRef
 	refIndex   map[RuleRef]uint32
 	problems   []error
-	blocks     []netip.Prefix     // every ipBlock cidr and except
+	blocks     []netip.Prefix // every ipBlock cidr and except
+	blockSet   map[netip.Prefix]bool
 	egressPort map[namedPort]bool // named ports egress rules use
 	parsed     map[*metav1.LabelSelector]labels.Selector
+	// Indexes for peer matching, so a rule looks only at the identities
+	// that can match it: pod identities for selectors; for an ipBlock,
+	// the prefix identities inside it and the addresses it contains.
+	podIDs       []uint32
+	prefixInside map[netip.Prefix][]uint32
+	blockMembers map[netip.Prefix][]uint32
+	// peerIDs memoizes each rule's matching identities: they do not
+	// depend on the endpoint the rule is compiled for.
+	peerIDs map[peerKey][]uint32
 }
 
 type namedPort struct {
@@ -157,13 +167,38 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 		refIndex:   map[RuleRef]uint32{},
 		egressPort: map[namedPort]bool{},
 		parsed:     map[*metav1.LabelSelector]labels.Selector{},
+		blockSet:   map[netip.Prefix]bool{},
+		peerIDs:    map[peerKey][]uint32{},
 	}
 	for _, ns := range s.Namespaces {
 		c.nsLabels[ns.Name] = ns.Labels
 	}
 	c.collectBlocksAndPorts()
 	c.addAddresses()
+	c.index()
 	return c
+}
+
+// index builds the peer-matching indexes over the identities.
+func (c *compiler) index() {
+	c.prefixInside = map[netip.Prefix][]uint32{}
+	c.blockMembers = map[netip.Prefix][]uint32{}
+	for id, in := range c.identities {
+		switch {
+		case in.pod:
+			c.podIDs = append(c.podIDs, id)
+		case in.prefix.IsValid():
+			for _, outer := range c.blocksOf(in.prefix.Addr()) {
+				if outer.Bits() <= in.prefix.Bits() {
+					c.prefixInside[outer] = append(c.prefixInside[outer], id)
+				}
+			}
+			continue
+		}
+		for _, b := range in.blocks {
+			c.blockMembers[b] = append(c.blockMembers[b], id)
+		}
+	}
 }
 
 // collectBlocksAndPorts finds every ipBlock prefix and every named port an
@@ -179,6 +214,7 @@ func (c *compiler) collectBlocksAndPorts() {
 		if p = p.Masked(); !seen[p] {
 			seen[p] = true
 			c.blocks = append(c.blocks, p)
+			c.blockSet[p] = true
 		}
 	}
 	for _, pol := range c.s.Policies {
@@ -293,11 +329,15 @@ func (c *compiler) identity(key string, id *ident) uint32 {
 	return id.id
 }
 
-// blocksOf lists the ipBlock prefixes that contain a.
+// blocksOf lists the ipBlock prefixes that contain a, shortest first: one
+// lookup per prefix length, not one per block.
 func (c *compiler) blocksOf(a netip.Addr) []netip.Prefix {
 	var out []netip.Prefix
-	for _, p := range c.blocks {
-		if p.Contains(a) {
+	if len(c.blockSet) == 0 {
+		return nil
+	}
+	for bits := 0; bits <= a.BitLen(); bits++ {
+		if p, err := a.Prefix(bits); err == nil && c.blockSet[p] {
 			out = append(out, p)
 		}
 	}

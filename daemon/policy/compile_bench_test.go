@@ -43,9 +43,15 @@ func scaleState(pods, policies int) State {
 			p = netpol(fmt.Sprintf("team-%d", i), inNamespace(namespace), selecting(map[string]string{"app": fmt.Sprintf("a%d", i%20)}),
 				ingressRule(peers(nsPeer(map[string]string{"team": fmt.Sprintf("t%d", i%7)})), portRange(30000, 32767)))
 		case 3:
-			p = netpol(fmt.Sprintf("out-%d", i), inNamespace(namespace),
-				egressRule(peers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
-					CIDR: fmt.Sprintf("192.168.%d.0/24", i%256), Except: []string{fmt.Sprintf("192.168.%d.128/25", i%256)}}}), port(corev1.ProtocolTCP, 443)))
+			// Three distinct blocks per policy, as the testbed benchmark's
+			// filler policies have: every prefix is an identity of its own.
+			var blocks []networkingv1.NetworkPolicyPeer
+			for j := range 3 {
+				n := i*3 + j
+				blocks = append(blocks, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+					CIDR: fmt.Sprintf("172.%d.%d.0/24", 16+n/256%16, n%256), Except: []string{fmt.Sprintf("172.%d.%d.128/25", 16+n/256%16, n%256)}}})
+			}
+			p = netpol(fmt.Sprintf("out-%d", i), inNamespace(namespace), egressRule(blocks, port(corev1.ProtocolTCP, 443)))
 		}
 		s.Policies = append(s.Policies, p)
 	}

@@ -109,11 +109,7 @@ func (c *compiler) rules(pol *networkingv1.NetworkPolicy, subject *corev1.Pod, p
 	if len(peers) == 0 {
 		ids = []uint32{identity.Any}
 	} else {
-		for id, in := range c.identities {
-			if slices.ContainsFunc(peers, func(p networkingv1.NetworkPolicyPeer) bool { return c.peerMatches(pol, p, in) }) {
-				ids = append(ids, id)
-			}
-		}
+		ids = c.matchingIDs(pol, peers)
 	}
 	// "If this field is empty or missing, this rule matches all ports
 	// (traffic not restricted by port)" - and every protocol.
@@ -148,6 +144,47 @@ func (c *compiler) rules(pol *networkingv1.NetworkPolicy, subject *corev1.Pod, p
 		}
 	}
 	return out
+}
+
+// peerKey names one rule's peer list.
+type peerKey struct {
+	pol   *networkingv1.NetworkPolicy
+	peers *networkingv1.NetworkPolicyPeer // the list's first element: unique per rule
+}
+
+// matchingIDs returns the identities any of peers selects, computed once
+// per rule and only over the identities that can match.
+func (c *compiler) matchingIDs(pol *networkingv1.NetworkPolicy, peers []networkingv1.NetworkPolicyPeer) []uint32 {
+	key := peerKey{pol, &peers[0]}
+	if ids, ok := c.peerIDs[key]; ok {
+		return ids
+	}
+	seen := map[uint32]bool{}
+	var ids []uint32
+	for _, p := range peers {
+		for _, id := range c.candidates(p) {
+			if !seen[id] && c.peerMatches(pol, p, c.identities[id]) {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+	}
+	slices.Sort(ids)
+	c.peerIDs[key] = ids
+	return ids
+}
+
+// candidates lists the identities peer can possibly select.
+func (c *compiler) candidates(peer networkingv1.NetworkPolicyPeer) []uint32 {
+	if peer.IPBlock == nil {
+		return c.podIDs
+	}
+	cidr, err := netip.ParsePrefix(peer.IPBlock.CIDR)
+	if err != nil {
+		return nil
+	}
+	cidr = cidr.Masked()
+	return append(slices.Clone(c.prefixInside[cidr]), c.blockMembers[cidr]...)
 }
 
 // namedRules resolves a named port. For ingress the name is looked up in
