@@ -197,7 +197,9 @@ func localAddrs() ([]netip.Addr, error) {
 	}
 	var out []netip.Addr
 	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.IsLoopback() {
+		// Link-local addresses name a link, not the node: every host-side
+		// veth has one, and they come and go with the pods.
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.IsLoopback() && !ip.Unmap().IsLinkLocalUnicast() {
 			out = append(out, ip.Unmap())
 		}
 	}
