@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -138,7 +137,7 @@ func dump(t *testing.T, objs *bpf.Objects) mapDump {
 			if err != nil {
 				t.Fatal(err)
 			}
-			slices.SortFunc(entries, func(a, b bpf.PolicyEntry) int { return cmpKey(a.Key, b.Key) })
+			slices.SortFunc(entries, func(a, b bpf.PolicyEntry) int { return compareKey(a.Key, b.Key) })
 			if dir == bpf.ToPod {
 				d.Ingress[ifindex] = entries
 			} else {
@@ -147,10 +146,6 @@ func dump(t *testing.T, objs *bpf.Objects) mapDump {
 		}
 	}
 	return d
-}
-
-func cmpKey(a, b bpf.PolicyKey) int {
-	return cmp.Or(cmpU(a.Identity, b.Identity), cmpU(uint32(a.Proto), uint32(b.Proto)), cmpU(a.Prefixlen, b.Prefixlen), cmpU(uint32(a.PortNet), uint32(b.PortNet)))
 }
 
 // cluster is a random cluster: namespaces, pods (the first ones local

@@ -5,6 +5,7 @@
 package datapath
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -148,27 +149,12 @@ func entries(rules []policy.Rule) ([]bpf.PolicyEntry, error) {
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b bpf.PolicyEntry) int {
-		ka, kb := a.Key, b.Key
-		switch {
-		case ka.Identity != kb.Identity:
-			return cmpU(ka.Identity, kb.Identity)
-		case ka.Proto != kb.Proto:
-			return cmpU(uint32(ka.Proto), uint32(kb.Proto))
-		case ka.Prefixlen != kb.Prefixlen:
-			return cmpU(ka.Prefixlen, kb.Prefixlen)
-		}
-		return cmpU(uint32(ka.PortNet), uint32(kb.PortNet))
-	})
+	slices.SortFunc(out, func(a, b bpf.PolicyEntry) int { return compareKey(a.Key, b.Key) })
 	return out, nil
 }
 
-func cmpU(a, b uint32) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+// compareKey orders policy keys, so that equal policies compare equal.
+func compareKey(a, b bpf.PolicyKey) int {
+	return cmp.Or(cmp.Compare(a.Identity, b.Identity), cmp.Compare(a.Proto, b.Proto),
+		cmp.Compare(a.Prefixlen, b.Prefixlen), cmp.Compare(a.PortNet, b.PortNet))
 }

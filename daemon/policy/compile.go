@@ -12,6 +12,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/palisade-cni/palisade/daemon/identity"
 )
@@ -229,7 +230,7 @@ func (c *compiler) collectBlocksAndPorts() {
 		}
 		for _, r := range pol.Spec.Egress {
 			for _, p := range r.Ports {
-				if p.Port != nil && p.Port.Type == intstrString {
+				if p.Port != nil && p.Port.Type == intstr.String {
 					c.egressPort[namedPort{p.Port.StrVal, protoOf(p.Protocol)}] = true
 				}
 			}

@@ -14,8 +14,6 @@ import (
 	"github.com/palisade-cni/palisade/daemon/identity"
 )
 
-const intstrString = intstr.String
-
 // endpoint compiles the policy of one local endpoint.
 func (c *compiler) endpoint(ep Endpoint) EndpointPolicy {
 	pod := ep.Pod
