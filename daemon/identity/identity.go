@@ -32,6 +32,9 @@ type Allocator struct {
 	mu   sync.Mutex
 	ids  map[string]uint32
 	next uint32
+	// dirty is set when the table changed since it was last saved or
+	// loaded, so that Save writes (and syncs) only what is new.
+	dirty bool
 }
 
 // NewAllocator returns an empty allocator.
@@ -49,6 +52,7 @@ func (a *Allocator) ID(key string) uint32 {
 	id := a.next
 	a.next++
 	a.ids[key] = id
+	a.dirty = true
 	return id
 }
 
@@ -60,6 +64,7 @@ func (a *Allocator) Retain(keep map[string]bool) {
 	for k := range a.ids {
 		if !keep[k] {
 			delete(a.ids, k)
+			a.dirty = true
 		}
 	}
 }
@@ -69,15 +74,23 @@ type persisted struct {
 	IDs  map[string]uint32 `json:"ids"`
 }
 
-// Save writes the table to path atomically.
+// Save writes the table to path atomically, unless it is unchanged since
+// the last Save or Load.
 func (a *Allocator) Save(path string) error {
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.dirty {
+		return nil
+	}
 	data, err := json.Marshal(persisted{Next: a.next, IDs: a.ids})
-	a.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("encode identities: %w", err)
 	}
-	return statefile.Write(path, data)
+	if err := statefile.Write(path, data); err != nil {
+		return err
+	}
+	a.dirty = false
+	return nil
 }
 
 // Load reads a table Save wrote; a missing file yields an empty allocator.

@@ -53,3 +53,29 @@ func TestLoadMissingAndCorrupt(t *testing.T) {
 		t.Error("a corrupt file loaded without error")
 	}
 }
+
+func TestSaveWritesOnlyChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "identities.json")
+	a := NewAllocator()
+	a.ID("pod|a")
+	if err := a.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	a.ID("pod|a") // known: nothing changes
+	if err := a.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("an unchanged table was written again (%v)", err)
+	}
+	a.ID("pod|b")
+	if err := a.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("a changed table was not written: %v", err)
+	}
+}
