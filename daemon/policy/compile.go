@@ -2,6 +2,7 @@ package policy
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -91,6 +92,9 @@ type Result struct {
 	// Problems are policy parts that could not be understood. Each such
 	// part matches nothing; the policy still isolates the pods it selects.
 	Problems []error
+
+	// comp is the compiler that made the Result, kept for CompileEndpoint.
+	comp *compiler
 }
 
 // Compile computes the desired datapath state. alloc keeps identity numbers
@@ -108,8 +112,54 @@ func Compile(s State, alloc *identity.Allocator) Result {
 	sort.Strings(res.Unknown)
 	res.Refs = c.refs
 	res.Problems = c.problems
+	res.comp = c
 	alloc.Retain(c.usedKeys)
 	return res
+}
+
+// CompileEndpoint compiles the policy of a local endpoint the Result does
+// not hold yet, such as a pod that is starting, against the cluster as the
+// Result saw it, and returns it with the ipcache entries of the endpoint's
+// addresses. The Result itself does not change: the next Compile, which
+// has the endpoint, also gives other endpoints the rules that concern it.
+// Calls must not run concurrently with each other.
+func (r *Result) CompileEndpoint(ep Endpoint) (EndpointPolicy, map[netip.Prefix]uint32, error) {
+	if r.comp == nil {
+		return EndpointPolicy{}, nil, errors.New("result was not compiled here")
+	}
+	if ep.Pod == nil {
+		return EndpointPolicy{}, nil, fmt.Errorf("endpoint %s: pod unknown", ep.ID)
+	}
+	if len(ep.IPs) == 0 {
+		return EndpointPolicy{}, nil, fmt.Errorf("endpoint %s: no addresses", ep.ID)
+	}
+	c := r.comp
+	// A namespace's labels are part of its pods' identities.
+	if _, ok := c.nsLabels[ep.Pod.Namespace]; !ok {
+		return EndpointPolicy{}, nil, fmt.Errorf("endpoint %s: namespace %s not compiled yet", ep.ID, ep.Pod.Namespace)
+	}
+	entries := map[netip.Prefix]uint32{}
+	for _, a := range ep.IPs {
+		known := len(c.identities)
+		id := c.podIdentity(ep.Pod, a)
+		entries[netip.PrefixFrom(a, a.BitLen())] = id
+		if len(c.identities) > known {
+			// A new identity: rules whose peers select the pod itself
+			// must name it, so the memoized peer lists are stale.
+			c.indexIdentity(id)
+			c.peerIDs = map[peerKey][]uint32{}
+		}
+	}
+	// The node's own addresses keep their identity whatever claims them.
+	for _, a := range c.s.NodeIPs {
+		delete(entries, netip.PrefixFrom(a, a.BitLen()))
+	}
+	out := c.endpoint(ep)
+	a := ep.IPs[0]
+	if id, ok := entries[netip.PrefixFrom(a, a.BitLen())]; ok {
+		out.Identity = id
+	}
+	return out, entries, nil
 }
 
 type compiler struct {
@@ -184,21 +234,26 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 func (c *compiler) index() {
 	c.prefixInside = map[netip.Prefix][]uint32{}
 	c.blockMembers = map[netip.Prefix][]uint32{}
-	for id, in := range c.identities {
-		switch {
-		case in.pod:
-			c.podIDs = append(c.podIDs, id)
-		case in.prefix.IsValid():
-			for _, outer := range c.blocksOf(in.prefix.Addr()) {
-				if outer.Bits() <= in.prefix.Bits() {
-					c.prefixInside[outer] = append(c.prefixInside[outer], id)
-				}
+	for id := range c.identities {
+		c.indexIdentity(id)
+	}
+}
+
+func (c *compiler) indexIdentity(id uint32) {
+	in := c.identities[id]
+	switch {
+	case in.pod:
+		c.podIDs = append(c.podIDs, id)
+	case in.prefix.IsValid():
+		for _, outer := range c.blocksOf(in.prefix.Addr()) {
+			if outer.Bits() <= in.prefix.Bits() {
+				c.prefixInside[outer] = append(c.prefixInside[outer], id)
 			}
-			continue
 		}
-		for _, b := range in.blocks {
-			c.blockMembers[b] = append(c.blockMembers[b], id)
-		}
+		return
+	}
+	for _, b := range in.blocks {
+		c.blockMembers[b] = append(c.blockMembers[b], id)
 	}
 }
 

@@ -124,13 +124,17 @@ func out(peer netip.Addr, proto uint8, port uint16, want bool) probe {
 
 const tcp, udp, sctp, icmp = ProtoTCP, ProtoUDP, ProtoSCTP, 1
 
-func TestCompileSemantics(t *testing.T) {
+type semanticCase struct {
+	name     string
+	policies []*networkingv1.NetworkPolicy
+	probes   []probe
+}
+
+// semanticCases are the API's rules, each as policies over cluster() and
+// what the subject "server" may then send and receive.
+func semanticCases() []semanticCase {
 	frontend := map[string]string{"role": "frontend"}
-	tests := []struct {
-		name     string
-		policies []*networkingv1.NetworkPolicy
-		probes   []probe
-	}{
+	return []semanticCase{
 		{"no policy: the pod is not isolated", nil, []probe{
 			in(otherIP, tcp, 1, true), in(outsideIP, udp, 53, true), out(devIP, tcp, 80, true),
 		}},
@@ -226,7 +230,10 @@ func TestCompileSemantics(t *testing.T) {
 			},
 			[]probe{in(clientIP, tcp, 80, true), in(otherIP, udp, 53, true), in(otherIP, tcp, 80, false), in(clientIP, udp, 53, false)}},
 	}
-	for _, tt := range tests {
+}
+
+func TestCompileSemantics(t *testing.T) {
+	for _, tt := range semanticCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			s := cluster()
 			s.Policies = tt.policies
