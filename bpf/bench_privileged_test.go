@@ -64,7 +64,7 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 	}
 	setup := func(b *testing.B, flags uint32, ingress []PolicyEntry) {
 		b.Helper()
-		if err := objs.SwapPolicy(lo, ToPod, ingress); err != nil {
+		if err := objs.SetPolicy(lo, ToPod, ingress); err != nil {
 			b.Fatal(err)
 		}
 		if err := objs.SetEndpoint(lo, EndpointInfo{Revision: 1, Identity: 300, Flags: flags}); err != nil {

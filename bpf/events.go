@@ -137,6 +137,7 @@ func (o *Objects) MapFill() ([]MapFill, error) {
 		{"endpoints", o.objs.PalEndpoints},
 		{"ipcache", o.objs.PalIpcache},
 		{"conntrack", o.objs.PalCt},
+		{"rules", o.objs.PalRules},
 	}
 	var out []MapFill
 	var errs []error

@@ -185,7 +185,7 @@ func TestPrivilegedEventRateIsBounded(t *testing.T) {
 
 func TestPrivilegedMapFill(t *testing.T) {
 	f := newFixture(t)
-	f.isolate(t, FlagIngressIsolated, 1, nil, nil)
+	f.isolate(t, FlagIngressIsolated, 1, allow(t, peerID, tcp, PortRange{80, 81}), nil)
 	fill, err := f.objs.MapFill()
 	if err != nil {
 		t.Fatal(err)
@@ -197,8 +197,9 @@ func TestPrivilegedMapFill(t *testing.T) {
 			t.Errorf("%s capacity %d", m.Name, m.Capacity)
 		}
 	}
-	// newFixture writes four ipcache entries and isolate one endpoint.
-	if diff := cmp.Diff(map[string]int{"endpoints": 1, "ipcache": 4, "conntrack": 0}, got); diff != "" {
+	// newFixture writes four ipcache entries and isolate one endpoint
+	// whose one rule, ports 80-81, is one key.
+	if diff := cmp.Diff(map[string]int{"endpoints": 1, "ipcache": 4, "conntrack": 0, "rules": 1}, got); diff != "" {
 		t.Errorf("map fill (-want +got):\n%s", diff)
 	}
 }

@@ -12,7 +12,6 @@ type (
 	EndpointInfo = palisadeEndpointInfo
 	IPCacheKey   = palisadeIpcacheKey
 	IPCacheValue = palisadeIpcacheValue
-	PolicySlot   = palisadePolicySlot
 	PolicyKey    = palisadePolicyKey
 	PolicyValue  = palisadePolicyValue
 	CTKey        = palisadeCtKey

@@ -109,7 +109,7 @@ func TestIPCacheKeyRoundTrip(t *testing.T) {
 // The C structs and their generated Go mirrors must agree byte for byte.
 func TestLayoutSizes(t *testing.T) {
 	sizes := map[string][2]uintptr{
-		"policy_key":    {unsafe.Sizeof(PolicyKey{}), 12},
+		"policy_key":    {unsafe.Sizeof(PolicyKey{}), 20},
 		"ipcache_key":   {unsafe.Sizeof(IPCacheKey{}), 20},
 		"ct_key":        {unsafe.Sizeof(CTKey{}), 40},
 		"endpoint_info": {unsafe.Sizeof(EndpointInfo{}), 16},

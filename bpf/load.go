@@ -29,9 +29,8 @@ type LoadOptions struct {
 
 // Objects are the loaded programs and maps.
 type Objects struct {
-	root  string
-	objs  palisadeObjects
-	inner *ebpf.MapSpec // template of pal_policy's inner maps
+	root string
+	objs palisadeObjects
 }
 
 // Load loads the programs, reusing the maps pinned under opts.Root (so that
@@ -63,7 +62,7 @@ func Load(opts LoadOptions) (*Objects, error) {
 	if err := setEventVariables(spec, opts); err != nil {
 		return nil, err
 	}
-	o := &Objects{root: opts.Root, inner: spec.Maps[palisadeMapPalPolicy].InnerMap.Copy()}
+	o := &Objects{root: opts.Root}
 	err = spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: filepath.Join(opts.Root, "maps")},
 	})

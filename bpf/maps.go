@@ -41,73 +41,109 @@ func (o *Objects) Endpoints() (map[int]EndpointInfo, error) {
 	return out, nil
 }
 
-// DeleteEndpoint removes the endpoint entry and both policy maps of ifindex.
-// Missing entries count as removed.
+// DeleteEndpoint removes the endpoint entry of ifindex: from then on its
+// interface drops everything. Its rules stay until DeletePolicy removes
+// them; without the entry the programs never read them. A missing entry
+// counts as removed.
 func (o *Objects) DeleteEndpoint(ifindex int) error {
-	var errs []error
 	if err := o.objs.PalEndpoints.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, fmt.Errorf("delete endpoint of ifindex %d: %w", ifindex, err))
+		return fmt.Errorf("delete endpoint of ifindex %d: %w", ifindex, err)
 	}
-	for _, d := range Directions {
-		slot := PolicySlot{Ifindex: uint32(ifindex), Dir: d.dir()}
-		if err := o.objs.PalPolicy.Delete(slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("delete %s policy of ifindex %d: %w", d, ifindex, err))
-		}
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
-// PolicyEntry is one allow rule of an endpoint in one direction.
+// PolicyEntry is one allow rule of an endpoint in one direction. Its key is
+// relative to the endpoint: Ifindex and Dir are zero and Prefixlen counts
+// from the identity (PolicyKeys makes such keys).
 type PolicyEntry struct {
 	Key   PolicyKey
 	Value PolicyValue
 }
 
-// SwapPolicy replaces the rules of ifindex in direction d at once: it fills
-// a new inner map and then points the outer map at it, so a packet sees
-// either the old rules or the new ones.
-func (o *Objects) SwapPolicy(ifindex int, d Direction, entries []PolicyEntry) error {
-	spec := o.inner.Copy()
-	if len(entries) > int(spec.MaxEntries) {
-		return fmt.Errorf("policy of ifindex %d %s has %d entries, more than the %d a map holds", ifindex, d, len(entries), spec.MaxEntries)
-	}
-	inner, err := ebpf.NewMap(spec)
-	if err != nil {
-		return fmt.Errorf("create %s policy map for ifindex %d: %w", d, ifindex, err)
-	}
-	defer inner.Close()
-	for _, e := range entries {
-		if err := inner.Put(e.Key, e.Value); err != nil {
-			return fmt.Errorf("fill %s policy map for ifindex %d: %w", d, ifindex, err)
+// policyKeyOffset is the prefix length of a rule key's ifindex and dir,
+// which precede what PolicyKeys describes.
+const policyKeyOffset = 64
+
+// mapKey places the endpoint-relative key k in pal_rules.
+func mapKey(ifindex int, d Direction, k PolicyKey) PolicyKey {
+	k.Prefixlen += policyKeyOffset
+	k.Ifindex, k.Dir = uint32(ifindex), d.dir()
+	return k
+}
+
+// UpdatePolicy changes the rules of ifindex in direction d in place,
+// make-before-break: add (new entries and new values of existing keys)
+// goes in first, then del comes out. Every entry allows, so a packet judged
+// meanwhile gets the verdict of the old rules or of the new ones.
+func (o *Objects) UpdatePolicy(ifindex int, d Direction, add []PolicyEntry, del []PolicyKey) error {
+	for _, e := range add {
+		if err := o.objs.PalRules.Put(mapKey(ifindex, d, e.Key), e.Value); err != nil {
+			return fmt.Errorf("write %s rule %+v of ifindex %d: %w", d, e.Key, ifindex, err)
 		}
 	}
-	slot := PolicySlot{Ifindex: uint32(ifindex), Dir: d.dir()}
-	if err := o.objs.PalPolicy.Put(slot, inner); err != nil {
-		return fmt.Errorf("swap %s policy map of ifindex %d: %w", d, ifindex, err)
+	for _, k := range del {
+		if err := o.objs.PalRules.Delete(mapKey(ifindex, d, k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete %s rule %+v of ifindex %d: %w", d, k, ifindex, err)
+		}
 	}
 	return nil
 }
 
-// Policy reads the rules of ifindex in direction d.
-func (o *Objects) Policy(ifindex int, d Direction) ([]PolicyEntry, error) {
-	slot := PolicySlot{Ifindex: uint32(ifindex), Dir: d.dir()}
-	var id ebpf.MapID
-	if err := o.objs.PalPolicy.Lookup(slot, &id); err != nil {
-		return nil, fmt.Errorf("read %s policy of ifindex %d: %w", d, ifindex, err)
-	}
-	inner, err := ebpf.NewMapFromID(id)
+// SetPolicy makes the rules of ifindex in direction d equal entries, with
+// UpdatePolicy's ordering. It reads the whole rules map to find what is
+// there; the agent's writer, which knows, calls UpdatePolicy instead.
+func (o *Objects) SetPolicy(ifindex int, d Direction, entries []PolicyEntry) error {
+	cur, err := o.Policy(ifindex, d)
 	if err != nil {
-		return nil, fmt.Errorf("open %s policy map of ifindex %d: %w", d, ifindex, err)
+		return err
 	}
-	defer inner.Close()
-	var out []PolicyEntry
-	var e PolicyEntry
-	it := inner.Iterate()
-	for it.Next(&e.Key, &e.Value) {
-		out = append(out, e)
+	want := map[PolicyKey]bool{}
+	for _, e := range entries {
+		want[e.Key] = true
+	}
+	var del []PolicyKey
+	for _, e := range cur {
+		if !want[e.Key] {
+			del = append(del, e.Key)
+		}
+	}
+	return o.UpdatePolicy(ifindex, d, entries, del)
+}
+
+// Policy reads the rules of ifindex in direction d, with keys relative to
+// the endpoint. It walks the whole rules map.
+func (o *Objects) Policy(ifindex int, d Direction) ([]PolicyEntry, error) {
+	all, err := o.Policies()
+	if err != nil {
+		return nil, err
+	}
+	return all[PolicySlot{Ifindex: ifindex, Dir: d}], nil
+}
+
+// PolicySlot names the rules of one endpoint in one direction.
+type PolicySlot struct {
+	Ifindex int
+	Dir     Direction
+}
+
+// Policies reads every endpoint's rules, with keys relative to their
+// endpoint.
+func (o *Objects) Policies() (map[PolicySlot][]PolicyEntry, error) {
+	out := map[PolicySlot][]PolicyEntry{}
+	var k PolicyKey
+	var v PolicyValue
+	it := o.objs.PalRules.Iterate()
+	for it.Next(&k, &v) {
+		slot := PolicySlot{Ifindex: int(k.Ifindex), Dir: ToPod}
+		if k.Dir == FromPod.dir() {
+			slot.Dir = FromPod
+		}
+		k.Prefixlen -= policyKeyOffset
+		k.Ifindex, k.Dir = 0, 0
+		out[slot] = append(out[slot], PolicyEntry{Key: k, Value: v})
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list %s policy of ifindex %d: %w", d, ifindex, err)
+		return nil, fmt.Errorf("list rules: %w", err)
 	}
 	return out, nil
 }

@@ -89,16 +89,12 @@ type palisadeIpcacheValue struct {
 type palisadePolicyKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
+	Ifindex   uint32
+	Dir       uint32
 	Identity  uint32
 	Proto     uint8
 	Pad       uint8
 	PortNet   uint16
-}
-
-type palisadePolicySlot struct {
-	_       structs.HostLayout
-	Ifindex uint32
-	Dir     uint32
 }
 
 type palisadePolicyValue struct {
@@ -152,7 +148,7 @@ const (
 	palisadeMapPalEventStats      = "pal_event_stats"
 	palisadeMapPalEvents          = "pal_events"
 	palisadeMapPalIpcache         = "pal_ipcache"
-	palisadeMapPalPolicy          = "pal_policy"
+	palisadeMapPalRules           = "pal_rules"
 	palisadeMapPalServices        = "pal_services"
 	palisadeMapPalVerdicts        = "pal_verdicts"
 	palisadeProgPalFromPod        = "pal_from_pod"
@@ -160,8 +156,6 @@ const (
 	palisadeVarAllowSampleRate    = "allow_sample_rate"
 	palisadeVarEventRateLimit     = "event_rate_limit"
 	palisadeVarRejudge            = "rejudge"
-	palisadeVarUnusedPolicyKey    = "unused_policy_key"
-	palisadeVarUnusedPolicyValue  = "unused_policy_value"
 	palisadeVarUnusedVerdictEvent = "unused_verdict_event"
 )
 
@@ -224,7 +218,7 @@ type palisadeMapSpecs struct {
 	PalEventStats  *ebpf.MapSpec `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.MapSpec `ebpf:"pal_events"`
 	PalIpcache     *ebpf.MapSpec `ebpf:"pal_ipcache"`
-	PalPolicy      *ebpf.MapSpec `ebpf:"pal_policy"`
+	PalRules       *ebpf.MapSpec `ebpf:"pal_rules"`
 	PalServices    *ebpf.MapSpec `ebpf:"pal_services"`
 	PalVerdicts    *ebpf.MapSpec `ebpf:"pal_verdicts"`
 }
@@ -236,8 +230,6 @@ type palisadeVariableSpecs struct {
 	AllowSampleRate    *ebpf.VariableSpec `ebpf:"allow_sample_rate"`
 	EventRateLimit     *ebpf.VariableSpec `ebpf:"event_rate_limit"`
 	Rejudge            *ebpf.VariableSpec `ebpf:"rejudge"`
-	UnusedPolicyKey    *ebpf.VariableSpec `ebpf:"unused_policy_key"`
-	UnusedPolicyValue  *ebpf.VariableSpec `ebpf:"unused_policy_value"`
 	UnusedVerdictEvent *ebpf.VariableSpec `ebpf:"unused_verdict_event"`
 }
 
@@ -270,7 +262,7 @@ type palisadeMaps struct {
 	PalEventStats  *ebpf.Map `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.Map `ebpf:"pal_events"`
 	PalIpcache     *ebpf.Map `ebpf:"pal_ipcache"`
-	PalPolicy      *ebpf.Map `ebpf:"pal_policy"`
+	PalRules       *ebpf.Map `ebpf:"pal_rules"`
 	PalServices    *ebpf.Map `ebpf:"pal_services"`
 	PalVerdicts    *ebpf.Map `ebpf:"pal_verdicts"`
 }
@@ -286,7 +278,7 @@ func (m *palisadeMaps) Close() error {
 		m.PalEventStats,
 		m.PalEvents,
 		m.PalIpcache,
-		m.PalPolicy,
+		m.PalRules,
 		m.PalServices,
 		m.PalVerdicts,
 	)
@@ -299,8 +291,6 @@ type palisadeVariables struct {
 	AllowSampleRate    *ebpf.Variable `ebpf:"allow_sample_rate"`
 	EventRateLimit     *ebpf.Variable `ebpf:"event_rate_limit"`
 	Rejudge            *ebpf.Variable `ebpf:"rejudge"`
-	UnusedPolicyKey    *ebpf.Variable `ebpf:"unused_policy_key"`
-	UnusedPolicyValue  *ebpf.Variable `ebpf:"unused_policy_value"`
 	UnusedVerdictEvent *ebpf.Variable `ebpf:"unused_verdict_event"`
 }
 

@@ -16,10 +16,8 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* Emit into BTF, for bpf2go, the types no map definition names: the inner
- * policy map's key and value and the ring buffer's event. */
-const struct policy_key *unused_policy_key __attribute__((unused));
-const struct policy_value *unused_policy_value __attribute__((unused));
+/* Emit into BTF, for bpf2go, the type no map definition names: the ring
+ * buffer's event. */
 const struct verdict_event *unused_verdict_event __attribute__((unused));
 
 static __always_inline void count(__u32 reason)

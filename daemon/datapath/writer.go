@@ -1,7 +1,7 @@
 // Package datapath writes compiled policy into the BPF maps: it converts
-// policy rules to map keys, diffs against what it wrote before and swaps
-// whole per-endpoint maps. It is the only package that knows both the
-// policy types and the bpf types.
+// policy rules to map keys, diffs against what it wrote before and writes
+// only the difference, new entries before stale ones go. It is the only
+// package that knows both the policy types and the bpf types.
 package datapath
 
 import (
@@ -24,22 +24,57 @@ type Writer struct {
 	nextServiceID uint32
 }
 
+// endpointState is an endpoint's rules as the map holds them, each
+// direction sorted by compareKey.
 type endpointState struct {
 	ingress, egress []bpf.PolicyEntry
 }
 
+func (s *endpointState) of(d bpf.Direction) *[]bpf.PolicyEntry {
+	if d == bpf.FromPod {
+		return &s.egress
+	}
+	return &s.ingress
+}
+
 // New returns a writer that starts from what the maps hold now, so that a
-// restarted agent deletes what is stale and rewrites the rest.
+// restarted agent changes only what is stale.
 func New(objs *bpf.Objects) (*Writer, error) {
 	cur, err := objs.IPCache()
 	if err != nil {
 		return nil, err
 	}
 	w := &Writer{objs: objs, ipcache: cur, written: map[int]endpointState{}, nextServiceID: 1}
+	rules, err := objs.Policies()
+	if err != nil {
+		return nil, err
+	}
+	for slot, es := range rules {
+		sortEntries(es)
+		st := w.written[slot.Ifindex]
+		*st.of(slot.Dir) = es
+		w.written[slot.Ifindex] = st
+	}
 	if err := w.loadServices(); err != nil {
 		return nil, err
 	}
 	return w, nil
+}
+
+// ApplyEndpoint programs one endpoint ahead of the next Apply: the ipcache
+// entries of its addresses, its rules, then its endpoint entry. It deletes
+// nothing, so it is safe with a Result older than the endpoint.
+func (w *Writer) ApplyEndpoint(ep policy.EndpointPolicy, ipcache map[netip.Prefix]uint32, revision uint64) error {
+	for p, id := range ipcache {
+		if cur, ok := w.ipcache[p]; ok && cur == id {
+			continue
+		}
+		if err := w.objs.UpsertIPCache(p, id); err != nil {
+			return err
+		}
+		w.ipcache[p] = id
+	}
+	return w.applyEndpoint(ep, revision)
 }
 
 // Apply makes the maps equal res at revision. New ipcache entries and
@@ -85,18 +120,11 @@ func (w *Writer) applyEndpoint(ep policy.EndpointPolicy, revision uint64) error 
 	if err != nil {
 		return err
 	}
-	old, had := w.written[ep.Ifindex]
-	if !had || !slices.Equal(old.ingress, ingress) {
-		if err := w.objs.SwapPolicy(ep.Ifindex, bpf.ToPod, ingress); err != nil {
+	for d, want := range map[bpf.Direction][]bpf.PolicyEntry{bpf.ToPod: ingress, bpf.FromPod: egress} {
+		if err := w.update(ep.Ifindex, d, want); err != nil {
 			return err
 		}
 	}
-	if !had || !slices.Equal(old.egress, egress) {
-		if err := w.objs.SwapPolicy(ep.Ifindex, bpf.FromPod, egress); err != nil {
-			return err
-		}
-	}
-	w.written[ep.Ifindex] = endpointState{ingress: ingress, egress: egress}
 	info := bpf.EndpointInfo{Revision: revision, Identity: ep.Identity}
 	if ep.IngressIsolated {
 		info.Flags |= bpf.FlagIngressIsolated
@@ -107,23 +135,90 @@ func (w *Writer) applyEndpoint(ep policy.EndpointPolicy, revision uint64) error 
 	return w.objs.SetEndpoint(ep.Ifindex, info)
 }
 
-// Remove deletes the entries of the endpoint on ifindex: from then on its
-// interface drops everything until it is gone.
-func (w *Writer) Remove(ifindex int) error {
-	delete(w.written, ifindex)
-	return w.objs.DeleteEndpoint(ifindex)
+// update makes the rules of ifindex in direction d equal want, writing only
+// the difference from what the map holds.
+func (w *Writer) update(ifindex int, d bpf.Direction, want []bpf.PolicyEntry) error {
+	st := w.written[ifindex]
+	have := st.of(d)
+	add, del := diff(*have, want)
+	if len(add) == 0 && len(del) == 0 {
+		return nil
+	}
+	if err := w.objs.UpdatePolicy(ifindex, d, add, del); err != nil {
+		// Part of the change may be in: learn what is, so that the next
+		// try writes the rest.
+		cur, rerr := w.objs.Policy(ifindex, d)
+		if rerr == nil {
+			sortEntries(cur)
+			*have = cur
+			w.written[ifindex] = st
+		}
+		return err
+	}
+	*have = want
+	w.written[ifindex] = st
+	return nil
 }
 
-// Prune removes endpoint entries of interfaces not in keep, such as those
-// left from before a restart for pods deleted meanwhile.
+// diff returns the entries of want not in have (or with another value) and
+// the keys of have not in want. Both are sorted by compareKey.
+func diff(have, want []bpf.PolicyEntry) (add []bpf.PolicyEntry, del []bpf.PolicyKey) {
+	i, j := 0, 0
+	for i < len(have) || j < len(want) {
+		switch {
+		case j == len(want) || (i < len(have) && compareKey(have[i].Key, want[j].Key) < 0):
+			del = append(del, have[i].Key)
+			i++
+		case i == len(have) || compareKey(have[i].Key, want[j].Key) > 0:
+			add = append(add, want[j])
+			j++
+		default:
+			if have[i].Value != want[j].Value {
+				add = append(add, want[j])
+			}
+			i++
+			j++
+		}
+	}
+	return add, del
+}
+
+// Remove deletes the endpoint entry of ifindex, then its rules: from the
+// first step on its interface drops everything until it is gone.
+func (w *Writer) Remove(ifindex int) error {
+	if err := w.objs.DeleteEndpoint(ifindex); err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range bpf.Directions {
+		if err := w.update(ifindex, d, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	delete(w.written, ifindex)
+	return nil
+}
+
+// Prune removes the endpoint entries and rules of interfaces not in keep,
+// such as those left from before a restart for pods deleted meanwhile.
 func (w *Writer) Prune(keep map[int]bool) error {
 	cur, err := w.objs.Endpoints()
 	if err != nil {
 		return err
 	}
-	var errs []error
+	stale := map[int]bool{}
 	for ifindex := range cur {
-		if !keep[ifindex] {
+		stale[ifindex] = !keep[ifindex]
+	}
+	for ifindex := range w.written {
+		stale[ifindex] = !keep[ifindex]
+	}
+	var errs []error
+	for ifindex, gone := range stale {
+		if gone {
 			if err := w.Remove(ifindex); err != nil {
 				errs = append(errs, err)
 			}
@@ -149,8 +244,12 @@ func entries(rules []policy.Rule) ([]bpf.PolicyEntry, error) {
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b bpf.PolicyEntry) int { return compareKey(a.Key, b.Key) })
+	sortEntries(out)
 	return out, nil
+}
+
+func sortEntries(es []bpf.PolicyEntry) {
+	slices.SortFunc(es, func(a, b bpf.PolicyEntry) int { return compareKey(a.Key, b.Key) })
 }
 
 // compareKey orders policy keys, so that equal policies compare equal.

@@ -99,6 +99,14 @@ func TestPrivilegedNewWriterDeletesWhatARestartLeftStale(t *testing.T) {
 	if err := objs.UpsertIPCache(stale, 999); err != nil {
 		t.Fatal(err)
 	}
+	keys, err := bpf.PolicyKeys(999, policy.ProtoTCP, bpf.PortRange{First: 80, Last: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rules of an interface whose endpoint entry is gone already.
+	if err := objs.SetPolicy(12, bpf.ToPod, []bpf.PolicyEntry{{Key: keys[0]}}); err != nil {
+		t.Fatal(err)
+	}
 	w, err := New(objs)
 	if err != nil {
 		t.Fatal(err)
@@ -112,5 +120,11 @@ func TestPrivilegedNewWriterDeletesWhatARestartLeftStale(t *testing.T) {
 	}
 	if len(cache) != 0 {
 		t.Errorf("ipcache kept %v from before the restart", cache)
+	}
+	if err := w.Prune(map[int]bool{}); err != nil {
+		t.Fatal(err)
+	}
+	if rules, err := objs.Policies(); err != nil || len(rules) != 0 {
+		t.Errorf("rules kept from before the restart: %v, %v", rules, err)
 	}
 }

@@ -9,7 +9,8 @@
 #include <bpf/bpf_helpers.h>
 
 #define MAX_ENDPOINTS 4096
-#define MAX_POLICY_ENTRIES 65536
+/* Rules of all endpoints together; entries cost memory only when used. */
+#define MAX_POLICY_ENTRIES (1 << 20)
 #define MAX_IPCACHE 524288
 /* Cilium's defaults: 512k TCP + 256k other entries. One LRU holds both. */
 #define MAX_CT 786432
@@ -68,22 +69,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_ipcache SEC(".maps");
 
-/* pal_policy: (ifindex, direction) -> the endpoint's allow rules for that
- * direction, an LPM trie keyed by (peer identity, protocol, port prefix).
- * The agent builds a complete new inner map and then swaps it in, so a
- * packet sees either the old policy or the new one, never half of one.
- *   prefixlen 32: the peer, any protocol, any port
- *   prefixlen 40: the peer, one protocol, any port
- *   prefixlen 48+n: the peer, one protocol, ports sharing the first n bits
+/* pal_rules: every endpoint's allow rules, one LPM trie keyed by
+ * (ifindex, direction, peer identity, protocol, port prefix). Prefix lengths
+ * count from ifindex, which and dir are always matched whole:
+ *   prefixlen 96: the peer, any protocol, any port
+ *   prefixlen 104: the peer, one protocol, any port
+ *   prefixlen 112+n: the peer, one protocol, ports sharing the first n bits
+ * The agent changes an endpoint's rules in place, make-before-break: new
+ * entries go in before stale ones go out, and every entry allows, so a
+ * packet judged during a change gets the old verdict or the new one. One
+ * flat map rather than a map per endpoint because replacing an element of
+ * a map-in-map waits for an RCU grace period (~12 ms here) on every write.
  * Read by both programs for the first packet of a flow. */
-struct policy_slot {
-	__u32 ifindex;
-	__u32 dir; /* DIR_* */
-};
-
 struct policy_key {
 	__u32 prefixlen;
-	__u32 identity; /* host byte order: only ever matched whole */
+	__u32 ifindex; /* host byte order: only ever matched whole */
+	__u32 dir;     /* DIR_* */
+	__u32 identity;
 	__u8 proto;
 	__u8 pad;
 	__be16 port_net; /* destination port, network byte order */
@@ -94,20 +96,13 @@ struct policy_value {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-	__uint(max_entries, 2 * MAX_ENDPOINTS);
-	__type(key, struct policy_slot);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_POLICY_ENTRIES);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct {
-		__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-		__uint(max_entries, MAX_POLICY_ENTRIES);
-		/* Sizes, not types: clang describes a type reached only
-		 * through the outer map as a forward declaration. */
-		__uint(key_size, sizeof(struct policy_key));
-		__uint(value_size, sizeof(struct policy_value));
-		__uint(map_flags, BPF_F_NO_PREALLOC);
-	});
-} pal_policy SEC(".maps");
+} pal_rules SEC(".maps");
 
 /* pal_ct: flows seen by an endpoint, keyed by the 5-tuple of the flow's
  * first packet and the direction of the hook that admitted it. Written and

@@ -92,28 +92,25 @@ static __always_inline int policy_allows(__u32 ifindex, const struct endpoint_in
 					 __u32 peer, const struct flow *f, __u32 *rule)
 {
 	__u32 isolated = dir == DIR_INGRESS ? EP_F_INGRESS_ISOLATED : EP_F_EGRESS_ISOLATED;
-	struct policy_slot slot = {.ifindex = ifindex, .dir = dir};
 	struct policy_key k = {
-		.prefixlen = 64,
+		.prefixlen = 128,
+		.ifindex = ifindex,
+		.dir = dir,
 		.identity = peer,
 		.proto = f->proto,
 		.port_net = f->dport,
 	};
 	struct policy_value *v;
-	void *inner;
 
 	*rule = 0;
 	if (!(ep->flags & isolated))
 		return 1;
 	if (peer == ID_HOST)
 		return 1;
-	inner = bpf_map_lookup_elem(&pal_policy, &slot);
-	if (!inner)
-		return 0;
-	v = bpf_map_lookup_elem(inner, &k);
+	v = bpf_map_lookup_elem(&pal_rules, &k);
 	if (!v) {
 		k.identity = ID_ANY;
-		v = bpf_map_lookup_elem(inner, &k);
+		v = bpf_map_lookup_elem(&pal_rules, &k);
 	}
 	if (!v)
 		return 0;
