@@ -2,6 +2,8 @@ package bpf
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -115,5 +117,34 @@ func TestPrivilegedAttachWithoutAgentNamesTheRoot(t *testing.T) {
 	}
 	if want := "--bpf-root=/sys/fs/bpf/palisade-nonexistent"; !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q does not name %s", err, want)
+	}
+}
+
+// TestPrivilegedLoadUnpinsRetiredMaps: an upgrade must not leave behind the
+// maps of the version it replaces (such as pal_policy, retired for
+// pal_rules), while keeping the ones it still uses.
+func TestPrivilegedLoadUnpinsRetiredMaps(t *testing.T) {
+	f := newFixture(t)
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	retired := filepath.Join(f.objs.Root(), "maps", "pal_policy")
+	if err := old.Pin(retired); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Load(LoadOptions{Root: f.objs.Root()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if _, err := os.Stat(retired); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("retired map still pinned: stat: %v", err)
+	}
+	for _, kept := range []string{"pal_rules", "pal_endpoints", "pal_ipcache"} {
+		if _, err := os.Stat(filepath.Join(f.objs.Root(), "maps", kept)); err != nil {
+			t.Errorf("map %s lost its pin: %v", kept, err)
+		}
 	}
 }

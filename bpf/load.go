@@ -79,7 +79,30 @@ func Load(opts LoadOptions) (*Objects, error) {
 			return nil, fmt.Errorf("pin %s program: %w", d, err)
 		}
 	}
+	if err := unpinRetired(filepath.Join(opts.Root, "maps"), spec); err != nil {
+		o.Close()
+		return nil, err
+	}
 	return o, nil
+}
+
+// unpinRetired removes the pins of maps this version no longer has, left
+// by an older one. Programs still attached keep such a map alive through
+// their own reference until they are replaced; then the kernel frees it.
+func unpinRetired(dir string, spec *ebpf.CollectionSpec) error {
+	pins, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("list pinned maps: %w", err)
+	}
+	for _, p := range pins {
+		if _, ours := spec.Maps[p.Name()]; ours {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, p.Name())); err != nil {
+			return fmt.Errorf("unpin retired map %s: %w", p.Name(), err)
+		}
+	}
+	return nil
 }
 
 // pinReplacing pins prog at path, atomically replacing an older program
