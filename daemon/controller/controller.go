@@ -33,6 +33,7 @@ const retryInterval = time.Second
 // Datapath is what the controller writes to.
 type Datapath interface {
 	Apply(res *policy.Result, revision uint64) error
+	ApplyEndpoint(ep policy.EndpointPolicy, ipcache map[netip.Prefix]uint32, revision uint64) error
 	Remove(ifindex int) error
 	Prune(keep map[int]bool) error
 	ApplyServices(entries []service.Entry) error
@@ -53,6 +54,12 @@ type Controller struct {
 	onSync  func(SyncTimings)
 
 	trigger chan struct{}
+
+	// writeMu serializes the datapath's writers: syncs, ProgramNew and
+	// Forget. A sync holds it from reading the state to the last write, so
+	// an endpoint registered meanwhile is either in that sync's state or
+	// programmed after it.
+	writeMu sync.Mutex
 
 	mu         sync.Mutex
 	wanted     uint64 // generation last asked for
@@ -149,6 +156,8 @@ func (c *Controller) Revision() uint64 {
 }
 
 func (c *Controller) sync() error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
 	start := time.Now()
 	c.mu.Lock()
 	gen := c.wanted
@@ -353,10 +362,44 @@ func (c *Controller) Status(id string) (rev uint64, current bool) {
 // Forget removes an endpoint's datapath entries at once, ahead of the sync
 // that will also drop its address from the ipcache.
 func (c *Controller) Forget(ifindex int, id string) error {
+	c.writeMu.Lock()
 	c.mu.Lock()
 	delete(c.programmed, id)
 	c.mu.Unlock()
 	err := c.dp.Remove(ifindex)
+	c.writeMu.Unlock()
 	c.Trigger()
 	return err
+}
+
+// ProgramNew programs a newly registered endpoint on its own, from the last
+// sync's compilation, so that a starting pod waits for its own rules rather
+// than for a whole sync; then it asks for that sync, which also updates the
+// endpoints that have rules about the new pod. It reports false, having
+// written nothing, when it cannot: before the first sync, or while the pod
+// or its namespace is not in the last sync's view. The caller then waits
+// for a sync (WaitProgrammed).
+func (c *Controller) ProgramNew(ep agentapi.Endpoint) (uint64, bool, error) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	c.mu.Lock()
+	last, rev := c.last, c.revision
+	c.mu.Unlock()
+	pod := c.podOf(ep)
+	if last == nil || pod == nil {
+		return 0, false, nil
+	}
+	pe, ipcache, err := last.CompileEndpoint(policy.Endpoint{ID: ep.ID, Ifindex: ep.HostIfIndex, Pod: pod, IPs: ep.IPs})
+	if err != nil {
+		c.log.Debug("Endpoint waits for a whole sync", "endpoint", ep.ID, "reason", err)
+		return 0, false, nil
+	}
+	if err := c.dp.ApplyEndpoint(pe, ipcache, rev); err != nil {
+		return 0, false, fmt.Errorf("write policy of endpoint %s: %w", ep.ID, err)
+	}
+	c.mu.Lock()
+	c.programmed[ep.ID] = rev
+	c.mu.Unlock()
+	c.Trigger()
+	return rev, true, nil
 }

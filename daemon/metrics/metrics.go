@@ -41,6 +41,7 @@ type Metrics struct {
 	state    func() State
 	compile  prometheus.Histogram
 	apply    prometheus.Histogram
+	add      *prometheus.HistogramVec
 	flows    *prometheus.CounterVec
 	apiErrs  *prometheus.CounterVec
 	api      apiHealth
@@ -62,6 +63,9 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "palisade_map_sync_duration_seconds", Help: "Time to write a changed policy and ipcache to the BPF maps, per sync that changed them.", Buckets: syncBuckets,
 		}),
+		add: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "palisade_endpoint_add_duration_seconds", Help: "Time from a CNI ADD's registration to its pod's policy in the maps, by how: own (compiled on its own) or sync (waited for a whole sync).", Buckets: syncBuckets,
+		}, []string{"how"}),
 		flows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "palisade_flow_events_total", Help: "Verdict events the agent decoded from the ring buffer, by verdict.",
 		}, []string{"verdict"}),
@@ -80,7 +84,7 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		},
 	}
 	m.api.errs = m.apiErrs
-	reg.MustRegister(m.compile, m.apply, m.flows, m.apiErrs, m)
+	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m)
 	return m
 }
 
@@ -90,6 +94,11 @@ func (m *Metrics) ObserveSync(compile, apply time.Duration, changed bool) {
 	if changed {
 		m.apply.Observe(apply.Seconds())
 	}
+}
+
+// ObserveAdd records one programmed CNI ADD.
+func (m *Metrics) ObserveAdd(how string, d time.Duration) {
+	m.add.WithLabelValues(how).Observe(d.Seconds())
 }
 
 // ObserveFlow counts one decoded verdict event.

@@ -89,6 +89,9 @@ func TestScrape(t *testing.T) {
 	m.ObserveSync(2*time.Millisecond, 5*time.Millisecond, true)
 	m.ObserveSync(time.Millisecond, 0, false)
 	m.ObserveFlow(&agentapi.Flow{Verdict: agentapi.FlowDropped})
+	m.ObserveAdd("own", 3*time.Millisecond)
+	m.ObserveAdd("own", 4*time.Millisecond)
+	m.ObserveAdd("sync", 40*time.Millisecond)
 	m.api.Increment(context.Background(), "<error>", "GET", "198.18.0.1:6443")
 
 	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.HTTPErrorOnError}))
@@ -118,6 +121,8 @@ func TestScrape(t *testing.T) {
 		{"palisade_policy_revision", nil, 9},
 		{"palisade_policy_compile_duration_seconds", nil, 2},
 		{"palisade_map_sync_duration_seconds", nil, 1},
+		{"palisade_endpoint_add_duration_seconds", map[string]string{"how": "own"}, 2},
+		{"palisade_endpoint_add_duration_seconds", map[string]string{"how": "sync"}, 1},
 		{"palisade_flow_events_total", map[string]string{"verdict": "dropped"}, 1},
 		{"palisade_api_errors_total", map[string]string{"method": "GET", "code": "<error>"}, 1},
 	} {

@@ -34,6 +34,10 @@ type Server struct {
 	Ready func() (bool, string)
 	// Inspect serves palisadectl's routes (inspect.go); nil serves none.
 	Inspect *Inspect
+	// OnAdd, if set, learns how long each successful ADD took to program
+	// and how: "own" (the endpoint compiled on its own) or "sync" (it
+	// waited for a whole sync).
+	OnAdd func(how string, d time.Duration)
 }
 
 // Handler returns the API's routes.
@@ -119,7 +123,15 @@ func (s *Server) add(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), agentapi.AddTimeout)
 	defer cancel()
-	rev, err := s.Controller.WaitProgrammed(ctx, s.Controller.Trigger(), ep.ID)
+	start, how := time.Now(), "own"
+	rev, done, err := s.Controller.ProgramNew(ep)
+	if err != nil {
+		log.Warn("Endpoint not programmed on its own; waiting for a sync", "error", err)
+	}
+	if !done {
+		how = "sync"
+		rev, err = s.Controller.WaitProgrammed(ctx, s.Controller.Trigger(), ep.ID)
+	}
 	if err != nil {
 		// Leave nothing behind: the runtime will call DEL and retry.
 		s.remove(ep)
@@ -134,7 +146,10 @@ func (s *Server) add(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ep.Revision, ep.Current = rev, true
-	log.Info("Endpoint added", "revision", rev, "ips", ep.IPs)
+	if s.OnAdd != nil {
+		s.OnAdd(how, time.Since(start))
+	}
+	log.Info("Endpoint added", "revision", rev, "ips", ep.IPs, "programmed", how)
 	writeJSON(w, http.StatusOK, agentapi.AddResponse{Endpoint: ep})
 }
 

@@ -119,6 +119,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
 		Registry: registry, Controller: ctrl, Ready: ready,
 		Inspect: obs.inspector(ctx, log, cfg, objs, cluster, registry, ctrl, state),
+		OnAdd:   obs.metrics.ObserveAdd,
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
@@ -130,6 +131,13 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return ctx.Err()
 	}
 	go ctrl.Run(ctx)
+	// The programs of this version go onto the surviving endpoints only
+	// once the maps hold their policy: an upgrade whose maps are new would
+	// otherwise judge with empty ones for a moment.
+	if !waitSynced(ctx, ctrl) {
+		return ctx.Err()
+	}
+	reattach(log, cfg, registry)
 	// Adopt pods that were running before the agent (daemon/adopt). The
 	// agent reports ready only afterwards, so a rollout waits for it.
 	if _, err := adopt.Run(ctx, adopt.Config{
@@ -149,24 +157,44 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 }
 
-// restore re-attaches the current programs to every endpoint that survived
-// an agent restart (this is also how an upgrade replaces the programs) and
-// forgets endpoints whose interface is gone.
+// restore forgets the endpoints whose interface is gone since the agent
+// last ran; the others keep their programs until reattach.
 func restore(log *slog.Logger, cfg Config, registry *endpoint.Registry) {
 	for _, ep := range registry.List() {
 		l, err := netlink.LinkByIndex(ep.HostIfIndex)
-		if err != nil || l.Attrs().Name != ep.HostIfName {
-			log.Info("Endpoint interface gone; forgetting it", "endpoint", ep.ID, "ifname", ep.HostIfName)
-			if _, _, err := registry.Delete(ep.ID); err != nil {
-				log.Warn("Endpoint not forgotten", "endpoint", ep.ID, "error", err)
-			}
-			_ = bpf.Detach(cfg.BPFRoot, 0, ep.ID)
+		if err == nil && l.Attrs().Name == ep.HostIfName {
 			continue
 		}
+		log.Info("Endpoint interface gone; forgetting it", "endpoint", ep.ID, "ifname", ep.HostIfName)
+		if _, _, err := registry.Delete(ep.ID); err != nil {
+			log.Warn("Endpoint not forgotten", "endpoint", ep.ID, "error", err)
+		}
+		_ = bpf.Detach(cfg.BPFRoot, 0, ep.ID)
+	}
+}
+
+// reattach puts the current programs on every endpoint that survived an
+// agent restart: this is how an upgrade replaces the programs.
+func reattach(log *slog.Logger, cfg Config, registry *endpoint.Registry) {
+	for _, ep := range registry.List() {
 		if _, err := bpf.Attach(cfg.BPFRoot, ep.HostIfIndex, ep.ID, cfg.AttachMode); err != nil {
 			log.Error("Programs not re-attached; the old ones keep enforcing", "endpoint", ep.ID, "error", err)
 		}
 	}
+}
+
+// waitSynced waits for the controller's first sync, false if ctx ends first.
+func waitSynced(ctx context.Context, ctrl *controller.Controller) bool {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !ctrl.Synced() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
 }
 
 func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
