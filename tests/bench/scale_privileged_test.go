@@ -235,11 +235,20 @@ func measureStage(t *testing.T, c *testbed.Cluster, m *measured, s *ScaleStage) 
 			t.Fatalf("sample agent: %v", err)
 		}
 		sample.Stage, sample.Pods, sample.Policies = s.Stage(), s.Pods, s.Policies
-		sa := ScaleAgent{AgentSample: sample, StageCPUSeconds: cpuAfter - cpu[i]}
+		sa := ScaleAgent{AgentSample: sample, StageCPUSeconds: cpuAfter - cpu[i], StageChanges: changes(s.Propagation)}
 		sa.StageCompileMs, sa.StageSyncs = HistogramDelta(before[i], after, "palisade_policy_compile_duration_seconds")
 		sa.StageApplyMs, sa.StageApplies = HistogramDelta(before[i], after, "palisade_map_sync_duration_seconds")
 		s.Agents = append(s.Agents, sa)
 	}
+}
+
+// changes counts the API changes the propagation rows made.
+func changes(rows []PropagationRow) int {
+	n := 0
+	for _, r := range rows {
+		n += r.N + r.Failures
+	}
+	return n
 }
 
 // Stage names the stage in agent samples.

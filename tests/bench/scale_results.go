@@ -52,6 +52,17 @@ type ScaleAgent struct {
 	StageApplyMs    float64 `json:"stage_apply_ms_mean"`
 	StageApplies    float64 `json:"stage_applies"`
 	StageCPUSeconds float64 `json:"stage_cpu_seconds"`
+	// StageChanges is the API changes the stage measured; CPU per change
+	// compares stages whose changes took different wall time.
+	StageChanges int `json:"stage_changes"`
+}
+
+// CPUMsPerChange is the agent's CPU time per measured change.
+func (a ScaleAgent) CPUMsPerChange() float64 {
+	if a.StageChanges == 0 {
+		return 0
+	}
+	return a.StageCPUSeconds * 1000 / float64(a.StageChanges)
 }
 
 // GrowthRow is one cost fitted against pods (policies held) or policies
@@ -76,7 +87,7 @@ var scaleCosts = []struct {
 	{"map entries (all)", maxAgent(func(a ScaleAgent) float64 { return sumValues(a.MapEntries) })},
 	{"full compile ms", maxAgent(func(a ScaleAgent) float64 { return a.StageCompileMs })},
 	{"map write ms", maxAgent(func(a ScaleAgent) float64 { return a.StageApplyMs })},
-	{"CPU s per stage", maxAgent(func(a ScaleAgent) float64 { return a.StageCPUSeconds })},
+	{"CPU ms per change", maxAgent(ScaleAgent.CPUMsPerChange)},
 	{"propagation p50 ms", maxProp(func(p PropagationRow) float64 { return p.P50ms })},
 	{"propagation p99 ms", maxProp(func(p PropagationRow) float64 { return p.P99ms })},
 }
@@ -160,14 +171,14 @@ func (r *ScaleResults) WriteTable(w io.Writer) {
 
 func (r *ScaleResults) writeAgents(w io.Writer) {
 	fmt.Fprintf(w, "Agent cost per stage (compile, map write, syncs and CPU over the stage's propagation changes only):\n\n")
-	fmt.Fprintf(w, "| pods | namespaces | policies | grow s | policies s | settle s | node | RSS MiB | BPF map MiB | identities | ipcache | map entries (all) | syncs | full compile ms | applies | map write ms | CPU s |\n")
-	fmt.Fprintf(w, "|%s\n", strings.Repeat("---|", 17))
+	fmt.Fprintf(w, "| pods | namespaces | policies | grow s | policies s | settle s | node | RSS MiB | BPF map MiB | identities | ipcache | map entries (all) | syncs | full compile ms | applies | map write ms | changes | CPU s | CPU ms per change |\n")
+	fmt.Fprintf(w, "|%s\n", strings.Repeat("---|", 19))
 	for _, s := range r.Stages {
 		for _, a := range s.Agents {
-			fmt.Fprintf(w, "| %d | %d | %d | %.1f | %.1f | %.1f | %s | %.1f | %.1f | %.0f | %.0f | %.0f | %.0f | %.1f | %.0f | %.2f | %.2f |\n",
+			fmt.Fprintf(w, "| %d | %d | %d | %.1f | %.1f | %.1f | %s | %.1f | %.1f | %.0f | %.0f | %.0f | %.0f | %.1f | %.0f | %.2f | %d | %.2f | %.1f |\n",
 				s.Pods, s.Namespaces, s.Policies, s.GrowSeconds, s.PolicySeconds, s.SettleSeconds, a.Node,
 				a.RSSMiB, a.MapMemlockMiB, a.Identities, a.MapEntries[`map="ipcache"`], sumValues(a.MapEntries),
-				a.StageSyncs, a.StageCompileMs, a.StageApplies, a.StageApplyMs, a.StageCPUSeconds)
+				a.StageSyncs, a.StageCompileMs, a.StageApplies, a.StageApplyMs, a.StageChanges, a.StageCPUSeconds, a.CPUMsPerChange())
 		}
 	}
 	fmt.Fprintln(w)
@@ -188,10 +199,19 @@ func (r *ScaleResults) writeGrowth(w io.Writer) {
 		fmt.Fprintf(w, "Growth: fewer than two stages along either axis, nothing to fit.\n\n")
 		return
 	}
-	fmt.Fprintf(w, "Growth (largest agent; exponent b of cost ∝ x^b by least squares over log-log, and the linear slope per 1 000 of x):\n\n")
-	fmt.Fprintf(w, "| cost | against | held at | stages | × x | × cost | exponent | per 1 000 | reading |\n|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "Growth (largest agent at each stage; exponent b of cost ∝ x^b by least squares over log-log; least-squares line cost = base + per 1 000 × x/1 000 and its R²):\n\n")
+	fmt.Fprintf(w, "| cost | against | held at | stages | × x | × cost | exponent | base | per 1 000 | R² | reading |\n|%s\n", strings.Repeat("---|", 11))
 	for _, g := range r.Growth {
-		fmt.Fprintf(w, "| %s | %s | %d | %d | %.1f | %.2f | %.2f | %s | %s |\n", g.Cost, g.Against, g.HeldAt, g.Points, g.XRatio, g.YRatio, g.Exponent, num(g.PerThousand), g.Reading())
+		fmt.Fprintf(w, "| %s | %s | %d | %d | %.1f | %.2f | %.2f | %s | %s | %.2f | %s |\n", g.Cost, g.Against, g.HeldAt, g.Points, g.XRatio, g.YRatio, g.Exponent, signed(g.Base), signed(g.PerThousand), g.R2, g.Reading())
 	}
 	fmt.Fprintln(w)
+}
+
+// signed formats v as num does, keeping the sign of a negative slope or
+// base.
+func signed(v float64) string {
+	if v < 0 {
+		return "-" + num(-v)
+	}
+	return num(v)
 }

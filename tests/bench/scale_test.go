@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -114,6 +115,46 @@ func TestScalePoliciesSelectSimulatedPods(t *testing.T) {
 	}
 }
 
+// TestScalePoliciesSpread checks that every filler of a population has
+// ipBlocks of its own and tier selectors simulated pods match, whatever
+// the namespace count.
+func TestScalePoliciesSpread(t *testing.T) {
+	for _, namespaces := range []int{10, 100} {
+		blocks := map[string]string{}
+		for _, p := range ScalePolicies(simNamespaces(namespaces), 1000) {
+			var peers []networkingv1.NetworkPolicyPeer
+			for _, r := range p.Spec.Ingress {
+				peers = append(peers, r.From...)
+			}
+			for _, r := range p.Spec.Egress {
+				peers = append(peers, r.To...)
+			}
+			for _, peer := range peers {
+				if b := peer.IPBlock; b != nil {
+					if prev, ok := blocks[b.CIDR]; ok {
+						t.Errorf("%d namespaces: block %s in %s and %s", namespaces, b.CIDR, prev, PolicyKey(p))
+					}
+					blocks[b.CIDR] = PolicyKey(p)
+					if len(b.Except) != 1 || !strings.HasSuffix(b.Except[0], ".128/25") || strings.TrimSuffix(b.Except[0], ".128/25") != strings.TrimSuffix(b.CIDR, ".0/24") {
+						t.Errorf("%d namespaces: block %s except %v", namespaces, b.CIDR, b.Except)
+					}
+				}
+				if s := peer.PodSelector; s != nil && s.MatchLabels["tier"] != "" {
+					var i int
+					if _, err := fmt.Sscanf(s.MatchLabels["tier"], "f%d", &i); err != nil || i >= simTiers {
+						t.Errorf("%d namespaces, %s: tier %q, want f0…f7", namespaces, PolicyKey(p), s.MatchLabels["tier"])
+					}
+				}
+			}
+		}
+		// Fillers have four blocks each (ingress 172/100, egress 192/198).
+		fillers := 1000 - min(namespaces, 500)
+		if len(blocks) != 4*fillers {
+			t.Errorf("%d namespaces: %d distinct blocks, want %d", namespaces, len(blocks), 4*fillers)
+		}
+	}
+}
+
 func TestDiffPolicies(t *testing.T) {
 	ns := simNamespaces(10)
 	have := map[string]*networkingv1.NetworkPolicy{}
@@ -154,34 +195,59 @@ func TestHistogramDelta(t *testing.T) {
 func TestFitGrowth(t *testing.T) {
 	xs := []float64{1000, 5000, 10000}
 	for _, tc := range []struct {
-		name     string
-		ys       []float64
-		exponent float64
-		perK     float64
-		reading  string
+		name           string
+		ys             []float64
+		exponent, perK float64
+		base           float64
+		reading        string
 	}{
-		{"linear", []float64{2, 10, 20}, 1, 2, "linear"},
-		{"flat", []float64{7, 7, 7}, 0, 0, "flat"},
-		{"quadratic", []float64{1, 25, 100}, 2, 11, "quadratic or worse"},
-		{"square root", []float64{1, math.Sqrt(5), math.Sqrt(10)}, 0.5, 0.24, "sublinear"},
+		{"linear", []float64{2, 10, 20}, 1, 2, 0, "linear"},
+		{"linear with a fixed part", []float64{40, 76, 121}, 0.49, 9, 31, "linear"},
+		{"flat", []float64{7, 7, 7}, 0, 0, 7, "flat"},
+		{"within 10 %", []float64{100, 95, 105}, 0.01, 0.6, 97, "flat"},
+		{"falls", []float64{10, 6, 5}, -0.30, -0.5, 9.5, "falls"},
+		{"quadratic", []float64{1, 25, 100}, 2, 11, -17.5, "quadratic or worse"},
+		{"square root", []float64{1, math.Sqrt(5), math.Sqrt(10)}, 0.5, 0.24, 0.86, "sublinear"},
 	} {
 		f, ok := FitGrowth(xs, tc.ys)
 		if !ok {
 			t.Errorf("%s: no fit", tc.name)
 			continue
 		}
-		if math.Abs(f.Exponent-tc.exponent) > 0.01 || math.Abs(f.PerThousand-tc.perK) > 0.05*max(1, tc.perK) || f.Reading() != tc.reading {
-			t.Errorf("%s: exponent %.3f, per 1000 %.3f, %q; want %.2f, %.2f, %q", tc.name, f.Exponent, f.PerThousand, f.Reading(), tc.exponent, tc.perK, tc.reading)
+		near := func(got, want float64) bool { return math.Abs(got-want) <= 0.05*max(1, math.Abs(want)) }
+		if !near(f.Exponent, tc.exponent) || !near(f.PerThousand, tc.perK) || !near(f.Base, tc.base) || f.Reading() != tc.reading {
+			t.Errorf("%s: exponent %.3f, per 1000 %.3f, base %.2f, %q; want %.2f, %.2f, %.2f, %q", tc.name, f.Exponent, f.PerThousand, f.Base, f.Reading(), tc.exponent, tc.perK, tc.base, tc.reading)
 		}
 		if f.XRatio != 10 || math.Abs(f.YRatio-tc.ys[2]/tc.ys[0]) > 1e-9 {
 			t.Errorf("%s: ratios ×%v, ×%v", tc.name, f.XRatio, f.YRatio)
 		}
+	}
+	if f, _ := FitGrowth(xs, []float64{2, 10, 20}); math.Abs(f.R2-1) > 1e-9 {
+		t.Errorf("points on a line: R² %v, want 1", f.R2)
+	}
+	if f, _ := FitGrowth(xs, []float64{10, 40, 12}); f.R2 > 0.5 {
+		t.Errorf("points off any line: R² %v, want < 0.5", f.R2)
+	}
+	if f, _ := FitGrowth([]float64{10000, 1000, 5000}, []float64{121, 40, 76}); math.Abs(f.Bend-1) > 0.01 {
+		t.Errorf("a line with a fixed part, points out of order: bend %v, want 1", f.Bend)
+	}
+	if f, _ := FitGrowth([]float64{1000, 5000}, []float64{2, 10}); f.Bend != 0 {
+		t.Errorf("two points: bend %v, want 0 (undefined)", f.Bend)
 	}
 	if _, ok := FitGrowth([]float64{1000, 1000}, []float64{1, 2}); ok {
 		t.Error("one x: want no fit")
 	}
 	if _, ok := FitGrowth([]float64{1000, 5000}, []float64{0, 3}); ok {
 		t.Error("one positive y: want no fit")
+	}
+}
+
+func TestCPUMsPerChange(t *testing.T) {
+	if got := (ScaleAgent{StageCPUSeconds: 2, StageChanges: 80}).CPUMsPerChange(); got != 25 {
+		t.Errorf("2 s over 80 changes: %v ms each, want 25", got)
+	}
+	if got := (ScaleAgent{StageCPUSeconds: 2}).CPUMsPerChange(); got != 0 {
+		t.Errorf("no changes: %v ms each, want 0", got)
 	}
 }
 
