@@ -39,6 +39,12 @@ type AgentSample struct {
 	CompileMs float64 `json:"compile_ms_mean"`
 	ApplyMs   float64 `json:"apply_ms_mean"`
 	Syncs     float64 `json:"syncs"`
+	// AddsOwn and AddsSync count CNI ADDs programmed on their own and
+	// those that waited for a whole sync; AddOwnMs is the former's mean
+	// time inside the agent.
+	AddsOwn  float64 `json:"adds_own"`
+	AddsSync float64 `json:"adds_sync"`
+	AddOwnMs float64 `json:"add_own_ms_mean"`
 }
 
 // SampleAgent reads a's process figures from /proc and its own /metrics.
@@ -65,6 +71,12 @@ func SampleAgent(ctx context.Context, a *testbed.Agent, node *testbed.Node) (Age
 	s.Syncs = m["palisade_policy_compile_duration_seconds_count"]
 	s.CompileMs = meanMs(m, "palisade_policy_compile_duration_seconds")
 	s.ApplyMs = meanMs(m, "palisade_map_sync_duration_seconds")
+	const add = "palisade_endpoint_add_duration_seconds"
+	s.AddsOwn = m[add+`_count{how="own"}`]
+	s.AddsSync = m[add+`_count{how="sync"}`]
+	if s.AddsOwn > 0 {
+		s.AddOwnMs = m[add+`_sum{how="own"}`] / s.AddsOwn * 1000
+	}
 	for k, v := range m {
 		if name, ok := strings.CutPrefix(k, "palisade_map_entries{"); ok {
 			s.MapEntries[strings.TrimSuffix(name, "}")] = v

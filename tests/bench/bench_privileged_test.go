@@ -133,6 +133,15 @@ func TestPrivilegedBench(t *testing.T) {
 	})
 
 	t.Run("datapath", func(t *testing.T) { res.Datapath = datapath(t, configs) })
+	t.Run("bpf cost", func(t *testing.T) {
+		var err error
+		if res.BPFCost, err = bpfCost(c, configs, *flagDuration); err != nil {
+			t.Error(err)
+		}
+		if res.Programs, err = Programs(c); err != nil {
+			t.Error(err)
+		}
+	})
 	sample("after datapath")
 
 	if *flagChurn > 0 {

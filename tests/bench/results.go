@@ -26,6 +26,8 @@ type Results struct {
 	Rounds      int              `json:"rounds"`
 	Duration    string           `json:"duration_per_measurement"`
 	Datapath    []DatapathRow    `json:"datapath"`
+	BPFCost     []BPFCostRow     `json:"bpf_cost"`
+	Programs    []ProgramInfo    `json:"programs"`
 	Propagation []PropagationRow `json:"propagation"`
 	PodStart    []PodStartRow    `json:"pod_start"`
 	Churn       *ChurnResult     `json:"churn,omitempty"`
@@ -104,6 +106,20 @@ func (r *Results) WriteTable(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	if len(r.BPFCost) > 0 {
+		fmt.Fprintf(w, "BPF program cost (kernel run statistics, a pass of its own after the rounds):\n\n| placement | rules | program runs | ns per run |\n|---|---|---|---|\n")
+		for _, b := range r.BPFCost {
+			fmt.Fprintf(w, "| %s | %d | %d | %.0f |\n", b.Placement, b.Rules, b.Runs, b.NsPerRun)
+		}
+		fmt.Fprintln(w)
+	}
+	if len(r.Programs) > 0 {
+		fmt.Fprintf(w, "Programs (verifier):\n\n| node | program | verified instructions | JITed bytes |\n|---|---|---|---|\n")
+		for _, p := range r.Programs {
+			fmt.Fprintf(w, "| %s | %s | %d | %d |\n", p.Node, p.Program, p.VerifiedInstructions, p.JitedBytes)
+		}
+		fmt.Fprintln(w)
+	}
 	if len(r.Propagation) > 0 {
 		fmt.Fprintf(w, "Policy propagation (API answer → new verdict at the probe):\n\n| policies | pods | event | n | p50 ms | p99 ms | max ms | no change in 10 s |\n|---|---|---|---|---|---|---|---|\n")
 		for _, p := range r.Propagation {
@@ -122,13 +138,13 @@ func (r *Results) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, "Churn: %d pods created and deleted in %.1f s; leaks: %s\n\n", r.Churn.Pods, r.Churn.Seconds, orNone(r.Churn.Leaks))
 	}
 	if len(r.Agent) > 0 {
-		fmt.Fprintf(w, "Agent cost:\n\n| stage | node | policies | pods | RSS MiB | CPU s | BPF map MiB | goroutines | identities | endpoints | syncs | compile ms (mean) | map write ms (mean) | map entries |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(w, "Agent cost:\n\n| stage | node | policies | pods | RSS MiB | CPU s | BPF map MiB | goroutines | identities | endpoints | syncs | compile ms (mean) | map write ms (mean) | ADDs own / sync | own ADD ms (mean) | map entries |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, a := range r.Agent {
 			var entries []string
 			for _, k := range sortedKeys(a.MapEntries) {
 				entries = append(entries, fmt.Sprintf("%s=%.0f", k, a.MapEntries[k]))
 			}
-			fmt.Fprintf(w, "| %s | %s | %d | %d | %.1f | %.2f | %.1f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %s |\n", a.Stage, a.Node, a.Policies, a.Pods, a.RSSMiB, a.CPUSeconds, a.MapMemlockMiB, a.Goroutines, a.Identities, a.Endpoints, a.Syncs, a.CompileMs, a.ApplyMs, strings.Join(entries, " "))
+			fmt.Fprintf(w, "| %s | %s | %d | %d | %.1f | %.2f | %.1f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %.0f / %.0f | %.1f | %s |\n", a.Stage, a.Node, a.Policies, a.Pods, a.RSSMiB, a.CPUSeconds, a.MapMemlockMiB, a.Goroutines, a.Identities, a.Endpoints, a.Syncs, a.CompileMs, a.ApplyMs, a.AddsOwn, a.AddsSync, a.AddOwnMs, strings.Join(entries, " "))
 		}
 		fmt.Fprintln(w)
 	}
