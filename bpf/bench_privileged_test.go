@@ -123,3 +123,26 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPrivilegedAttach is the programs' share of a CNI ADD: attaching
+// both to a fresh host veth, per hook kind. A TCX attach swaps the
+// device's program array and waits for an RCU grace period to retire the
+// old one; a tc filter does not wait.
+func BenchmarkPrivilegedAttach(b *testing.B) {
+	for _, mode := range []AttachMode{AttachTCX, AttachTC} {
+		b.Run(string(mode), func(b *testing.B) {
+			f := newFixture(b)
+			for i := 0; b.Loop(); i++ {
+				id := fmt.Sprintf("bench_%d", i)
+				if _, err := Attach(f.objs.Root(), f.ifindex, id, mode); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if err := Detach(f.objs.Root(), f.ifindex, id); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}

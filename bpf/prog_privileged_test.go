@@ -39,13 +39,13 @@ type fixture struct {
 	ifindex int
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	return newFixtureWith(t, LoadOptions{Rejudge: true})
 }
 
 // newFixtureWith is newFixture with load options; Root is set here.
-func newFixtureWith(t *testing.T, opts LoadOptions) *fixture {
+func newFixtureWith(t testing.TB, opts LoadOptions) *fixture {
 	t.Helper()
 	netns, ifindexes := kernel.NetNSWithVeths(t, 1)
 	f := &fixture{netns: netns, ifindex: ifindexes[0]}
