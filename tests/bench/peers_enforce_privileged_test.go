@@ -1,0 +1,145 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/palisade-cni/palisade/tests/testbed"
+)
+
+// verifyEnforcement applies m's policies in two steps and probes the
+// measured flow from both clients: the default deny alone must block it,
+// the allows must re-open it. An error means the peer does not enforce.
+func verifyEnforcement(t *testing.T, c *testbed.Cluster, m *measured) (*Enforcement, error) {
+	pols := NamespacePolicies(m.namespace, m.rules)
+	createPolicy(t, c, pols[0])
+	deny, err := awaitBoth(m, false)
+	if err != nil {
+		return nil, fmt.Errorf("default deny in %s not enforced: %w", m.namespace, err)
+	}
+	for _, p := range pols[1:] {
+		createPolicy(t, c, p)
+	}
+	allow, err := awaitBoth(m, true)
+	if err != nil {
+		return nil, fmt.Errorf("allow policies in %s not enforced: %w", m.namespace, err)
+	}
+	waitAllowed(t, m) // UDP too
+	return &Enforcement{Namespace: m.namespace, DenyMs: Millis(deny), AllowMs: Millis(allow)}, nil
+}
+
+// awaitBoth waits for the verdict from the same-node and the cross-node
+// client and returns the longer wait.
+func awaitBoth(m *measured, allowed bool) (time.Duration, error) {
+	since := time.Now()
+	var longest time.Duration
+	for _, from := range []*testbed.Pod{m.same, m.cross} {
+		pr := &prober{from: from, to: m.server.IP()}
+		if err := pr.await(allowed, since); err != nil {
+			return 0, fmt.Errorf("%s -> %s: %w", from, m.server, err)
+		}
+		longest = max(longest, pr.seen.Sub(since))
+	}
+	return longest, nil
+}
+
+// peerPropagation is propagation() for a peer: the same events in the same
+// order on the same policies, probed the same way, but a verdict is waited
+// for up to peerPropTimeout, and one that does not come is counted in
+// Failures rather than failing the run.
+func peerPropagation(t *testing.T, c *testbed.Cluster, m *measured, policies int, transients map[string]int) []PropagationRow {
+	pods := countPods(t, c)
+	nps := c.Client.NetworkingV1().NetworkPolicies(m.namespace)
+	ctx := context.Background()
+	for _, p := range []*networkingv1.NetworkPolicy{DefaultDeny(m.namespace), AllowEgress(m.namespace)} {
+		createPolicy(t, c, p)
+		t.Cleanup(func() { _ = nps.Delete(ctx, p.Name, metav1.DeleteOptions{}) })
+	}
+	pr := &prober{from: m.cross, to: m.server.IP()}
+	var flips int
+	if err := awaitLong(pr, false, time.Now(), &flips); err != nil {
+		t.Fatalf("default deny: %v", err)
+	}
+	times := map[string][]time.Duration{}
+	fails := map[string]int{}
+	record := func(event string, allowed bool, change func() error) {
+		if err := change(); err != nil {
+			t.Fatalf("%s: %v", event, err)
+		}
+		acked := time.Now()
+		flips := 0
+		err := awaitLong(pr, allowed, acked, &flips)
+		if flips > 0 {
+			t.Logf("%s: %d verdicts that did not hold before the new one", event, flips)
+			transients[event] += flips
+		}
+		if err != nil {
+			t.Logf("%s: %v", event, err)
+			fails[event]++
+			return
+		}
+		times[event] = append(times[event], pr.seen.Sub(acked))
+	}
+	allow := AllowIngress(m.namespace)
+	for range *flagPropIters {
+		record("policy create", true, func() error { _, err := nps.Create(ctx, allow, metav1.CreateOptions{}); return err })
+		record("policy update (deny)", false, func() error { return updatePort(ctx, c, allow, BenchTCPPort+1000) })
+		record("policy update (allow)", true, func() error { return updatePort(ctx, c, allow, BenchTCPPort) })
+		record("pod label (deny)", false, func() error { return setLabel(ctx, c, m.cross, "other") })
+		record("pod label (allow)", true, func() error { return setLabel(ctx, c, m.cross, AppClient) })
+		record("policy delete", false, func() error { return nps.Delete(ctx, allow.Name, metav1.DeleteOptions{}) })
+	}
+	var rows []PropagationRow
+	for _, ev := range []string{"policy create", "policy update (deny)", "policy update (allow)", "pod label (deny)", "pod label (allow)", "policy delete"} {
+		d := times[ev]
+		rows = append(rows, PropagationRow{
+			Policies: policies + 2, Pods: pods, Event: ev, N: len(d), Failures: fails[ev],
+			P50ms: Millis(Percentile(d, 50)), P99ms: Millis(Percentile(d, 99)), MaxMs: Millis(Percentile(d, 100)),
+		})
+	}
+	return rows
+}
+
+// awaitLong is prober.await for up to peerPropTimeout, and for a verdict
+// that then holds for peerHold: a peer that rewrites its rules
+// non-atomically can give a wrong verdict for a moment in the middle of a
+// sync, which is not the change taking effect. Each such flip is counted in
+// flips. since stays the moment of the change.
+func awaitLong(pr *prober, allowed bool, since time.Time, flips *int) error {
+	deadline := since.Add(peerPropTimeout)
+	for time.Now().Before(deadline) {
+		if err := pr.await(allowed, since); err != nil {
+			continue
+		}
+		if holds(pr, allowed, peerHold) {
+			return nil
+		}
+		*flips++
+	}
+	return fmt.Errorf("verdict allowed=%v not seen (and held %v) within %v", allowed, peerHold, peerPropTimeout)
+}
+
+// holds probes the flow back to back for d and reports whether every probe
+// got the verdict.
+func holds(pr *prober, allowed bool, d time.Duration) bool {
+	addr := net.JoinHostPort(pr.to.String(), strconv.Itoa(BenchTCPPort))
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(probeEvery) {
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		c, err := pr.from.NetNS.DialContext(ctx, "tcp4", addr)
+		cancel()
+		if err == nil {
+			c.Close()
+		}
+		if (err == nil) != allowed {
+			return false
+		}
+	}
+	return true
+}
