@@ -88,7 +88,7 @@ func peerPropagation(t *testing.T, c *testbed.Cluster, m *measured, policies int
 		times[event] = append(times[event], pr.seen.Sub(acked))
 	}
 	allow := AllowIngress(m.namespace)
-	for range *flagPropIters {
+	for range *flagPeersPropIters {
 		record("policy create", true, func() error { _, err := nps.Create(ctx, allow, metav1.CreateOptions{}); return err })
 		record("policy update (deny)", false, func() error { return updatePort(ctx, c, allow, BenchTCPPort+1000) })
 		record("policy update (allow)", true, func() error { return updatePort(ctx, c, allow, BenchTCPPort) })

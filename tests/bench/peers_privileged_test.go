@@ -19,14 +19,18 @@ import (
 )
 
 // scripts/bench passes these after the main benchmark; without -peers-out
-// the peers benchmark does not run. -rounds, -duration and
-// -prop-iterations are shared with TestPrivilegedBench.
+// the peers benchmark does not run. -rounds and -duration are shared with
+// TestPrivilegedBench.
 var (
 	flagPeersOut   = flag.String("peers-out", "", "write the peers' results as JSON here; the peers benchmark runs only with it")
 	flagPeersTable = flag.String("peers-table", "", "also write the peers' Markdown table here")
 	flagPeers      = flag.String("peers", "kube-router,kube-network-policies", "peers to run, in order")
 	flagPeersRules = flag.String("peers-rules", "0,100,1000", "policy rules selecting the measured pods, one datapath configuration each; the first is the reference of the ratios")
-	flagPeersBulk  = flag.Int("peers-bulk-rules", 9000, "rules added in a namespace of their own (with pods) before the second propagation measurement, about 900 policies more; 0 skips it")
+	// A peer that rewrites all its rules on every change takes seconds per
+	// event at a thousand policies; the main benchmark's 20 would take most
+	// of an hour there.
+	flagPeersPropIters = flag.Int("peers-prop-iterations", 5, "policy changes measured per event kind and size for each peer")
+	flagPeersBulk      = flag.Int("peers-bulk-rules", 9000, "rules added in a namespace of their own (with pods) before the second propagation measurement, about 900 policies more; 0 skips it")
 )
 
 func TestPrivilegedBenchPeers(t *testing.T) {
