@@ -237,7 +237,7 @@ func argMinMax(xs []float64) (lo, hi int) {
 // faster than linear and one of 0.75 or more linear. A lower exponent
 // still reads linear when y has a fixed part that the line carries
 // (three or more stages whose slope does not flatten: Bend ≥ 0.67), and
-// sublinear otherwise. The bands are wide on purpose: a few stages on a
+// sublinear otherwise; two stages cannot tell the two apart. The bands are wide on purpose: a few stages on a
 // shared 2-core machine fit no finer.
 func (f Fit) Reading() string {
 	switch b := f.Exponent; {
@@ -253,6 +253,8 @@ func (f Fit) Reading() string {
 		return "linear"
 	case f.Points >= 3 && f.Bend >= 0.67:
 		return "linear"
+	case f.Points < 3:
+		return "sublinear, or linear over a fixed part (2 stages cannot tell)"
 	default:
 		return "sublinear"
 	}

@@ -231,6 +231,9 @@ func TestFitGrowth(t *testing.T) {
 	if f, _ := FitGrowth([]float64{10000, 1000, 5000}, []float64{121, 40, 76}); math.Abs(f.Bend-1) > 0.01 {
 		t.Errorf("a line with a fixed part, points out of order: bend %v, want 1", f.Bend)
 	}
+	if f, _ := FitGrowth([]float64{100, 1000}, []float64{50, 90}); !strings.Contains(f.Reading(), "cannot tell") {
+		t.Errorf("two stages with a fixed part: %q, want it to say two stages cannot tell", f.Reading())
+	}
 	if f, _ := FitGrowth([]float64{1000, 5000}, []float64{2, 10}); f.Bend != 0 {
 		t.Errorf("two points: bend %v, want 0 (undefined)", f.Bend)
 	}
