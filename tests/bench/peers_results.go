@@ -39,7 +39,9 @@ type PeerResult struct {
 	// before each measurement (keyed by the measurement) could start.
 	SettleSeconds map[string]float64 `json:"settle_seconds,omitempty"`
 	// Transients counts, by propagation event, verdicts the probe saw that
-	// did not hold for a second (a rule rewrite in progress), over all sizes.
+	// did not hold for a second, over all sizes: a rule rewrite in
+	// progress, or a connect slower than the probe's 100 ms timeout (read
+	// as a deny) while the peer's sync has the CPU.
 	Transients map[string]int `json:"transient_verdicts,omitempty"`
 }
 
@@ -110,7 +112,7 @@ func (p *PeerResult) writeTable(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	for _, k := range sortedKeys(p.Transients) {
-		fmt.Fprintf(w, "During propagation (%s) the probe saw %d verdicts that did not hold for %v.\n\n", k, p.Transients[k], peerHold)
+		fmt.Fprintf(w, "During propagation (%s) the probe saw %d verdicts that did not hold for %v (a rewrite in progress, or a connect slower than %v while the peer had the CPU).\n\n", k, p.Transients[k], peerHold, probeTimeout)
 	}
 	for _, k := range sortedKeys(p.SettleSeconds) {
 		fmt.Fprintf(w, "Before %s the peer was busy with earlier changes for %.1f s more.\n\n", k, p.SettleSeconds[k])
