@@ -36,19 +36,29 @@ func verifyEnforcement(t *testing.T, c *testbed.Cluster, m *measured) (*Enforcem
 }
 
 // awaitBoth waits for the verdict from the same-node and the cross-node
-// client and returns the longer wait.
+// client, each held for verifyHold, and returns the longer wait. A probe
+// alone is not enough: on a loaded machine a connect slower than the
+// probe's timeout reads as a deny.
 func awaitBoth(m *measured, allowed bool) (time.Duration, error) {
 	since := time.Now()
 	var longest time.Duration
 	for _, from := range []*testbed.Pod{m.same, m.cross} {
 		pr := &prober{from: from, to: m.server.IP()}
-		if err := pr.await(allowed, since); err != nil {
+		var flips int
+		if err := awaitHeld(pr, allowed, since, verifyTimeout, verifyHold, &flips); err != nil {
 			return 0, fmt.Errorf("%s -> %s: %w", from, m.server, err)
 		}
 		longest = max(longest, pr.seen.Sub(since))
 	}
 	return longest, nil
 }
+
+// The enforcement check's bounds: a verdict must hold longer there than in
+// propagation, since it decides whether a peer is measured at all.
+const (
+	verifyTimeout = 30 * time.Second
+	verifyHold    = 3 * time.Second
+)
 
 // peerPropagation is propagation() for a peer: the same events in the same
 // order on the same policies, probed the same way, but a verdict is waited
@@ -64,7 +74,7 @@ func peerPropagation(t *testing.T, c *testbed.Cluster, m *measured, policies int
 	}
 	pr := &prober{from: m.cross, to: m.server.IP()}
 	var flips int
-	if err := awaitLong(pr, false, time.Now(), &flips); err != nil {
+	if err := awaitHeld(pr, false, time.Now(), peerPropTimeout, peerHold, &flips); err != nil {
 		t.Fatalf("default deny: %v", err)
 	}
 	times := map[string][]time.Duration{}
@@ -75,7 +85,7 @@ func peerPropagation(t *testing.T, c *testbed.Cluster, m *measured, policies int
 		}
 		acked := time.Now()
 		flips := 0
-		err := awaitLong(pr, allowed, acked, &flips)
+		err := awaitHeld(pr, allowed, acked, peerPropTimeout, peerHold, &flips)
 		if flips > 0 {
 			t.Logf("%s: %d verdicts that did not hold before the new one", event, flips)
 			transients[event] += flips
@@ -107,23 +117,23 @@ func peerPropagation(t *testing.T, c *testbed.Cluster, m *measured, policies int
 	return rows
 }
 
-// awaitLong is prober.await for up to peerPropTimeout, and for a verdict
-// that then holds for peerHold: a peer that rewrites its rules
-// non-atomically can give a wrong verdict for a moment in the middle of a
-// sync, which is not the change taking effect. Each such flip is counted in
-// flips. since stays the moment of the change.
-func awaitLong(pr *prober, allowed bool, since time.Time, flips *int) error {
-	deadline := since.Add(peerPropTimeout)
+// awaitHeld is prober.await for up to timeout, and for a verdict that then
+// holds for hold: a peer that rewrites its rules non-atomically can give a
+// wrong verdict for a moment in the middle of a sync, which is not the
+// change taking effect. Each such flip is counted in flips. since stays the
+// moment of the change.
+func awaitHeld(pr *prober, allowed bool, since time.Time, timeout, hold time.Duration, flips *int) error {
+	deadline := since.Add(timeout)
 	for time.Now().Before(deadline) {
 		if err := pr.await(allowed, since); err != nil {
 			continue
 		}
-		if holds(pr, allowed, peerHold) {
+		if holds(pr, allowed, hold) {
 			return nil
 		}
 		*flips++
 	}
-	return fmt.Errorf("verdict allowed=%v not seen (and held %v) within %v", allowed, peerHold, peerPropTimeout)
+	return fmt.Errorf("verdict allowed=%v not seen (and held %v) within %v", allowed, hold, timeout)
 }
 
 // holds probes the flow back to back for d and reports whether every probe
