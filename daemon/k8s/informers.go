@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -38,7 +37,7 @@ type Cluster struct {
 // New creates the informers; onChange is called (and must only enqueue) for
 // every add, update and delete.
 func New(client kubernetes.Interface, onChange func()) (*Cluster, error) {
-	f := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTransform(stripManagedFields))
+	f := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTransform(Slim))
 	c := &Cluster{factory: f}
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { onChange() },
@@ -72,10 +71,3 @@ func (c *Cluster) WaitForSync(ctx context.Context) bool {
 
 // Shutdown stops the informers and waits for them.
 func (c *Cluster) Shutdown() { c.factory.Shutdown() }
-
-func stripManagedFields(obj any) (any, error) {
-	if acc, err := meta.Accessor(obj); err == nil {
-		acc.SetManagedFields(nil)
-	}
-	return obj, nil
-}

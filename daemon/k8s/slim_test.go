@@ -1,0 +1,86 @@
+package k8s
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+var now = metav1.NewTime(time.Date(2026, 11, 30, 3, 4, 5, 0, time.UTC))
+
+// kubeletPod is a pod as the API serves it once the kubelet runs it.
+func kubeletPod() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42", Generation: 3,
+			CreationTimestamp: now, DeletionTimestamp: &now,
+			Labels:          map[string]string{"app": "web"},
+			Annotations:     map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{…}"},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "StatefulSet", Name: "web"}},
+			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kubelet"}},
+		},
+		Spec: corev1.PodSpec{
+			NodeName: "node-1", HostNetwork: true,
+			Volumes:        []corev1.Volume{{Name: "data"}},
+			InitContainers: []corev1.Container{{Name: "init", Image: "busybox"}},
+			Containers: []corev1.Container{
+				{Name: "web", Image: "nginx", Env: []corev1.EnvVar{{Name: "A", Value: "b"}},
+					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}}},
+				{Name: "log", Image: "fluentbit"},
+			},
+		},
+		Status: corev1.PodStatus{
+			Phase: corev1.PodRunning, PodIP: "10.244.1.5", HostIP: "192.168.0.1",
+			PodIPs:            []corev1.PodIP{{IP: "10.244.1.5"}, {IP: "fd00::5"}},
+			Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "web", Ready: true}},
+		},
+	}
+}
+
+func TestSlimKeepsWhatPolicyReads(t *testing.T) {
+	fatNode := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-1", ResourceVersion: "7", Labels: map[string]string{"zone": "a"}},
+		Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24"},
+		Status: corev1.NodeStatus{
+			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}},
+			Images:    []corev1.ContainerImage{{Names: []string{"registry.example/very/long/name:tag"}}},
+		},
+	}
+	pol := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	tests := []struct {
+		name     string
+		in, want any
+	}{
+		{"pod", kubeletPod(), &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42", Generation: 3,
+				CreationTimestamp: now, DeletionTimestamp: &now, Labels: map[string]string{"app": "web"}},
+			Spec: corev1.PodSpec{NodeName: "node-1", HostNetwork: true, Containers: []corev1.Container{
+				{Name: "web", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.1.5",
+				PodIPs: []corev1.PodIP{{IP: "10.244.1.5"}, {IP: "fd00::5"}}},
+		}},
+		{"node", fatNode, &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: "node-1", ResourceVersion: "7", Labels: map[string]string{"zone": "a"}},
+			Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}}},
+		}},
+		{"other kinds lose only managed fields", pol, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p"},
+			Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Slim(tt.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tt.want, got); d != "" {
+				t.Errorf("Slim (-want +got):\n%s", d)
+			}
+		})
+	}
+}
