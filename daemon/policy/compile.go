@@ -166,6 +166,7 @@ type compiler struct {
 	s          State
 	alloc      *identity.Allocator
 	nsLabels   map[string]map[string]string
+	nsKeys     map[string]string // namespace -> its labels as a string
 	ipcache    map[netip.Prefix]uint32
 	identities map[uint32]*ident
 	usedKeys   map[string]bool
@@ -212,6 +213,7 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 		s:          s,
 		alloc:      alloc,
 		nsLabels:   map[string]map[string]string{},
+		nsKeys:     map[string]string{},
 		ipcache:    map[netip.Prefix]uint32{},
 		identities: map[uint32]*ident{},
 		usedKeys:   map[string]bool{},
@@ -357,24 +359,39 @@ func (c *compiler) podIPs() map[*corev1.Pod][]netip.Addr {
 }
 
 func (c *compiler) podIdentity(pod *corev1.Pod, a netip.Addr) uint32 {
+	blocks := c.blocksOf(a)
+	var ports []string
+	for np := range c.egressPort {
+		if n, ok := resolvePort(pod, np); ok {
+			ports = append(ports, fmt.Sprintf("%s/%d=%d", np.name, np.proto, n))
+		}
+	}
+	sort.Strings(ports)
+	nsKey, ok := c.nsKeys[pod.Namespace]
+	if !ok {
+		nsKey = labelString(c.nsLabels[pod.Namespace])
+		c.nsKeys[pod.Namespace] = nsKey
+	}
+	key := strings.Join([]string{"pod", pod.Namespace, nsKey, labelString(pod.Labels),
+		prefixList(blocks), strings.Join(ports, ",")}, "|")
+	// Most pods share their identity with others: describe it once.
+	if id := c.alloc.ID(key); c.identities[id] != nil {
+		c.usedKeys[key] = true
+		return id
+	}
 	id := &ident{
 		pod:       true,
 		namespace: pod.Namespace,
 		nsLabels:  labels.Set(c.nsLabels[pod.Namespace]),
 		podLabels: labels.Set(pod.Labels),
-		blocks:    c.blocksOf(a),
+		blocks:    blocks,
 		ports:     map[namedPort]uint16{},
 	}
-	var ports []string
 	for np := range c.egressPort {
 		if n, ok := resolvePort(pod, np); ok {
 			id.ports[np] = n
-			ports = append(ports, fmt.Sprintf("%s/%d=%d", np.name, np.proto, n))
 		}
 	}
-	sort.Strings(ports)
-	key := strings.Join([]string{"pod", pod.Namespace, labelString(id.nsLabels), labelString(id.podLabels),
-		prefixList(id.blocks), strings.Join(ports, ",")}, "|")
 	return c.identity(key, id)
 }
 
