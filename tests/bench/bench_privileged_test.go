@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -384,9 +385,12 @@ func setLabel(ctx context.Context, c *testbed.Cluster, p *testbed.Pod, app strin
 }
 
 // prober starts a TCP connect every probeEvery, each on a new source port,
-// and reports the start of the first one that gets the wanted verdict: the
-// SYN of a connect leaves at its start, so that is when the datapath gave
-// the verdict, to within probeEvery.
+// and reports when the wanted verdict began to hold: the start of the first
+// connect of the last unbroken run of connects that got it, once that run
+// has lasted probeHold. The SYN of a connect leaves at its start, so that is
+// when the datapath gave the verdict, to within probeEvery. Requiring the
+// run to hold keeps a connect that was merely slow (a busy machine) from
+// reading as a deny, and shows the verdict does not flap once changed.
 type prober struct {
 	from *testbed.Pod
 	to   netip.Addr
@@ -396,23 +400,48 @@ type prober struct {
 const (
 	probeEvery   = 2 * time.Millisecond
 	probeTimeout = 100 * time.Millisecond
+	probeHold    = 200 * time.Millisecond
 	propTimeout  = 10 * time.Second
 )
+
+// probeResult is one finished connect: when it started and whether it got
+// the wanted verdict.
+type probeResult struct {
+	start time.Time
+	want  bool
+}
+
+// holdingSince returns the start of the trailing run of results with the
+// wanted verdict (ordered by start), false if the last result lacks it.
+func holdingSince(results []probeResult) (time.Time, bool) {
+	slices.SortFunc(results, func(a, b probeResult) int { return a.start.Compare(b.start) })
+	i := len(results)
+	for i > 0 && results[i-1].want {
+		i--
+	}
+	if i == len(results) {
+		return time.Time{}, false
+	}
+	return results[i].start, true
+}
 
 func (p *prober) await(allowed bool, since time.Time) error {
 	addr := net.JoinHostPort(p.to.String(), strconv.Itoa(BenchTCPPort))
 	var mu sync.Mutex
-	var first time.Time
+	var results []probeResult
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	tick := time.NewTicker(probeEvery)
 	defer tick.Stop()
 	stop := time.Now().Add(propTimeout)
+	var first time.Time
 	for now := time.Now(); now.Before(stop); now = <-tick.C {
 		mu.Lock()
-		done := !first.IsZero() && now.Sub(first) > probeTimeout
+		from, ok := holdingSince(results)
 		mu.Unlock()
-		if done {
+		// Every connect started in [from, from+probeHold] has finished.
+		if ok && now.Sub(from) > probeHold+probeTimeout {
+			first = from
 			break
 		}
 		start := time.Now()
@@ -423,19 +452,14 @@ func (p *prober) await(allowed bool, since time.Time) error {
 			if err == nil {
 				c.Close()
 			}
-			if (err == nil) != allowed {
-				return
-			}
 			mu.Lock()
-			if first.IsZero() || start.Before(first) {
-				first = start
-			}
+			results = append(results, probeResult{start: start, want: (err == nil) == allowed})
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	if first.IsZero() {
-		return fmt.Errorf("verdict allowed=%v not seen within %v", allowed, propTimeout)
+		return fmt.Errorf("verdict allowed=%v not seen holding for %v within %v", allowed, probeHold, propTimeout)
 	}
 	// A connect that started before the API answered can still be the
 	// first to see the change; the time is then 0, not negative.
