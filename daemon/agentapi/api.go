@@ -38,7 +38,9 @@ type Status struct {
 	AttachMode string `json:"attachMode"`
 	Endpoints  int    `json:"endpoints"`
 	Revision   uint64 `json:"revision"`
-	// The fields below are for palisadectl status.
+	// The fields below are for palisadectl status, filled only when asked
+	// for (StatusDetail): reading the maps' fill levels walks conntrack,
+	// which a CNI ADD must not wait for.
 	NodeName string `json:"nodeName,omitempty"`
 	// APIConnected is false when the last request to the API server failed.
 	APIConnected bool      `json:"apiConnected"`

@@ -44,10 +44,18 @@ func NewClient(socket string) *Client {
 // Socket is the path the client dials.
 func (c *Client) Socket() string { return c.socket }
 
-// Status asks whether the agent is ready.
+// Status asks whether the agent is ready. It is cheap: the plugin asks on
+// every call.
 func (c *Client) Status(ctx context.Context) (*Status, error) {
 	var st Status
 	return &st, c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+}
+
+// StatusDetail is Status with what palisadectl status shows besides:
+// identities, policies, the API connection and the maps' fill levels.
+func (c *Client) StatusDetail(ctx context.Context) (*Status, error) {
+	var st Status
+	return &st, c.do(ctx, http.MethodGet, "/v1/status?detail=true", nil, &st)
 }
 
 // Add registers an endpoint and returns once its policy is programmed.

@@ -86,13 +86,15 @@ func (s *Server) Serve(ctx context.Context, socket string) error {
 	return nil
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	ready, reason := s.Ready()
 	st := agentapi.Status{
 		Version: s.Version, Ready: ready, Reason: reason, BPFRoot: s.BPFRoot,
 		AttachMode: string(s.AttachMode), Endpoints: len(s.Registry.List()), Revision: s.Controller.Revision(),
 	}
-	s.statusDetail(&st)
+	if r.URL.Query().Get("detail") == "true" {
+		s.statusDetail(&st)
+	}
 	writeJSON(w, http.StatusOK, st)
 }
 

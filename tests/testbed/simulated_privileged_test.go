@@ -89,7 +89,7 @@ func TestPrivilegedSimulatedPods(t *testing.T) {
 
 func ipcacheEntries(t *testing.T, a *Agent) int {
 	t.Helper()
-	st, err := a.Client().Status(context.Background())
+	st, err := a.Client().StatusDetail(context.Background())
 	if err != nil {
 		t.Fatalf("agent status: %v", err)
 	}

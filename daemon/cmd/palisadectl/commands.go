@@ -29,7 +29,7 @@ func status(ctx context.Context, c *cli, args []string) error {
 	} else if len(pos) > 0 {
 		return &errUsage{"status takes no arguments"}
 	}
-	st, err := c.client.Status(ctx)
+	st, err := c.client.StatusDetail(ctx)
 	if err != nil {
 		return err
 	}

@@ -106,8 +106,8 @@ func TestCommands(t *testing.T) {
 		out, err []string // substrings
 		request  string
 	}{
-		{args: []string{"status"}, out: []string{"Ready:", "yes", "Map ipcache:", "5 / 10 (50.0%)", "connected"}, request: "GET /v1/status"},
-		{args: []string{"status", "-o", "json"}, out: []string{`"attachMode": "tcx"`}, request: "GET /v1/status"},
+		{args: []string{"status"}, out: []string{"Ready:", "yes", "Map ipcache:", "5 / 10 (50.0%)", "connected"}, request: "GET /v1/status?detail=true"},
+		{args: []string{"status", "-o", "json"}, out: []string{`"attachMode": "tcx"`}, request: "GET /v1/status?detail=true"},
 		{args: []string{"endpoints"}, out: []string{"prod/backend", "veth1", "isolated", "open", "prod/deny", "adopted"}, request: "GET /v1/endpoints"},
 		{args: []string{"explain", "--from", "prod/frontend", "--to", "prod/backend:6379/TCP"},
 			out: []string{"TCP/6379: DENIED", "no policy allows it", "To allow it: add x to y", "only isolates"}, request: "POST /v1/explain"},
