@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -56,10 +57,13 @@ type Controller struct {
 	trigger chan struct{}
 
 	// writeMu serializes the datapath's writers: syncs, ProgramNew and
-	// Forget. A sync holds it from reading the state to the last write, so
-	// an endpoint registered meanwhile is either in that sync's state or
-	// programmed after it.
+	// Forget. A sync writes only a compilation that no ProgramNew or
+	// Forget came between (writes), so an endpoint registered meanwhile is
+	// either in that sync's state or programmed after it.
 	writeMu sync.Mutex
+	// writes counts ProgramNew's and Forget's writes, so that a sync can
+	// tell whether its compilation, made without writeMu, is still whole.
+	writes atomic.Uint64
 
 	mu         sync.Mutex
 	wanted     uint64 // generation last asked for
@@ -156,20 +160,24 @@ func (c *Controller) Revision() uint64 {
 }
 
 func (c *Controller) sync() error {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
 	start := time.Now()
-	c.mu.Lock()
-	gen := c.wanted
-	c.mu.Unlock()
-
-	state, err := c.state()
+	// Compile without the writers' lock, so that a starting pod
+	// (ProgramNew) waits at most for a map write, not for a compile too.
+	// An endpoint programmed or forgotten meanwhile makes the result
+	// stale; it is then compiled again under the lock.
+	writes := c.writes.Load()
+	gen, res, took, err := c.compile()
 	if err != nil {
 		return err
 	}
-	compileStart := time.Now()
-	res := policy.Compile(state, c.alloc)
-	timings := SyncTimings{Compile: time.Since(compileStart)}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.writes.Load() != writes {
+		if gen, res, took, err = c.compile(); err != nil {
+			return err
+		}
+	}
+	timings := SyncTimings{Compile: took}
 	for _, p := range res.Problems {
 		c.log.Error("Policy part matches nothing", "error", p)
 	}
@@ -227,6 +235,21 @@ func (c *Controller) sync() error {
 		c.onSync(timings)
 	}
 	return nil
+}
+
+// compile reads the cluster and the endpoints and compiles them, with the
+// generation of changes that includes.
+func (c *Controller) compile() (uint64, policy.Result, time.Duration, error) {
+	c.mu.Lock()
+	gen := c.wanted
+	c.mu.Unlock()
+	state, err := c.state()
+	if err != nil {
+		return 0, policy.Result{}, 0, err
+	}
+	start := time.Now()
+	res := policy.Compile(state, c.alloc)
+	return gen, res, time.Since(start), nil
 }
 
 // Last returns the policy compiled by the last successful sync, nil before
@@ -363,6 +386,7 @@ func (c *Controller) Status(id string) (rev uint64, current bool) {
 // that will also drop its address from the ipcache.
 func (c *Controller) Forget(ifindex int, id string) error {
 	c.writeMu.Lock()
+	c.writes.Add(1)
 	c.mu.Lock()
 	delete(c.programmed, id)
 	c.mu.Unlock()
@@ -394,6 +418,7 @@ func (c *Controller) ProgramNew(ep agentapi.Endpoint) (uint64, bool, error) {
 		c.log.Debug("Endpoint waits for a whole sync", "endpoint", ep.ID, "reason", err)
 		return 0, false, nil
 	}
+	c.writes.Add(1)
 	if err := c.dp.ApplyEndpoint(pe, ipcache, rev); err != nil {
 		return 0, false, fmt.Errorf("write policy of endpoint %s: %w", ep.ID, err)
 	}
