@@ -123,7 +123,7 @@ func TestPrivilegedBench(t *testing.T) {
 		if m.rules >= 1000 && !propDone[m.rules] {
 			propDone[m.rules] = true
 			t.Run(fmt.Sprintf("propagation/%d policies", policies), func(t *testing.T) {
-				res.Propagation = append(res.Propagation, propagation(t, c, prop, policies)...)
+				res.Propagation = append(res.Propagation, propagation(t, c, prop, policies, propOptions{iterations: *flagPropIters})...)
 			})
 			sample(fmt.Sprintf("%d rules applied", m.rules))
 		}
@@ -312,9 +312,24 @@ func measureOnce(from *testbed.Pod, m *measured, d time.Duration) (map[string]fl
 	return out, err
 }
 
+// propOptions shape one propagation measurement.
+type propOptions struct {
+	iterations int
+	// await waits for the verdict after the change the API acknowledged
+	// at acked (event is "" for the starting default deny); nil is
+	// prober.await.
+	await func(pr *prober, event string, allowed bool, acked time.Time) error
+	// tolerate counts a verdict that never came in Failures, for an
+	// engine that may be that slow; otherwise it fails the test.
+	tolerate bool
+}
+
 // propagation times policy create, update and delete and a pod label
 // change, each until the probe loop sees the new verdict.
-func propagation(t *testing.T, c *testbed.Cluster, m *measured, policies int) []PropagationRow {
+func propagation(t *testing.T, c *testbed.Cluster, m *measured, policies int, o propOptions) []PropagationRow {
+	if o.await == nil {
+		o.await = func(pr *prober, _ string, allowed bool, acked time.Time) error { return pr.await(allowed, acked) }
+	}
 	pods := countPods(t, c)
 	nps := c.Client.NetworkingV1().NetworkPolicies(m.namespace)
 	ctx := context.Background()
@@ -324,7 +339,7 @@ func propagation(t *testing.T, c *testbed.Cluster, m *measured, policies int) []
 		t.Cleanup(func() { _ = nps.Delete(ctx, p.Name, metav1.DeleteOptions{}) })
 	}
 	prober := &prober{from: m.cross, to: m.server.IP()}
-	if err := prober.await(false, time.Now()); err != nil {
+	if err := o.await(prober, "", false, time.Now()); err != nil {
 		t.Fatalf("default deny: %v", err)
 	}
 	times := map[string][]time.Duration{}
@@ -334,15 +349,19 @@ func propagation(t *testing.T, c *testbed.Cluster, m *measured, policies int) []
 			t.Fatalf("%s: %v", event, err)
 		}
 		acked := time.Now()
-		if err := prober.await(allowed, acked); err != nil {
-			t.Errorf("%s: %v", event, err)
+		if err := o.await(prober, event, allowed, acked); err != nil {
+			if o.tolerate {
+				t.Logf("%s: %v", event, err)
+			} else {
+				t.Errorf("%s: %v", event, err)
+			}
 			fails[event]++
 			return
 		}
 		times[event] = append(times[event], prober.seen.Sub(acked))
 	}
 	allow := AllowIngress(m.namespace)
-	for range *flagPropIters {
+	for range o.iterations {
 		record("policy create", true, func() error { _, err := nps.Create(ctx, allow, metav1.CreateOptions{}); return err })
 		record("policy update (deny)", false, func() error { return updatePort(ctx, c, allow, BenchTCPPort+1000) })
 		record("policy update (allow)", true, func() error { return updatePort(ctx, c, allow, BenchTCPPort) })

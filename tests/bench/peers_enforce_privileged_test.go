@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/palisade-cni/palisade/tests/testbed"
 )
 
@@ -62,59 +59,22 @@ const (
 
 // peerPropagation is propagation() for a peer: the same events in the same
 // order on the same policies, probed the same way, but a verdict is waited
-// for up to peerPropTimeout, and one that does not come is counted in
-// Failures rather than failing the run.
+// for up to peerPropTimeout and must then hold for peerHold, and one that
+// does not come is counted in Failures rather than failing the run.
 func peerPropagation(t *testing.T, c *testbed.Cluster, m *measured, policies int, transients map[string]int) []PropagationRow {
-	pods := countPods(t, c)
-	nps := c.Client.NetworkingV1().NetworkPolicies(m.namespace)
-	ctx := context.Background()
-	for _, p := range []*networkingv1.NetworkPolicy{DefaultDeny(m.namespace), AllowEgress(m.namespace)} {
-		createPolicy(t, c, p)
-		t.Cleanup(func() { _ = nps.Delete(ctx, p.Name, metav1.DeleteOptions{}) })
-	}
-	pr := &prober{from: m.cross, to: m.server.IP()}
-	var flips int
-	if err := awaitHeld(pr, false, time.Now(), peerPropTimeout, peerHold, &flips); err != nil {
-		t.Fatalf("default deny: %v", err)
-	}
-	times := map[string][]time.Duration{}
-	fails := map[string]int{}
-	record := func(event string, allowed bool, change func() error) {
-		if err := change(); err != nil {
-			t.Fatalf("%s: %v", event, err)
-		}
-		acked := time.Now()
-		flips := 0
-		err := awaitHeld(pr, allowed, acked, peerPropTimeout, peerHold, &flips)
-		if flips > 0 {
-			t.Logf("%s: %d verdicts that did not hold before the new one", event, flips)
-			transients[event] += flips
-		}
-		if err != nil {
-			t.Logf("%s: %v", event, err)
-			fails[event]++
-			return
-		}
-		times[event] = append(times[event], pr.seen.Sub(acked))
-	}
-	allow := AllowIngress(m.namespace)
-	for range *flagPeersPropIters {
-		record("policy create", true, func() error { _, err := nps.Create(ctx, allow, metav1.CreateOptions{}); return err })
-		record("policy update (deny)", false, func() error { return updatePort(ctx, c, allow, BenchTCPPort+1000) })
-		record("policy update (allow)", true, func() error { return updatePort(ctx, c, allow, BenchTCPPort) })
-		record("pod label (deny)", false, func() error { return setLabel(ctx, c, m.cross, "other") })
-		record("pod label (allow)", true, func() error { return setLabel(ctx, c, m.cross, AppClient) })
-		record("policy delete", false, func() error { return nps.Delete(ctx, allow.Name, metav1.DeleteOptions{}) })
-	}
-	var rows []PropagationRow
-	for _, ev := range []string{"policy create", "policy update (deny)", "policy update (allow)", "pod label (deny)", "pod label (allow)", "policy delete"} {
-		d := times[ev]
-		rows = append(rows, PropagationRow{
-			Policies: policies + 2, Pods: pods, Event: ev, N: len(d), Failures: fails[ev],
-			P50ms: Millis(Percentile(d, 50)), P99ms: Millis(Percentile(d, 99)), MaxMs: Millis(Percentile(d, 100)),
-		})
-	}
-	return rows
+	return propagation(t, c, m, policies, propOptions{
+		iterations: *flagPeersPropIters,
+		tolerate:   true,
+		await: func(pr *prober, event string, allowed bool, acked time.Time) error {
+			flips := 0
+			err := awaitHeld(pr, allowed, acked, peerPropTimeout, peerHold, &flips)
+			if flips > 0 && event != "" {
+				t.Logf("%s: %d verdicts that did not hold before the new one", event, flips)
+				transients[event] += flips
+			}
+			return err
+		},
+	})
 }
 
 // awaitHeld is prober.await for up to timeout, and for a verdict that then

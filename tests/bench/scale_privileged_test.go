@@ -251,12 +251,7 @@ func measureStage(t *testing.T, c *testbed.Cluster, m *measured, s *ScaleStage) 
 	for i, a := range c.Agents {
 		before[i], cpu[i] = agentCounters(t, a, c.Nodes[i])
 	}
-	// propagation() reads its iteration count from -prop-iterations,
-	// which belongs to the main benchmark.
-	saved := *flagPropIters
-	*flagPropIters = *flagScaleIters
-	s.Propagation = propagation(t, c, m, s.Policies)
-	*flagPropIters = saved
+	s.Propagation = propagation(t, c, m, s.Policies, propOptions{iterations: *flagScaleIters})
 	// Still inside propagation's default deny and egress allow, which this
 	// subtest's cleanup removes.
 	s.Propagation = append(s.Propagation, namespaceLabelPropagation(t, c, m, s.Policies+2)...)
