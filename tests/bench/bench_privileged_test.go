@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -63,24 +64,7 @@ func TestPrivilegedBench(t *testing.T) {
 		rules = append(rules, n)
 	}
 	res := &Results{Started: time.Now().UTC(), Kernel: kernel(), CPUs: runtime.NumCPU(), Rounds: *flagRounds, Duration: flagDuration.String()}
-	defer func() {
-		b, err := json.MarshalIndent(res, "", "  ")
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		if err := os.WriteFile(*flagOut, append(b, '\n'), 0o644); err != nil {
-			t.Error(err)
-		}
-		var tbl bytes.Buffer
-		res.WriteTable(&tbl)
-		fmt.Print(tbl.String())
-		if *flagTable != "" {
-			if err := os.WriteFile(*flagTable, tbl.Bytes(), 0o644); err != nil {
-				t.Error(err)
-			}
-		}
-	}()
+	defer writeResults(t, res, *flagOut, *flagTable)
 
 	c := testbed.StartCluster(t, testbed.ClusterOptions{Nodes: 2})
 	ctx := context.Background()
@@ -622,5 +606,28 @@ func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
 			t.Fatalf("%s: not within %v", what, timeout)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// table is what every benchmark's results can do: print themselves.
+type table interface{ WriteTable(io.Writer) }
+
+// writeResults writes res as JSON to jsonPath and its table to tablePath
+// (if set) and stdout; failures are test errors, so the other half still
+// gets written.
+func writeResults(t *testing.T, res table, jsonPath, tablePath string) {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		t.Errorf("encode results: %v", err)
+	} else if err := os.WriteFile(jsonPath, append(b, '\n'), 0o644); err != nil {
+		t.Errorf("write results: %v", err)
+	}
+	var tbl bytes.Buffer
+	res.WriteTable(&tbl)
+	fmt.Print(tbl.String())
+	if tablePath != "" {
+		if err := os.WriteFile(tablePath, tbl.Bytes(), 0o644); err != nil {
+			t.Errorf("write table: %v", err)
+		}
 	}
 }

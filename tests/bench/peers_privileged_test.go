@@ -1,11 +1,8 @@
 package bench
 
 import (
-	"bytes"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -43,7 +40,7 @@ func TestPrivilegedBenchPeers(t *testing.T) {
 	bins := PeerBinDir(t)
 	root := testbed.ModuleRoot(t)
 	res := &PeerResults{Started: time.Now().UTC(), Kernel: kernel(), CPUs: runtime.NumCPU(), Rounds: *flagRounds, Duration: flagDuration.String()}
-	defer writePeerResults(t, res)
+	defer writeResults(t, res, *flagPeersOut, *flagPeersTable)
 	for _, p := range peers {
 		r := PeerResult{Name: p.Name}
 		var err error
@@ -81,25 +78,6 @@ func selectPeers(t *testing.T, list string) []Peer {
 		out = append(out, Peers[i])
 	}
 	return out
-}
-
-func writePeerResults(t *testing.T, res *PeerResults) {
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		t.Error(err)
-		return
-	}
-	if err := os.WriteFile(*flagPeersOut, append(b, '\n'), 0o644); err != nil {
-		t.Error(err)
-	}
-	var tbl bytes.Buffer
-	res.WriteTable(&tbl)
-	fmt.Print(tbl.String())
-	if *flagPeersTable != "" {
-		if err := os.WriteFile(*flagPeersTable, tbl.Bytes(), 0o644); err != nil {
-			t.Error(err)
-		}
-	}
 }
 
 // peerRun is one peer running on its own cluster.

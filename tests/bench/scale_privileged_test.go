@@ -1,12 +1,9 @@
 package bench
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -52,7 +49,7 @@ func TestPrivilegedBenchScale(t *testing.T) {
 		t.Fatalf("-scale-policies: %v", err)
 	}
 	res := &ScaleResults{Started: time.Now().UTC(), Kernel: kernel(), CPUs: runtime.NumCPU(), Iterations: *flagScaleIters}
-	defer writeScale(t, res)
+	defer writeResults(t, res, *flagScaleOut, *flagScaleTable)
 
 	c := testbed.StartCluster(t, testbed.ClusterOptions{Nodes: 2})
 	m := startMeasured(t, c, 0, "scale-prop")
@@ -82,25 +79,6 @@ func TestPrivilegedBenchScale(t *testing.T) {
 		}
 	}
 	res.Growth = FitStages(res.Stages)
-}
-
-func writeScale(t *testing.T, res *ScaleResults) {
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		t.Error(err)
-		return
-	}
-	if err := os.WriteFile(*flagScaleOut, append(b, '\n'), 0o644); err != nil {
-		t.Errorf("write scale results: %v", err)
-	}
-	var tbl bytes.Buffer
-	res.WriteTable(&tbl)
-	fmt.Print(tbl.String())
-	if *flagScaleTable != "" {
-		if err := os.WriteFile(*flagScaleTable, tbl.Bytes(), 0o644); err != nil {
-			t.Errorf("write scale table: %v", err)
-		}
-	}
 }
 
 // growTo grows the simulated pods to n and returns how long it took.
