@@ -87,6 +87,34 @@ func (c *Client) GC(ctx context.Context, req *GCRequest) (*GCResponse, error) {
 	return &resp, c.do(ctx, http.MethodPost, "/v1/gc", req, &resp)
 }
 
+// Profile writes the agent's pprof profile kind ("profile" for CPU over d,
+// or "heap", "goroutine", …) to w.
+func (c *Client) Profile(ctx context.Context, kind string, d time.Duration, w io.Writer) error {
+	path := "/debug/pprof/" + url.PathEscape(kind)
+	if kind == "profile" || kind == "trace" {
+		path += fmt.Sprintf("?seconds=%d", max(1, int(d.Seconds())))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+path, nil)
+	if err != nil {
+		return fmt.Errorf("build GET %s: %w", path, err)
+	}
+	hc := *c.hc
+	hc.Timeout = d + clientTimeout
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: GET %s on %s: %w", ErrAgentUnavailable, path, c.socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, bytes.TrimSpace(msg))
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("read profile %s: %w", kind, err)
+	}
+	return nil
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {

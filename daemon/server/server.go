@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
@@ -50,6 +51,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/endpoints/{id}", s.delete)
 	mux.HandleFunc("POST /v1/gc", s.gc)
 	s.inspectRoutes(mux)
+	// Profiles are served here, on the root-only socket, and not on the
+	// health port: they expose the agent's memory.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
