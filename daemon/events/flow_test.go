@@ -29,7 +29,7 @@ func testView() *inspect.View {
 	res := &policy.Result{
 		IPCache:   map[netip.Prefix]uint32{netip.PrefixFrom(serverIP, 32): 300, netip.PrefixFrom(clientIP, 32): 301},
 		Endpoints: map[string]policy.EndpointPolicy{"srv_eth0": {ID: "srv_eth0", Ifindex: 7, Identity: 300, IngressIsolated: true}},
-		Refs:      []policy.RuleRef{{Policy: "prod/backend-access", Direction: "ingress", Index: 0}},
+		Refs:      map[uint32]policy.RuleRef{1: {Policy: "prod/backend-access", Direction: "ingress", Index: 0}},
 	}
 	eps := []agentapi.Endpoint{{ID: "srv_eth0", PodNamespace: "prod", PodName: "server", HostIfIndex: 7, IPs: []netip.Addr{serverIP}}}
 	return inspect.NewView(res, []*corev1.Pod{mk("server", serverIP), mk("client", clientIP)}, nil, eps, "node-1")

@@ -247,7 +247,8 @@ func TestPodPolicy(t *testing.T) {
 		if ifindex != 10 || d != policy.Ingress {
 			t.Errorf("map read for ifindex %d direction %v, want 10 ingress", ifindex, d)
 		}
-		return []agentapi.MapEntry{{Identity: pp0Identity(v), Protocol: 6, Port: 6379, PrefixLen: 64, Rule: 1}}, nil
+		return []agentapi.MapEntry{{Identity: pp0Identity(v), Protocol: 6, Port: 6379, PrefixLen: 64,
+			Rule: refOf(t, v, policy.RuleRef{Policy: "prod/backend-access", Direction: "ingress", Index: 0})}}, nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -269,6 +270,17 @@ func TestPodPolicy(t *testing.T) {
 	if _, err := v.PodPolicy("lab/remote", nil); err == nil || !strings.Contains(err.Error(), "runs on node node-2") {
 		t.Errorf("policy of a remote pod: %v, want an error naming its node", err)
 	}
+}
+
+// refOf is the number the compile gave rule r.
+func refOf(t *testing.T, v *View, r policy.RuleRef) uint32 {
+	for n, got := range v.Result.Refs {
+		if got == r {
+			return n
+		}
+	}
+	t.Fatalf("rule %+v not compiled", r)
+	return 0
 }
 
 func pp0Identity(v *View) uint32 { return v.Result.IdentityOf(netip.MustParseAddr("10.244.1.11")) }

@@ -105,10 +105,8 @@ func (v *View) EndpointByIfindex(ifindex int) (agentapi.Endpoint, bool) {
 
 // Ref names the policy rule behind a rule reference ("" and false for 0).
 func (v *View) Ref(ref uint32) (policy.RuleRef, bool) {
-	if ref == 0 || int(ref) > len(v.Result.Refs) {
-		return policy.RuleRef{}, false
-	}
-	return v.Result.Refs[ref-1], true
+	r, ok := v.Result.Refs[ref]
+	return r, ok
 }
 
 // RuleName is "ingress[0]" for a RuleRef.

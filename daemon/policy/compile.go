@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -57,7 +58,9 @@ type Rule struct {
 	Peer  uint32
 	Proto uint8
 	Ports PortRange
-	// Ref indexes Result.Refs (plus one): the policy rule that allows.
+	// Ref is the policy rule that allows, a key of Result.Refs. Its number
+	// stays the same across compiles, so that an unrelated change does not
+	// rewrite every map entry that names the rule.
 	Ref uint32
 }
 
@@ -88,7 +91,7 @@ type Result struct {
 	// Unknown lists endpoints whose Pod the API has not shown yet: they get
 	// no endpoint entry, so the datapath drops their traffic.
 	Unknown []string
-	Refs    []RuleRef
+	Refs    map[uint32]RuleRef
 	// Problems are policy parts that could not be understood. Each such
 	// part matches nothing; the policy still isolates the pods it selects.
 	Problems []error
@@ -110,7 +113,8 @@ func Compile(s State, alloc *identity.Allocator) Result {
 		res.Endpoints[ep.ID] = c.endpoint(ep)
 	}
 	sort.Strings(res.Unknown)
-	res.Refs = c.refs
+	// CompileEndpoint may number more rules: the Result keeps its own.
+	res.Refs = maps.Clone(c.refs)
 	res.Problems = c.problems
 	res.comp = c
 	alloc.Retain(c.usedKeys)
@@ -148,6 +152,7 @@ func (r *Result) CompileEndpoint(ep Endpoint) (EndpointPolicy, map[netip.Prefix]
 			// must name it, so the memoized peer lists are stale.
 			c.indexIdentity(id)
 			c.peerIDs = map[peerKey][]uint32{}
+			c.shapes = map[string]EndpointPolicy{}
 		}
 	}
 	// The node's own addresses keep their identity whatever claims them.
@@ -170,8 +175,10 @@ type compiler struct {
 	ipcache    map[netip.Prefix]uint32
 	identities map[uint32]*ident
 	usedKeys   map[string]bool
-	refs       []RuleRef
-	refIndex   map[RuleRef]uint32
+	refs       map[uint32]RuleRef
+	ruleNums   map[ruleKey]uint32
+	// shapes memoizes the policy of pods alike (shapeKey).
+	shapes     map[string]EndpointPolicy
 	problems   []error
 	blocks     []netip.Prefix // every ipBlock cidr and except
 	blockSet   map[netip.Prefix]bool
@@ -209,6 +216,13 @@ type ident struct {
 }
 
 func newCompiler(s State, alloc *identity.Allocator) *compiler {
+	// Listers return policies in no particular order. Where two policies
+	// allow the same traffic, the rule named is the first one's: sorting
+	// makes that, and so each map entry, the same in every compile.
+	s.Policies = slices.Clone(s.Policies)
+	slices.SortFunc(s.Policies, func(a, b *networkingv1.NetworkPolicy) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+	})
 	c := &compiler{
 		s:          s,
 		alloc:      alloc,
@@ -217,7 +231,9 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 		ipcache:    map[netip.Prefix]uint32{},
 		identities: map[uint32]*ident{},
 		usedKeys:   map[string]bool{},
-		refIndex:   map[RuleRef]uint32{},
+		refs:       map[uint32]RuleRef{},
+		ruleNums:   map[ruleKey]uint32{},
+		shapes:     map[string]EndpointPolicy{},
 		egressPort: map[namedPort]bool{},
 		parsed:     map[*metav1.LabelSelector]labels.Selector{},
 		blockSet:   map[netip.Prefix]bool{},

@@ -2,8 +2,10 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
+	gocmp "github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -284,6 +286,121 @@ func TestIdentitiesAreStableAcrossCompiles(t *testing.T) {
 	}
 	if a.IdentityOf(clientIP) == a.IdentityOf(otherIP) {
 		t.Error("pods with different labels share an identity")
+	}
+}
+
+// A new endpoint must not change the map entries of the endpoints already
+// there: with rules numbered in the order endpoints were compiled, an
+// endpoint of another namespace listed first renumbered every rule, and
+// each sync rewrote every entry of the node.
+func TestRuleNumbersAreStableAcrossCompiles(t *testing.T) {
+	alloc := identity.NewAllocator()
+	s := cluster()
+	s.Policies = []*networkingv1.NetworkPolicy{
+		netpol("prod-a", ingressRule([]networkingv1.NetworkPolicyPeer{podPeer(map[string]string{"role": "frontend"})}, port(corev1.ProtocolTCP, 6379))),
+		netpol("dev-a", inNamespace("dev"), ingressRule(nil, port(corev1.ProtocolTCP, 80))),
+	}
+	before := Compile(s, alloc)
+
+	dev := s.Pods[3]
+	s.Endpoints = append([]Endpoint{{ID: "dev-client", Ifindex: 8, Pod: dev, IPs: []netip.Addr{devIP}}}, s.Endpoints...)
+	after := Compile(s, alloc)
+	if d := gocmp.Diff(before.Endpoints["server"], after.Endpoints["server"]); d != "" {
+		t.Errorf("server's policy changed with a new endpoint in another namespace (-before +after):\n%s", d)
+	}
+	for _, res := range []Result{before, after} {
+		for _, r := range res.Endpoints["server"].Ingress {
+			if got := res.Refs[r.Ref]; got.Policy != "prod/prod-a" {
+				t.Errorf("server's rule %+v names %+v, want prod/prod-a", r, got)
+			}
+		}
+	}
+	if len(after.Endpoints["dev-client"].Ingress) == 0 {
+		t.Fatal("the new endpoint has no ingress rules")
+	}
+	for _, r := range after.Endpoints["dev-client"].Ingress {
+		if got := after.Refs[r.Ref]; got.Policy != "dev/dev-a" {
+			t.Errorf("dev-client's rule %+v names %+v, want dev/dev-a", r, got)
+		}
+	}
+}
+
+// The lister's order of policies must not change what is compiled: where
+// two policies allow the same traffic, the rule named was the first listed,
+// so each sync rewrote the entries whose rule changed.
+func TestCompileIgnoresListingOrder(t *testing.T) {
+	frontend := []networkingv1.NetworkPolicyPeer{podPeer(map[string]string{"role": "frontend"})}
+	pols := []*networkingv1.NetworkPolicy{
+		netpol("a", ingressRule(frontend, port(corev1.ProtocolTCP, 6379))),
+		netpol("b", ingressRule(frontend, port(corev1.ProtocolTCP, 6379))),
+		netpol("c", ingressRule(frontend, port(corev1.ProtocolTCP, 6379)), egressRule(nil, named(corev1.ProtocolTCP, "http"))),
+	}
+	alloc := identity.NewAllocator()
+	var first Result
+	for i, order := range [][]int{{0, 1, 2}, {2, 1, 0}, {1, 2, 0}, {2, 0, 1}} {
+		s := cluster()
+		for _, j := range order {
+			s.Policies = append(s.Policies, pols[j])
+		}
+		res := Compile(s, alloc)
+		if i == 0 {
+			first = res
+			continue
+		}
+		if d := gocmp.Diff(first.Endpoints, res.Endpoints); d != "" {
+			t.Errorf("policies in order %v (-first +now):\n%s", order, d)
+		}
+	}
+}
+
+// Endpoints share compiled rules only with pods alike: same namespace,
+// labels and container ports.
+func TestEndpointsGetTheirOwnRules(t *testing.T) {
+	web := map[string]string{"app": "web"}
+	http := func(n int32) corev1.ContainerPort { return corev1.ContainerPort{Name: "http", ContainerPort: n} }
+	pods := map[string]*corev1.Pod{
+		"a": pod("prod", "a", netip.MustParseAddr("10.244.1.21"), web, http(8080)),
+		"b": pod("prod", "b", netip.MustParseAddr("10.244.1.22"), web, http(9090)),
+		"c": pod("prod", "c", netip.MustParseAddr("10.244.1.23"), web, http(8080)),
+		"d": pod("prod", "d", netip.MustParseAddr("10.244.1.24"), map[string]string{"app": "db"}, http(8080)),
+		"e": pod("dev", "e", netip.MustParseAddr("10.244.2.25"), web, http(8080)),
+	}
+	s := cluster()
+	s.Policies = []*networkingv1.NetworkPolicy{
+		netpol("web", selecting(web), ingressRule(nil, named(corev1.ProtocolTCP, "http"))),
+	}
+	s.Endpoints = nil
+	for _, name := range []string{"a", "b", "c", "d", "e"} {
+		p := pods[name]
+		s.Pods = append(s.Pods, p)
+		ip := netip.MustParseAddr(p.Status.PodIPs[0].IP)
+		s.Endpoints = append(s.Endpoints, Endpoint{ID: name, Ifindex: len(s.Endpoints) + 10, Pod: p, IPs: []netip.Addr{ip}})
+	}
+	res := Compile(s, identity.NewAllocator())
+	for _, tt := range []struct {
+		ep       string
+		isolated bool
+		port     uint16 // the one port allowed; 0 for none
+	}{
+		{"a", true, 8080}, {"b", true, 9090}, {"c", true, 8080}, {"d", false, 0}, {"e", false, 0},
+	} {
+		ep := res.Endpoints[tt.ep]
+		if ep.ID != tt.ep || ep.Ifindex != s.Endpoints[tt.ep[0]-'a'].Ifindex {
+			t.Errorf("%s: compiled as %s on ifindex %d", tt.ep, ep.ID, ep.Ifindex)
+		}
+		if ep.IngressIsolated != tt.isolated {
+			t.Errorf("%s: ingress isolated %v, want %v", tt.ep, ep.IngressIsolated, tt.isolated)
+		}
+		var ports []uint16
+		for _, r := range ep.Ingress {
+			ports = append(ports, r.Ports.First)
+		}
+		if want := []uint16{tt.port}; (tt.port == 0 && len(ports) != 0) || (tt.port != 0 && !slices.Equal(ports, want)) {
+			t.Errorf("%s: ingress ports %v, want %v", tt.ep, ports, tt.port)
+		}
+	}
+	if res.Endpoints["a"].Identity == res.Endpoints["c"].Identity && res.Endpoints["a"].Identity == 0 {
+		t.Error("endpoints have no identity")
 	}
 }
 

@@ -54,6 +54,13 @@ func TestCompileEndpointAgreesWithCompile(t *testing.T) {
 				}
 			}
 			wantEP := renumber(want.Endpoints[ep.ID], want.Endpoints[ep.ID].Identity, got.Identity)
+			// Rule numbers too: those of rules no endpoint used were
+			// released, like identities. Compare the rules they name.
+			for _, rules := range [][]Rule{got.Ingress, got.Egress} {
+				for i, r := range rules {
+					rules[i].Ref = numberOf(t, want.Refs, last.comp.refs[r.Ref])
+				}
+			}
 			if d := gocmp.Diff(wantEP, renumber(got, 0, 0)); d != "" {
 				t.Errorf("endpoint policy (-whole compile +CompileEndpoint):\n%s", d)
 			}
@@ -69,6 +76,18 @@ func TestCompileEndpointAgreesWithCompile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// numberOf is the number refs gives r.
+func numberOf(t *testing.T, refs map[uint32]RuleRef, r RuleRef) uint32 {
+	t.Helper()
+	for n, got := range refs {
+		if got == r {
+			return n
+		}
+	}
+	t.Errorf("rule %+v is not in the whole compile", r)
+	return 0
 }
 
 // renumber gives identity from the number to, in the endpoint and its

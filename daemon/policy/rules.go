@@ -2,8 +2,11 @@ package policy
 
 import (
 	"cmp"
+	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -16,12 +19,41 @@ import (
 
 // endpoint compiles the policy of one local endpoint.
 func (c *compiler) endpoint(ep Endpoint) EndpointPolicy {
-	pod := ep.Pod
-	out := EndpointPolicy{ID: ep.ID, Ifindex: ep.Ifindex}
+	// Pods alike (see shapeKey) get the same rules: compile them once.
+	// The rule slices are shared between their endpoints, read-only.
+	key := shapeKey(ep.Pod)
+	out, ok := c.shapes[key]
+	if !ok {
+		out = c.policyOf(ep.Pod)
+		c.shapes[key] = out
+	}
+	out.ID, out.Ifindex = ep.ID, ep.Ifindex
 	if len(ep.IPs) > 0 {
 		a := ep.IPs[0]
 		out.Identity = c.ipcache[netip.PrefixFrom(a, a.BitLen())]
 	}
+	return out
+}
+
+// shapeKey names what a pod's own policy depends on: its namespace, its
+// labels (which policies select it) and its containers' ports (the named
+// ports of its ingress rules).
+func shapeKey(pod *corev1.Pod) string {
+	var b strings.Builder
+	b.WriteString(pod.Namespace)
+	b.WriteByte('|')
+	b.WriteString(labelString(pod.Labels))
+	for _, ctr := range pod.Spec.Containers {
+		for _, cp := range ctr.Ports {
+			fmt.Fprintf(&b, "|%s/%s=%d", cp.Name, cp.Protocol, cp.ContainerPort)
+		}
+	}
+	return b.String()
+}
+
+// policyOf compiles the rules of pod, without the endpoint's own fields.
+func (c *compiler) policyOf(pod *corev1.Pod) EndpointPolicy {
+	var out EndpointPolicy
 	for _, pol := range c.s.Policies {
 		if !c.selects(pol, pod) {
 			continue
@@ -323,14 +355,25 @@ func resolvePort(pod *corev1.Pod, np namedPort) (uint16, bool) {
 }
 
 func (c *compiler) ref(pol *networkingv1.NetworkPolicy, dir string, i int) uint32 {
-	r := RuleRef{Policy: pol.Namespace + "/" + pol.Name, Direction: dir, Index: i}
-	if n, ok := c.refIndex[r]; ok {
+	if n, ok := c.ruleNums[ruleKey{pol, dir, i}]; ok {
 		return n
 	}
-	c.refs = append(c.refs, r)
-	n := uint32(len(c.refs))
-	c.refIndex[r] = n
+	r := RuleRef{Policy: pol.Namespace + "/" + pol.Name, Direction: dir, Index: i}
+	// Rules are numbered by the identity allocator, whose numbers persist
+	// and never repeat: a rule keeps its number while it exists.
+	key := "rule|" + r.Policy + "|" + dir + "|" + strconv.Itoa(i)
+	n := c.alloc.ID(key)
+	c.usedKeys[key] = true
+	c.refs[n] = r
+	c.ruleNums[ruleKey{pol, dir, i}] = n
 	return n
+}
+
+// ruleKey is one rule of a policy object, for memoizing its number.
+type ruleKey struct {
+	pol *networkingv1.NetworkPolicy
+	dir string
+	i   int
 }
 
 // dedupe sorts rules and keeps the first of each (peer, protocol, ports).
