@@ -17,9 +17,13 @@ import (
 
 // Writer owns the maps' content.
 type Writer struct {
-	objs          *bpf.Objects
-	ipcache       map[netip.Prefix]uint32
-	written       map[int]endpointState
+	objs    *bpf.Objects
+	ipcache map[netip.Prefix]uint32
+	written map[int]endpointState
+	// applied is the policy each endpoint's entries were last made from,
+	// so that an Apply skips converting and diffing rules that did not
+	// change, most of them in most syncs.
+	applied       map[int]appliedRules
 	services      map[bpf.ServiceKey]serviceState
 	nextServiceID uint32
 }
@@ -37,6 +41,10 @@ func (s *endpointState) of(d bpf.Direction) *[]bpf.PolicyEntry {
 	return &s.ingress
 }
 
+type appliedRules struct {
+	ingress, egress []policy.Rule
+}
+
 // New returns a writer that starts from what the maps hold now, so that a
 // restarted agent changes only what is stale.
 func New(objs *bpf.Objects) (*Writer, error) {
@@ -44,7 +52,7 @@ func New(objs *bpf.Objects) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Writer{objs: objs, ipcache: cur, written: map[int]endpointState{}, nextServiceID: 1}
+	w := &Writer{objs: objs, ipcache: cur, written: map[int]endpointState{}, applied: map[int]appliedRules{}, nextServiceID: 1}
 	rules, err := objs.Policies()
 	if err != nil {
 		return nil, err
@@ -74,7 +82,7 @@ func (w *Writer) ApplyEndpoint(ep policy.EndpointPolicy, ipcache map[netip.Prefi
 		}
 		w.ipcache[p] = id
 	}
-	return w.applyEndpoint(ep, revision)
+	return w.applyEndpoint(ep, revision, nil)
 }
 
 // Apply makes the maps equal res at revision. New ipcache entries and
@@ -93,8 +101,10 @@ func (w *Writer) Apply(res *policy.Result, revision uint64) error {
 		}
 		w.ipcache[p] = id
 	}
+	// Pods alike share their compiled rules: convert each list once.
+	conv := converted{}
 	for _, ep := range res.Endpoints {
-		if err := w.applyEndpoint(ep, revision); err != nil {
+		if err := w.applyEndpoint(ep, revision, conv); err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %s: %w", ep.ID, err))
 		}
 	}
@@ -111,19 +121,9 @@ func (w *Writer) Apply(res *policy.Result, revision uint64) error {
 	return errors.Join(errs...)
 }
 
-func (w *Writer) applyEndpoint(ep policy.EndpointPolicy, revision uint64) error {
-	ingress, err := entries(ep.Ingress)
-	if err != nil {
+func (w *Writer) applyEndpoint(ep policy.EndpointPolicy, revision uint64, conv converted) error {
+	if err := w.applyRules(ep, conv); err != nil {
 		return err
-	}
-	egress, err := entries(ep.Egress)
-	if err != nil {
-		return err
-	}
-	for d, want := range map[bpf.Direction][]bpf.PolicyEntry{bpf.ToPod: ingress, bpf.FromPod: egress} {
-		if err := w.update(ep.Ifindex, d, want); err != nil {
-			return err
-		}
 	}
 	info := bpf.EndpointInfo{Revision: revision, Identity: ep.Identity}
 	if ep.IngressIsolated {
@@ -133,6 +133,29 @@ func (w *Writer) applyEndpoint(ep policy.EndpointPolicy, revision uint64) error 
 		info.Flags |= bpf.FlagEgressIsolated
 	}
 	return w.objs.SetEndpoint(ep.Ifindex, info)
+}
+
+// applyRules makes the rule entries of ep's interface equal its policy.
+func (w *Writer) applyRules(ep policy.EndpointPolicy, conv converted) error {
+	if prev, ok := w.applied[ep.Ifindex]; ok && slices.Equal(prev.ingress, ep.Ingress) && slices.Equal(prev.egress, ep.Egress) {
+		return nil
+	}
+	delete(w.applied, ep.Ifindex)
+	ingress, err := conv.entries(ep.Ingress)
+	if err != nil {
+		return err
+	}
+	egress, err := conv.entries(ep.Egress)
+	if err != nil {
+		return err
+	}
+	for d, want := range map[bpf.Direction][]bpf.PolicyEntry{bpf.ToPod: ingress, bpf.FromPod: egress} {
+		if err := w.update(ep.Ifindex, d, want); err != nil {
+			return err
+		}
+	}
+	w.applied[ep.Ifindex] = appliedRules{ingress: ep.Ingress, egress: ep.Egress}
+	return nil
 }
 
 // update makes the rules of ifindex in direction d equal want, writing only
@@ -186,6 +209,7 @@ func diff(have, want []bpf.PolicyEntry) (add []bpf.PolicyEntry, del []bpf.Policy
 // Remove deletes the endpoint entry of ifindex, then its rules: from the
 // first step on its interface drops everything until it is gone.
 func (w *Writer) Remove(ifindex int) error {
+	delete(w.applied, ifindex)
 	if err := w.objs.DeleteEndpoint(ifindex); err != nil {
 		return err
 	}
@@ -225,6 +249,31 @@ func (w *Writer) Prune(keep map[int]bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// converted memoizes entries by the rule list's backing array, within one
+// Apply: the lists are not modified meanwhile. A nil converted converts
+// every time.
+type converted map[ruleList][]bpf.PolicyEntry
+
+type ruleList struct {
+	first *policy.Rule
+	n     int
+}
+
+func (c converted) entries(rules []policy.Rule) ([]bpf.PolicyEntry, error) {
+	if c == nil || len(rules) == 0 {
+		return entries(rules)
+	}
+	key := ruleList{&rules[0], len(rules)}
+	if es, ok := c[key]; ok {
+		return es, nil
+	}
+	es, err := entries(rules)
+	if err == nil {
+		c[key] = es
+	}
+	return es, err
 }
 
 // entries converts rules to map entries, sorted so that equal policies

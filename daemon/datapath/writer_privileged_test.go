@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -126,5 +127,63 @@ func TestPrivilegedNewWriterDeletesWhatARestartLeftStale(t *testing.T) {
 	}
 	if rules, err := objs.Policies(); err != nil || len(rules) != 0 {
 		t.Errorf("rules kept from before the restart: %v, %v", rules, err)
+	}
+}
+
+// The writer skips the rules of an endpoint whose policy did not change;
+// what it skips must still be in the map, even after the interface was
+// removed and its index came back with a new pod.
+func TestPrivilegedApplySkipsOnlyWhatIsInTheMap(t *testing.T) {
+	objs := load(t)
+	w, err := New(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParsePrefix("10.244.1.2/32")
+	rules := []policy.Rule{{Peer: 301, Proto: policy.ProtoTCP, Ports: policy.PortRange{First: 80, Last: 80}, Ref: 1}}
+	res := func(rules []policy.Rule) *policy.Result {
+		return &policy.Result{
+			IPCache: map[netip.Prefix]uint32{a: 300},
+			Endpoints: map[string]policy.EndpointPolicy{
+				"a": {ID: "a", Ifindex: 10, Identity: 300, IngressIsolated: true, Ingress: rules},
+			},
+		}
+	}
+	ingress := func(stage string, want int) {
+		t.Helper()
+		in, err := objs.Policy(10, bpf.ToPod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(in) != want {
+			t.Errorf("%s: %d ingress entries, want %d: %+v", stage, len(in), want, in)
+		}
+	}
+	for _, step := range []struct {
+		stage  string
+		rules  []policy.Rule
+		remove bool
+		want   int
+	}{
+		{stage: "first", rules: rules, want: 1},
+		{stage: "unchanged", rules: slices.Clone(rules), want: 1},
+		{stage: "after remove, same index and rules", rules: rules, remove: true, want: 1},
+		{stage: "a rule more", rules: append(slices.Clone(rules), policy.Rule{Peer: 302, Proto: policy.ProtoUDP, Ports: policy.PortRange{First: 53, Last: 53}, Ref: 2}), want: 2},
+		{stage: "back to one", rules: rules, want: 1},
+	} {
+		if step.remove {
+			if err := w.Remove(10); err != nil {
+				t.Fatal(err)
+			}
+			ingress(step.stage+" (removed)", 0)
+		}
+		rev := uint64(len(step.stage))
+		if err := w.Apply(res(step.rules), rev); err != nil {
+			t.Fatalf("%s: %v", step.stage, err)
+		}
+		ingress(step.stage, step.want)
+		if info, err := objs.Endpoint(10); err != nil || info.Revision != rev {
+			t.Errorf("%s: endpoint %+v, %v; want revision %d", step.stage, info, err, rev)
+		}
 	}
 }
