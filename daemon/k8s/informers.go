@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -40,8 +43,12 @@ func New(client kubernetes.Interface, onChange func()) (*Cluster, error) {
 	f := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTransform(Slim))
 	c := &Cluster{factory: f}
 	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { onChange() },
-		UpdateFunc: func(any, any) { onChange() },
+		AddFunc: func(any) { onChange() },
+		UpdateFunc: func(old, cur any) {
+			if !SameButVersion(old, cur) {
+				onChange()
+			}
+		},
 		DeleteFunc: func(any) { onChange() },
 	}
 	pods := f.Core().V1().Pods()
@@ -59,6 +66,33 @@ func New(client kubernetes.Interface, onChange func()) (*Cluster, error) {
 	c.Pods, c.Namespaces, c.Policies, c.Nodes = pods.Lister(), nss.Lister(), pols.Lister(), nodes.Lister()
 	c.Services, c.EndpointSlices = svcs.Lister(), eps.Lister()
 	return c, nil
+}
+
+// SameButVersion reports whether two versions of an object, as slimmed
+// for the cache, differ in nothing but their resourceVersion: a pod's
+// condition or a node's heartbeat changes nothing policy reads, and must not
+// cost a sync. The informers' periodic replays (same version) are skipped
+// too; the controller resyncs on its own.
+func SameButVersion(old, cur any) bool {
+	o, ok := old.(runtime.Object)
+	if !ok {
+		return false
+	}
+	n, ok := cur.(runtime.Object)
+	if !ok {
+		return false
+	}
+	o = o.DeepCopyObject()
+	om, err := meta.Accessor(o)
+	if err != nil {
+		return false
+	}
+	nm, err := meta.Accessor(n)
+	if err != nil {
+		return false
+	}
+	om.SetResourceVersion(nm.GetResourceVersion())
+	return equality.Semantic.DeepEqual(o, n)
 }
 
 // Start runs the informers until ctx ends.

@@ -84,3 +84,47 @@ func TestSlimKeepsWhatPolicyReads(t *testing.T) {
 		})
 	}
 }
+
+// Updates that slimming makes equal cost no sync; every field policy reads
+// still does.
+func TestSameButVersion(t *testing.T) {
+	base := func() *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web", ResourceVersion: "1", Labels: map[string]string{"app": "web"}},
+			Spec:       corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80}}}}},
+			Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.1.5", PodIPs: []corev1.PodIP{{IP: "10.244.1.5"}}},
+		}
+	}
+	for _, tt := range []struct {
+		name string
+		edit func(*corev1.Pod)
+		same bool
+	}{
+		{"resync", func(*corev1.Pod) {}, true},
+		{"condition only", func(p *corev1.Pod) {
+			p.ResourceVersion = "2"
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		}, true},
+		{"label", func(p *corev1.Pod) { p.ResourceVersion = "2"; p.Labels["app"] = "db" }, false},
+		{"address", func(p *corev1.Pod) { p.ResourceVersion = "2"; p.Status.PodIPs = nil }, false},
+		{"phase", func(p *corev1.Pod) { p.ResourceVersion = "2"; p.Status.Phase = corev1.PodSucceeded }, false},
+		{"named port", func(p *corev1.Pod) { p.ResourceVersion = "2"; p.Spec.Containers[0].Ports[0].ContainerPort = 81 }, false},
+		{"deleting", func(p *corev1.Pod) { p.ResourceVersion = "2"; p.DeletionTimestamp = &metav1.Time{} }, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			old, cur := base(), base()
+			tt.edit(cur)
+			o, _ := Slim(old)
+			c, _ := Slim(cur)
+			if got := SameButVersion(o, c); got != tt.same {
+				t.Errorf("SameButVersion = %v, want %v", got, tt.same)
+			}
+			if o.(*corev1.Pod).ResourceVersion != "1" {
+				t.Error("SameButVersion changed the cached object")
+			}
+		})
+	}
+	if SameButVersion("a", "a") {
+		t.Error("objects without metadata compare as unchanged")
+	}
+}
