@@ -121,28 +121,35 @@ func TestPrivilegedAttachWithoutAgentNamesTheRoot(t *testing.T) {
 }
 
 // TestPrivilegedLoadUnpinsRetiredMaps: an upgrade must not leave behind the
-// maps of the version it replaces (such as pal_policy, retired for
-// pal_rules), while keeping the ones it still uses.
+// maps of the version it replaces (pal_policy, retired for pal_rules, then
+// pal_rules and pal_endpoints, retired for rule sets), while keeping the
+// ones it still uses.
 func TestPrivilegedLoadUnpinsRetiredMaps(t *testing.T) {
 	f := newFixture(t)
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	retired := filepath.Join(f.objs.Root(), "maps", "pal_policy")
-	if err := old.Pin(retired); err != nil {
-		t.Fatal(err)
+	var retired []string
+	for _, name := range []string{"pal_policy", "pal_rules", "pal_endpoints"} {
+		old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer old.Close()
+		path := filepath.Join(f.objs.Root(), "maps", name)
+		if err := old.Pin(path); err != nil {
+			t.Fatal(err)
+		}
+		retired = append(retired, path)
 	}
 	again, err := Load(LoadOptions{Root: f.objs.Root()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer again.Close()
-	if _, err := os.Stat(retired); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("retired map still pinned: stat: %v", err)
+	for _, path := range retired {
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("retired map still pinned: stat: %v", err)
+		}
 	}
-	for _, kept := range []string{"pal_rules", "pal_endpoints", "pal_ipcache"} {
+	for _, kept := range []string{"pal_set_rules", "pal_ep_info", "pal_ipcache"} {
 		if _, err := os.Stat(filepath.Join(f.objs.Root(), "maps", kept)); err != nil {
 			t.Errorf("map %s lost its pin: %v", kept, err)
 		}

@@ -64,10 +64,10 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 	}
 	setup := func(b *testing.B, flags uint32, ingress []PolicyEntry) {
 		b.Helper()
-		if err := objs.SetPolicy(lo, ToPod, ingress); err != nil {
+		if err := objs.SetPolicy(1, ToPod, ingress); err != nil {
 			b.Fatal(err)
 		}
-		if err := objs.SetEndpoint(lo, EndpointInfo{Revision: 1, Identity: 300, Flags: flags}); err != nil {
+		if err := objs.SetEndpoint(lo, EndpointInfo{Revision: 1, Identity: 300, Flags: flags, RuleSet: 1}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -134,10 +134,10 @@ func (o *Objects) MapFill() ([]MapFill, error) {
 		name string
 		m    *ebpf.Map
 	}{
-		{"endpoints", o.objs.PalEndpoints},
+		{"endpoints", o.objs.PalEpInfo},
 		{"ipcache", o.objs.PalIpcache},
 		{"conntrack", o.objs.PalCt},
-		{"rules", o.objs.PalRules},
+		{"rules", o.objs.PalSetRules},
 	}
 	var out []MapFill
 	var errs []error

@@ -112,7 +112,7 @@ func TestLayoutSizes(t *testing.T) {
 		"policy_key":    {unsafe.Sizeof(PolicyKey{}), 20},
 		"ipcache_key":   {unsafe.Sizeof(IPCacheKey{}), 20},
 		"ct_key":        {unsafe.Sizeof(CTKey{}), 40},
-		"endpoint_info": {unsafe.Sizeof(EndpointInfo{}), 16},
+		"endpoint_info": {unsafe.Sizeof(EndpointInfo{}), 24},
 	}
 	for name, s := range sizes {
 		if s[0] != s[1] {

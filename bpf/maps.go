@@ -9,9 +9,9 @@ import (
 )
 
 // SetEndpoint writes the endpoint entry of the host-side ifindex. Write it
-// after the endpoint's policy maps: the flags take effect at once.
+// after the rules of its set: the flags and the set take effect at once.
 func (o *Objects) SetEndpoint(ifindex int, info EndpointInfo) error {
-	if err := o.objs.PalEndpoints.Put(uint32(ifindex), info); err != nil {
+	if err := o.objs.PalEpInfo.Put(uint32(ifindex), info); err != nil {
 		return fmt.Errorf("write endpoint of ifindex %d: %w", ifindex, err)
 	}
 	return nil
@@ -20,7 +20,7 @@ func (o *Objects) SetEndpoint(ifindex int, info EndpointInfo) error {
 // Endpoint reads the endpoint entry of ifindex.
 func (o *Objects) Endpoint(ifindex int) (EndpointInfo, error) {
 	var info EndpointInfo
-	if err := o.objs.PalEndpoints.Lookup(uint32(ifindex), &info); err != nil {
+	if err := o.objs.PalEpInfo.Lookup(uint32(ifindex), &info); err != nil {
 		return info, fmt.Errorf("read endpoint of ifindex %d: %w", ifindex, err)
 	}
 	return info, nil
@@ -31,7 +31,7 @@ func (o *Objects) Endpoints() (map[int]EndpointInfo, error) {
 	out := map[int]EndpointInfo{}
 	var k uint32
 	var v EndpointInfo
-	it := o.objs.PalEndpoints.Iterate()
+	it := o.objs.PalEpInfo.Iterate()
 	for it.Next(&k, &v) {
 		out[int(k)] = v
 	}
@@ -42,58 +42,57 @@ func (o *Objects) Endpoints() (map[int]EndpointInfo, error) {
 }
 
 // DeleteEndpoint removes the endpoint entry of ifindex: from then on its
-// interface drops everything. Its rules stay until DeletePolicy removes
-// them; without the entry the programs never read them. A missing entry
-// counts as removed.
+// interface drops everything. Its rule set stays: other endpoints may
+// follow it. A missing entry counts as removed.
 func (o *Objects) DeleteEndpoint(ifindex int) error {
-	if err := o.objs.PalEndpoints.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := o.objs.PalEpInfo.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete endpoint of ifindex %d: %w", ifindex, err)
 	}
 	return nil
 }
 
-// PolicyEntry is one allow rule of an endpoint in one direction. Its key is
-// relative to the endpoint: Ifindex and Dir are zero and Prefixlen counts
-// from the identity (PolicyKeys makes such keys).
+// PolicyEntry is one allow rule of a rule set in one direction. Its key is
+// relative to the set: RuleSet and Dir are zero and Prefixlen counts from
+// the identity (PolicyKeys makes such keys).
 type PolicyEntry struct {
 	Key   PolicyKey
 	Value PolicyValue
 }
 
-// policyKeyOffset is the prefix length of a rule key's ifindex and dir,
-// which precede what PolicyKeys describes.
+// policyKeyOffset is the prefix length of a rule key's set and dir, which
+// precede what PolicyKeys describes.
 const policyKeyOffset = 64
 
-// mapKey places the endpoint-relative key k in pal_rules.
-func mapKey(ifindex int, d Direction, k PolicyKey) PolicyKey {
+// mapKey places the set-relative key k in pal_set_rules.
+func mapKey(set uint32, d Direction, k PolicyKey) PolicyKey {
 	k.Prefixlen += policyKeyOffset
-	k.Ifindex, k.Dir = uint32(ifindex), d.dir()
+	k.RuleSet, k.Dir = set, d.dir()
 	return k
 }
 
-// UpdatePolicy changes the rules of ifindex in direction d in place,
+// UpdatePolicy changes the rules of set in direction d in place,
 // make-before-break: add (new entries and new values of existing keys)
 // goes in first, then del comes out. Every entry allows, so a packet judged
 // meanwhile gets the verdict of the old rules or of the new ones.
-func (o *Objects) UpdatePolicy(ifindex int, d Direction, add []PolicyEntry, del []PolicyKey) error {
+func (o *Objects) UpdatePolicy(set uint32, d Direction, add []PolicyEntry, del []PolicyKey) error {
 	for _, e := range add {
-		if err := o.objs.PalRules.Put(mapKey(ifindex, d, e.Key), e.Value); err != nil {
-			return fmt.Errorf("write %s rule %+v of ifindex %d: %w", d, e.Key, ifindex, err)
+		if err := o.objs.PalSetRules.Put(mapKey(set, d, e.Key), e.Value); err != nil {
+			return fmt.Errorf("write %s rule %+v of rule set %d: %w", d, e.Key, set, err)
 		}
 	}
 	for _, k := range del {
-		if err := o.objs.PalRules.Delete(mapKey(ifindex, d, k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete %s rule %+v of ifindex %d: %w", d, k, ifindex, err)
+		if err := o.objs.PalSetRules.Delete(mapKey(set, d, k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete %s rule %+v of rule set %d: %w", d, k, set, err)
 		}
 	}
 	return nil
 }
 
-// SetPolicy makes the rules of ifindex in direction d equal entries, with
+// SetPolicy makes the rules of set in direction d equal entries, with
 // UpdatePolicy's ordering. It reads the whole rules map to find what is
 // there; the agent's writer, which knows, calls UpdatePolicy instead.
-func (o *Objects) SetPolicy(ifindex int, d Direction, entries []PolicyEntry) error {
-	cur, err := o.Policy(ifindex, d)
+func (o *Objects) SetPolicy(set uint32, d Direction, entries []PolicyEntry) error {
+	cur, err := o.SetRules(set, d)
 	if err != nil {
 		return err
 	}
@@ -107,39 +106,49 @@ func (o *Objects) SetPolicy(ifindex int, d Direction, entries []PolicyEntry) err
 			del = append(del, e.Key)
 		}
 	}
-	return o.UpdatePolicy(ifindex, d, entries, del)
+	return o.UpdatePolicy(set, d, entries, del)
 }
 
-// Policy reads the rules of ifindex in direction d, with keys relative to
-// the endpoint. It walks the whole rules map.
+// Policy reads the rules the endpoint of ifindex follows in direction d,
+// those of its set, with keys relative to the set. It walks the whole
+// rules map.
 func (o *Objects) Policy(ifindex int, d Direction) ([]PolicyEntry, error) {
+	info, err := o.Endpoint(ifindex)
+	if err != nil {
+		return nil, err
+	}
+	return o.SetRules(info.RuleSet, d)
+}
+
+// SetRules reads the rules of set in direction d. It walks the whole rules
+// map.
+func (o *Objects) SetRules(set uint32, d Direction) ([]PolicyEntry, error) {
 	all, err := o.Policies()
 	if err != nil {
 		return nil, err
 	}
-	return all[PolicySlot{Ifindex: ifindex, Dir: d}], nil
+	return all[PolicySlot{Set: set, Dir: d}], nil
 }
 
-// PolicySlot names the rules of one endpoint in one direction.
+// PolicySlot names the rules of one rule set in one direction.
 type PolicySlot struct {
-	Ifindex int
-	Dir     Direction
+	Set uint32
+	Dir Direction
 }
 
-// Policies reads every endpoint's rules, with keys relative to their
-// endpoint.
+// Policies reads every rule set, with keys relative to their set.
 func (o *Objects) Policies() (map[PolicySlot][]PolicyEntry, error) {
 	out := map[PolicySlot][]PolicyEntry{}
 	var k PolicyKey
 	var v PolicyValue
-	it := o.objs.PalRules.Iterate()
+	it := o.objs.PalSetRules.Iterate()
 	for it.Next(&k, &v) {
-		slot := PolicySlot{Ifindex: int(k.Ifindex), Dir: ToPod}
+		slot := PolicySlot{Set: k.RuleSet, Dir: ToPod}
 		if k.Dir == FromPod.dir() {
 			slot.Dir = FromPod
 		}
 		k.Prefixlen -= policyKeyOffset
-		k.Ifindex, k.Dir = 0, 0
+		k.RuleSet, k.Dir = 0, 0
 		out[slot] = append(out[slot], PolicyEntry{Key: k, Value: v})
 	}
 	if err := it.Err(); err != nil {

@@ -67,6 +67,8 @@ type palisadeEndpointInfo struct {
 	Revision uint64
 	Identity uint32
 	Flags    uint32
+	RuleSet  uint32
+	Pad      uint32
 }
 
 type palisadeEventBudget struct {
@@ -89,7 +91,7 @@ type palisadeIpcacheValue struct {
 type palisadePolicyKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
-	Ifindex   uint32
+	RuleSet   uint32
 	Dir       uint32
 	Identity  uint32
 	Proto     uint8
@@ -143,13 +145,13 @@ const (
 	palisadeMapPalBackends        = "pal_backends"
 	palisadeMapPalCt              = "pal_ct"
 	palisadeMapPalDrops           = "pal_drops"
-	palisadeMapPalEndpoints       = "pal_endpoints"
+	palisadeMapPalEpInfo          = "pal_ep_info"
 	palisadeMapPalEventBudget     = "pal_event_budget"
 	palisadeMapPalEventStats      = "pal_event_stats"
 	palisadeMapPalEvents          = "pal_events"
 	palisadeMapPalIpcache         = "pal_ipcache"
-	palisadeMapPalRules           = "pal_rules"
 	palisadeMapPalServices        = "pal_services"
+	palisadeMapPalSetRules        = "pal_set_rules"
 	palisadeMapPalVerdicts        = "pal_verdicts"
 	palisadeProgPalFromPod        = "pal_from_pod"
 	palisadeProgPalToPod          = "pal_to_pod"
@@ -213,13 +215,13 @@ type palisadeMapSpecs struct {
 	PalBackends    *ebpf.MapSpec `ebpf:"pal_backends"`
 	PalCt          *ebpf.MapSpec `ebpf:"pal_ct"`
 	PalDrops       *ebpf.MapSpec `ebpf:"pal_drops"`
-	PalEndpoints   *ebpf.MapSpec `ebpf:"pal_endpoints"`
+	PalEpInfo      *ebpf.MapSpec `ebpf:"pal_ep_info"`
 	PalEventBudget *ebpf.MapSpec `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.MapSpec `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.MapSpec `ebpf:"pal_events"`
 	PalIpcache     *ebpf.MapSpec `ebpf:"pal_ipcache"`
-	PalRules       *ebpf.MapSpec `ebpf:"pal_rules"`
 	PalServices    *ebpf.MapSpec `ebpf:"pal_services"`
+	PalSetRules    *ebpf.MapSpec `ebpf:"pal_set_rules"`
 	PalVerdicts    *ebpf.MapSpec `ebpf:"pal_verdicts"`
 }
 
@@ -257,13 +259,13 @@ type palisadeMaps struct {
 	PalBackends    *ebpf.Map `ebpf:"pal_backends"`
 	PalCt          *ebpf.Map `ebpf:"pal_ct"`
 	PalDrops       *ebpf.Map `ebpf:"pal_drops"`
-	PalEndpoints   *ebpf.Map `ebpf:"pal_endpoints"`
+	PalEpInfo      *ebpf.Map `ebpf:"pal_ep_info"`
 	PalEventBudget *ebpf.Map `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.Map `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.Map `ebpf:"pal_events"`
 	PalIpcache     *ebpf.Map `ebpf:"pal_ipcache"`
-	PalRules       *ebpf.Map `ebpf:"pal_rules"`
 	PalServices    *ebpf.Map `ebpf:"pal_services"`
+	PalSetRules    *ebpf.Map `ebpf:"pal_set_rules"`
 	PalVerdicts    *ebpf.Map `ebpf:"pal_verdicts"`
 }
 
@@ -273,13 +275,13 @@ func (m *palisadeMaps) Close() error {
 		m.PalBackends,
 		m.PalCt,
 		m.PalDrops,
-		m.PalEndpoints,
+		m.PalEpInfo,
 		m.PalEventBudget,
 		m.PalEventStats,
 		m.PalEvents,
 		m.PalIpcache,
-		m.PalRules,
 		m.PalServices,
+		m.PalSetRules,
 		m.PalVerdicts,
 	)
 }

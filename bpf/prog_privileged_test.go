@@ -73,16 +73,19 @@ func newFixtureWith(t testing.TB, opts LoadOptions) *fixture {
 // isolate writes the subject's endpoint entry and rules.
 func (f *fixture) isolate(t *testing.T, flags uint32, revision uint64, ingress, egress []PolicyEntry) {
 	t.Helper()
-	if err := f.objs.SetPolicy(f.ifindex, ToPod, ingress); err != nil {
+	if err := f.objs.SetPolicy(f.set(), ToPod, ingress); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.objs.SetPolicy(f.ifindex, FromPod, egress); err != nil {
+	if err := f.objs.SetPolicy(f.set(), FromPod, egress); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.objs.SetEndpoint(f.ifindex, EndpointInfo{Revision: revision, Identity: 299, Flags: flags}); err != nil {
+	if err := f.objs.SetEndpoint(f.ifindex, EndpointInfo{Revision: revision, Identity: 299, Flags: flags, RuleSet: f.set()}); err != nil {
 		t.Fatal(err)
 	}
 }
+
+// set is the subject's rule set.
+func (f *fixture) set() uint32 { return uint32(f.ifindex) }
 
 func allow(t *testing.T, peer uint32, proto uint8, r PortRange) []PolicyEntry {
 	t.Helper()
@@ -318,10 +321,10 @@ func TestPrivilegedSetPolicyReplacesTheRules(t *testing.T) {
 	f := newFixture(t)
 	f.isolate(t, FlagIngressIsolated, 1, allow(t, peerID, tcp, PortRange{80, 80}), nil)
 	neighbour := allow(t, peerID, tcp, PortRange{80, 80})
-	if err := f.objs.SetPolicy(f.ifindex+1, ToPod, neighbour); err != nil {
+	if err := f.objs.SetPolicy(f.set()+1, ToPod, neighbour); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.objs.SetPolicy(f.ifindex, ToPod, allow(t, otherID, udp, PortRange{53, 53})); err != nil {
+	if err := f.objs.SetPolicy(f.set(), ToPod, allow(t, otherID, udp, PortRange{53, 53})); err != nil {
 		t.Fatal(err)
 	}
 	got, err := f.objs.Policy(f.ifindex, ToPod)
@@ -331,10 +334,10 @@ func TestPrivilegedSetPolicyReplacesTheRules(t *testing.T) {
 	if len(got) != 1 || got[0].Key.Identity != otherID || got[0].Key.Proto != udp {
 		t.Errorf("after SetPolicy the rules are %+v, want only the UDP 53 rule for %d", got, otherID)
 	}
-	if got, _ := f.objs.Policy(f.ifindex+1, ToPod); len(got) != len(neighbour) {
-		t.Errorf("another interface's rules changed: %+v, want %+v", got, neighbour)
+	if got, _ := f.objs.SetRules(f.set()+1, ToPod); len(got) != len(neighbour) {
+		t.Errorf("another set's rules changed: %+v, want %+v", got, neighbour)
 	}
-	if err := f.objs.SetPolicy(f.ifindex, ToPod, nil); err != nil {
+	if err := f.objs.SetPolicy(f.set(), ToPod, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := f.objs.Policy(f.ifindex, ToPod); err != nil || len(got) != 0 {
@@ -342,36 +345,36 @@ func TestPrivilegedSetPolicyReplacesTheRules(t *testing.T) {
 	}
 }
 
-// Every endpoint's rules live in one map: a rule of another interface must
-// never admit a packet of this one.
-func TestPrivilegedRulesOfAnotherInterfaceDoNotApply(t *testing.T) {
+// Every rule set lives in one map: a rule of another set must never admit
+// a packet of an endpoint that does not follow it.
+func TestPrivilegedRulesOfAnotherSetDoNotApply(t *testing.T) {
 	f := newFixture(t)
 	f.isolate(t, FlagIngressIsolated|FlagEgressIsolated, 1, nil, nil)
-	for _, ifindex := range []int{f.ifindex - 1, f.ifindex + 1} {
-		if err := f.objs.SetPolicy(ifindex, ToPod, allow(t, peerID, 0, PortRange{})); err != nil {
+	for _, set := range []uint32{f.set() - 1, f.set() + 1} {
+		if err := f.objs.SetPolicy(set, ToPod, allow(t, peerID, 0, PortRange{})); err != nil {
 			t.Fatal(err)
 		}
-		if err := f.objs.SetPolicy(ifindex, FromPod, allow(t, IdentityAny, 0, PortRange{})); err != nil {
+		if err := f.objs.SetPolicy(set, FromPod, allow(t, IdentityAny, 0, PortRange{})); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// The subject's egress allows only what it allows in ingress, to check
 	// that the direction is part of the key too.
-	if err := f.objs.SetPolicy(f.ifindex, FromPod, allow(t, peerID, 0, PortRange{})); err != nil {
+	if err := f.objs.SetPolicy(f.set(), FromPod, allow(t, peerID, 0, PortRange{})); err != nil {
 		t.Fatal(err)
 	}
 	in := pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 80, TCPFlags: syn}
 	if got := f.run(t, ToPod, in.Frame()); got != tcActShot {
-		t.Errorf("ingress verdict %d with rules only for other interfaces and the other direction, want drop", got)
+		t.Errorf("ingress verdict %d with rules only in other sets and the other direction, want drop", got)
 	}
 	out := pkt{Src: subjectIP, Dst: otherIP, Proto: tcp, SrcPort: 2, DstPort: 80, TCPFlags: syn}
 	if got := f.run(t, FromPod, out.Frame()); got != tcActShot {
-		t.Errorf("egress verdict %d to a peer only other interfaces admit, want drop", got)
+		t.Errorf("egress verdict %d to a peer only other sets admit, want drop", got)
 	}
-	if err := f.objs.SetPolicy(f.ifindex, ToPod, allow(t, peerID, 0, PortRange{})); err != nil {
+	if err := f.objs.SetPolicy(f.set(), ToPod, allow(t, peerID, 0, PortRange{})); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.run(t, ToPod, in.Frame()); got != tcActOK {
-		t.Errorf("ingress verdict %d once the interface's own rule admits the peer, want pass", got)
+		t.Errorf("ingress verdict %d once the endpoint's own set admits the peer, want pass", got)
 	}
 }

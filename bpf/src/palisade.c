@@ -55,7 +55,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ret = parse_packet(skb, &f, &inner);
 	if (ret == PARSE_NOT_IP)
 		return TC_ACT_OK;
-	ep = bpf_map_lookup_elem(&pal_endpoints, &ifindex);
+	ep = bpf_map_lookup_elem(&pal_ep_info, &ifindex);
 	if (!ep)
 		return drop(skb, &f, dir, REASON_UNKNOWN_ENDPOINT, 0);
 	if (ret == PARSE_MALFORMED)
@@ -80,7 +80,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (ct && key.dir == dir && rejudge && lb != LB_SELF && ct->revision != ep->revision) {
 		/* The policy changed since this flow was admitted here. */
 		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
-		if (!policy_allows(ifindex, ep, dir, peer, &f, &rule)) {
+		if (!policy_allows(ep, dir, peer, &f, &rule)) {
 			bpf_map_delete_elem(&pal_ct, &key);
 			return drop(skb, &f, dir, REASON_REJUDGED, peer);
 		}
@@ -110,7 +110,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	peer = 0;
 	if (lb != LB_SELF) {
 		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
-		if (!policy_allows(ifindex, ep, dir, peer, &f, &rule))
+		if (!policy_allows(ep, dir, peer, &f, &rule))
 			return drop(skb, &f, dir, REASON_POLICY, peer);
 	}
 

@@ -1,13 +1,16 @@
 // Package datapath writes compiled policy into the BPF maps: it converts
-// policy rules to map keys, diffs against what it wrote before and writes
-// only the difference, new entries before stale ones go. It is the only
-// package that knows both the policy types and the bpf types.
+// policy rules to map keys, shares one rule set between the endpoints whose
+// rules are equal, diffs against what it wrote before and writes only the
+// difference, new entries before stale ones go. It is the only package that
+// knows both the policy types and the bpf types.
 package datapath
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 
@@ -19,49 +22,95 @@ import (
 type Writer struct {
 	objs    *bpf.Objects
 	ipcache map[netip.Prefix]uint32
-	written map[int]endpointState
-	// applied is the policy each endpoint's entries were last made from,
-	// so that an Apply skips converting and diffing rules that did not
-	// change, most of them in most syncs.
-	applied       map[int]appliedRules
+	// sets are the rule sets in pal_set_rules; byHash finds them by content.
+	sets    map[uint32]*ruleSet
+	byHash  map[uint64][]uint32
+	nextSet uint32
+	// endpoints are the endpoint entries written, by ifindex.
+	endpoints     map[int]endpointState
 	services      map[bpf.ServiceKey]serviceState
 	nextServiceID uint32
 }
 
-// endpointState is an endpoint's rules as the map holds them, each
-// direction sorted by compareKey.
-type endpointState struct {
+// ruleSet is one set's rules as the map holds them, each direction sorted
+// by compareKey, and how many endpoints follow it.
+type ruleSet struct {
+	id              uint32
 	ingress, egress []bpf.PolicyEntry
+	hash            uint64
+	users           int
 }
 
-func (s *endpointState) of(d bpf.Direction) *[]bpf.PolicyEntry {
+func (s *ruleSet) of(d bpf.Direction) *[]bpf.PolicyEntry {
 	if d == bpf.FromPod {
 		return &s.egress
 	}
 	return &s.ingress
 }
 
-type appliedRules struct {
+// endpointState is an endpoint's entry: its set, and the policy rules the
+// set was made from, so that an Apply skips converting rules that did not
+// change (most of them in most syncs). ok is false when those are unknown.
+type endpointState struct {
+	set             uint32
 	ingress, egress []policy.Rule
+	ok              bool
+}
+
+// content is the entries an endpoint's rules convert to.
+type content struct {
+	ingress, egress []bpf.PolicyEntry
+	hash            uint64
 }
 
 // New returns a writer that starts from what the maps hold now, so that a
-// restarted agent changes only what is stale.
+// restarted agent changes only what is stale. Rule sets no endpoint follows
+// are deleted.
 func New(objs *bpf.Objects) (*Writer, error) {
 	cur, err := objs.IPCache()
 	if err != nil {
 		return nil, err
 	}
-	w := &Writer{objs: objs, ipcache: cur, written: map[int]endpointState{}, applied: map[int]appliedRules{}, nextServiceID: 1}
+	w := &Writer{objs: objs, ipcache: cur, sets: map[uint32]*ruleSet{}, byHash: map[uint64][]uint32{},
+		nextSet: 1, endpoints: map[int]endpointState{}, nextServiceID: 1}
 	rules, err := objs.Policies()
 	if err != nil {
 		return nil, err
 	}
 	for slot, es := range rules {
 		sortEntries(es)
-		st := w.written[slot.Ifindex]
-		*st.of(slot.Dir) = es
-		w.written[slot.Ifindex] = st
+		set := w.sets[slot.Set]
+		if set == nil {
+			set = &ruleSet{id: slot.Set}
+			w.sets[slot.Set] = set
+		}
+		*set.of(slot.Dir) = es
+		w.nextSet = max(w.nextSet, slot.Set+1)
+	}
+	eps, err := objs.Endpoints()
+	if err != nil {
+		return nil, err
+	}
+	for ifindex, info := range eps {
+		w.endpoints[ifindex] = endpointState{set: info.RuleSet}
+		if set := w.sets[info.RuleSet]; set != nil {
+			set.users++
+		} else {
+			// An endpoint of a set with no rules at all.
+			w.sets[info.RuleSet] = &ruleSet{id: info.RuleSet, users: 1}
+		}
+		w.nextSet = max(w.nextSet, info.RuleSet+1)
+	}
+	var errs []error
+	for _, set := range w.sets {
+		set.hash = hashEntries(set.ingress, set.egress)
+		w.byHash[set.hash] = append(w.byHash[set.hash], set.id)
+		if set.users == 0 {
+			errs = append(errs, w.dropSet(set))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	if err := w.loadServices(); err != nil {
 		return nil, err
@@ -70,8 +119,10 @@ func New(objs *bpf.Objects) (*Writer, error) {
 }
 
 // ApplyEndpoint programs one endpoint ahead of the next Apply: the ipcache
-// entries of its addresses, its rules, then its endpoint entry. It deletes
-// nothing, so it is safe with a Result older than the endpoint.
+// entries of its addresses, its rule set (an existing one when another
+// endpoint has the same rules), then its endpoint entry. It changes no rule
+// set another endpoint follows, so it is safe with a Result older than the
+// endpoint.
 func (w *Writer) ApplyEndpoint(ep policy.EndpointPolicy, ipcache map[netip.Prefix]uint32, revision uint64) error {
 	for p, id := range ipcache {
 		if cur, ok := w.ipcache[p]; ok && cur == id {
@@ -82,13 +133,26 @@ func (w *Writer) ApplyEndpoint(ep policy.EndpointPolicy, ipcache map[netip.Prefi
 		}
 		w.ipcache[p] = id
 	}
-	return w.applyEndpoint(ep, revision, nil)
+	c, err := convert(nil, ep)
+	if err != nil {
+		return err
+	}
+	set := w.find(c)
+	if set == nil {
+		if set, err = w.newSet(c); err != nil {
+			return err
+		}
+	}
+	if err := w.follow(ep, set, revision); err != nil {
+		return err
+	}
+	return w.dropUnused()
 }
 
 // Apply makes the maps equal res at revision. New ipcache entries and
-// policies go in before stale ones go out, and each endpoint's entry is
-// written after its policy maps, so no packet sees a policy that is not
-// whole. Endpoints of the node not in res are left to Remove.
+// rules go in before stale ones go out, and each endpoint's entry is
+// written after the rule set it follows, so no packet sees a policy that
+// is not whole. Endpoints of the node not in res are left to Remove.
 func (w *Writer) Apply(res *policy.Result, revision uint64) error {
 	var errs []error
 	for p, id := range res.IPCache {
@@ -101,13 +165,10 @@ func (w *Writer) Apply(res *policy.Result, revision uint64) error {
 		}
 		w.ipcache[p] = id
 	}
-	// Pods alike share their compiled rules: convert each list once.
-	conv := converted{}
-	for _, ep := range res.Endpoints {
-		if err := w.applyEndpoint(ep, revision, conv); err != nil {
-			errs = append(errs, fmt.Errorf("endpoint %s: %w", ep.ID, err))
-		}
-	}
+	groups, err := w.group(res)
+	errs = append(errs, err)
+	errs = append(errs, w.applyGroups(groups, revision)...)
+	errs = append(errs, w.dropUnused())
 	for p := range w.ipcache {
 		if _, ok := res.IPCache[p]; ok {
 			continue
@@ -121,65 +182,228 @@ func (w *Writer) Apply(res *policy.Result, revision uint64) error {
 	return errors.Join(errs...)
 }
 
-func (w *Writer) applyEndpoint(ep policy.EndpointPolicy, revision uint64, conv converted) error {
-	if err := w.applyRules(ep, conv); err != nil {
+// group is the endpoints that want the same rules.
+type group struct {
+	want    content
+	members []policy.EndpointPolicy
+	set     *ruleSet // the set they will follow
+}
+
+// group sorts res's endpoints by the rules they want. An endpoint whose
+// policy rules did not change wants its set's content, unconverted.
+func (w *Writer) group(res *policy.Result) ([]*group, error) {
+	conv := converted{}
+	byHash := map[uint64][]*group{}
+	var out []*group
+	var errs []error
+	for _, ep := range res.Endpoints {
+		var c content
+		if st, ok := w.endpoints[ep.Ifindex]; ok && st.ok && slices.Equal(st.ingress, ep.Ingress) && slices.Equal(st.egress, ep.Egress) {
+			set := w.sets[st.set]
+			c = content{ingress: set.ingress, egress: set.egress, hash: set.hash}
+		} else {
+			var err error
+			if c, err = convert(conv, ep); err != nil {
+				errs = append(errs, fmt.Errorf("endpoint %s: %w", ep.ID, err))
+				continue
+			}
+		}
+		var g *group
+		for _, cand := range byHash[c.hash] {
+			if cand.want.equal(c) {
+				g = cand
+				break
+			}
+		}
+		if g == nil {
+			g = &group{want: c}
+			byHash[c.hash] = append(byHash[c.hash], g)
+			out = append(out, g)
+		}
+		g.members = append(g.members, ep)
+	}
+	return out, errors.Join(errs...)
+}
+
+// applyGroups gives every group a set holding the rules it wants, then
+// points its members at it. A group takes, in this order: a set that
+// holds its rules already; a set only its own members follow, changed in
+// place; a new set. A set another group takes as it is must not change, so
+// the first kind is settled for every group before any set changes.
+func (w *Writer) applyGroups(groups []*group, revision uint64) []error {
+	claimed := map[uint32]bool{}
+	for _, g := range groups {
+		if g.set = w.find(g.want); g.set != nil {
+			claimed[g.set.id] = true
+		}
+	}
+	var errs []error
+	for _, g := range groups {
+		if g.set != nil {
+			continue
+		}
+		set := w.ownSet(g, claimed)
+		var err error
+		if set != nil {
+			claimed[set.id] = true
+			err = w.rewrite(set, g.want)
+		} else {
+			set, err = w.newSet(g.want)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		g.set = set
+	}
+	for _, g := range groups {
+		if g.set == nil {
+			continue
+		}
+		for _, ep := range g.members {
+			if err := w.follow(ep, g.set, revision); err != nil {
+				errs = append(errs, fmt.Errorf("endpoint %s: %w", ep.ID, err))
+			}
+		}
+	}
+	return errs
+}
+
+// ownSet returns an unclaimed set that only members of g follow, the one
+// most of them do, or nil.
+func (w *Writer) ownSet(g *group, claimed map[uint32]bool) *ruleSet {
+	count := map[uint32]int{}
+	for _, ep := range g.members {
+		if st, ok := w.endpoints[ep.Ifindex]; ok {
+			count[st.set]++
+		}
+	}
+	var best *ruleSet
+	for id, n := range count {
+		set := w.sets[id]
+		if set == nil || claimed[id] || set.users != n {
+			continue
+		}
+		if best == nil || n > best.users || (n == best.users && id < best.id) {
+			best = set
+		}
+	}
+	return best
+}
+
+// find returns a set holding exactly c, or nil.
+func (w *Writer) find(c content) *ruleSet {
+	for _, id := range w.byHash[c.hash] {
+		if set := w.sets[id]; set != nil && c.equal(content{ingress: set.ingress, egress: set.egress, hash: set.hash}) {
+			return set
+		}
+	}
+	return nil
+}
+
+// newSet writes c as a new rule set.
+func (w *Writer) newSet(c content) (*ruleSet, error) {
+	set := &ruleSet{id: w.nextSet}
+	w.nextSet++
+	w.sets[set.id] = set
+	set.hash = hashEntries(nil, nil)
+	w.byHash[set.hash] = append(w.byHash[set.hash], set.id)
+	return set, w.rewrite(set, c)
+}
+
+// rewrite makes set hold c, writing only the difference.
+func (w *Writer) rewrite(set *ruleSet, c content) error {
+	var errs []error
+	for _, d := range bpf.Directions {
+		want := c.ingress
+		if d == bpf.FromPod {
+			want = c.egress
+		}
+		errs = append(errs, w.update(set, d, want))
+	}
+	w.rehash(set)
+	return errors.Join(errs...)
+}
+
+// update makes the rules of set in direction d equal want.
+func (w *Writer) update(set *ruleSet, d bpf.Direction, want []bpf.PolicyEntry) error {
+	have := set.of(d)
+	add, del := diff(*have, want)
+	if len(add) == 0 && len(del) == 0 {
+		return nil
+	}
+	if err := w.objs.UpdatePolicy(set.id, d, add, del); err != nil {
+		// Part of the change may be in: learn what is, so that the next
+		// try writes the rest.
+		if cur, rerr := w.objs.SetRules(set.id, d); rerr == nil {
+			sortEntries(cur)
+			*have = cur
+		}
 		return err
 	}
-	info := bpf.EndpointInfo{Revision: revision, Identity: ep.Identity}
+	*have = want
+	return nil
+}
+
+func (w *Writer) rehash(set *ruleSet) {
+	ids := w.byHash[set.hash]
+	if i := slices.Index(ids, set.id); i >= 0 {
+		ids = slices.Delete(ids, i, i+1)
+	}
+	if len(ids) == 0 {
+		delete(w.byHash, set.hash)
+	} else {
+		w.byHash[set.hash] = ids
+	}
+	set.hash = hashEntries(set.ingress, set.egress)
+	w.byHash[set.hash] = append(w.byHash[set.hash], set.id)
+}
+
+// follow points the endpoint entry of ep at set, with ep's flags and the
+// revision.
+func (w *Writer) follow(ep policy.EndpointPolicy, set *ruleSet, revision uint64) error {
+	info := bpf.EndpointInfo{Revision: revision, Identity: ep.Identity, RuleSet: set.id}
 	if ep.IngressIsolated {
 		info.Flags |= bpf.FlagIngressIsolated
 	}
 	if ep.EgressIsolated {
 		info.Flags |= bpf.FlagEgressIsolated
 	}
-	return w.objs.SetEndpoint(ep.Ifindex, info)
-}
-
-// applyRules makes the rule entries of ep's interface equal its policy.
-func (w *Writer) applyRules(ep policy.EndpointPolicy, conv converted) error {
-	if prev, ok := w.applied[ep.Ifindex]; ok && slices.Equal(prev.ingress, ep.Ingress) && slices.Equal(prev.egress, ep.Egress) {
-		return nil
-	}
-	delete(w.applied, ep.Ifindex)
-	ingress, err := conv.entries(ep.Ingress)
-	if err != nil {
+	if err := w.objs.SetEndpoint(ep.Ifindex, info); err != nil {
 		return err
 	}
-	egress, err := conv.entries(ep.Egress)
-	if err != nil {
-		return err
-	}
-	for d, want := range map[bpf.Direction][]bpf.PolicyEntry{bpf.ToPod: ingress, bpf.FromPod: egress} {
-		if err := w.update(ep.Ifindex, d, want); err != nil {
-			return err
+	if st, ok := w.endpoints[ep.Ifindex]; ok {
+		if old := w.sets[st.set]; old != nil {
+			old.users--
 		}
 	}
-	w.applied[ep.Ifindex] = appliedRules{ingress: ep.Ingress, egress: ep.Egress}
+	set.users++
+	w.endpoints[ep.Ifindex] = endpointState{set: set.id, ingress: ep.Ingress, egress: ep.Egress, ok: true}
 	return nil
 }
 
-// update makes the rules of ifindex in direction d equal want, writing only
-// the difference from what the map holds.
-func (w *Writer) update(ifindex int, d bpf.Direction, want []bpf.PolicyEntry) error {
-	st := w.written[ifindex]
-	have := st.of(d)
-	add, del := diff(*have, want)
-	if len(add) == 0 && len(del) == 0 {
-		return nil
-	}
-	if err := w.objs.UpdatePolicy(ifindex, d, add, del); err != nil {
-		// Part of the change may be in: learn what is, so that the next
-		// try writes the rest.
-		cur, rerr := w.objs.Policy(ifindex, d)
-		if rerr == nil {
-			sortEntries(cur)
-			*have = cur
-			w.written[ifindex] = st
+// dropUnused deletes the rule sets no endpoint follows.
+func (w *Writer) dropUnused() error {
+	var errs []error
+	for _, set := range w.sets {
+		if set.users <= 0 {
+			errs = append(errs, w.dropSet(set))
 		}
-		return err
 	}
-	*have = want
-	w.written[ifindex] = st
+	return errors.Join(errs...)
+}
+
+func (w *Writer) dropSet(set *ruleSet) error {
+	if err := w.rewrite(set, content{}); err != nil {
+		return fmt.Errorf("delete rule set %d: %w", set.id, err)
+	}
+	delete(w.sets, set.id)
+	ids := slices.DeleteFunc(w.byHash[set.hash], func(id uint32) bool { return id == set.id })
+	if len(ids) == 0 {
+		delete(w.byHash, set.hash)
+	} else {
+		w.byHash[set.hash] = ids
+	}
 	return nil
 }
 
@@ -206,28 +430,24 @@ func diff(have, want []bpf.PolicyEntry) (add []bpf.PolicyEntry, del []bpf.Policy
 	return add, del
 }
 
-// Remove deletes the endpoint entry of ifindex, then its rules: from the
-// first step on its interface drops everything until it is gone.
+// Remove deletes the endpoint entry of ifindex, from when on its interface
+// drops everything, then its rule set if no other endpoint follows it.
 func (w *Writer) Remove(ifindex int) error {
-	delete(w.applied, ifindex)
 	if err := w.objs.DeleteEndpoint(ifindex); err != nil {
 		return err
 	}
-	var errs []error
-	for _, d := range bpf.Directions {
-		if err := w.update(ifindex, d, nil); err != nil {
-			errs = append(errs, err)
+	if st, ok := w.endpoints[ifindex]; ok {
+		if set := w.sets[st.set]; set != nil {
+			set.users--
 		}
+		delete(w.endpoints, ifindex)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	delete(w.written, ifindex)
-	return nil
+	return w.dropUnused()
 }
 
-// Prune removes the endpoint entries and rules of interfaces not in keep,
-// such as those left from before a restart for pods deleted meanwhile.
+// Prune removes the endpoint entries of interfaces not in keep, such as
+// those left from before a restart for pods deleted meanwhile, and the
+// rule sets only they followed.
 func (w *Writer) Prune(keep map[int]bool) error {
 	cur, err := w.objs.Endpoints()
 	if err != nil {
@@ -237,7 +457,7 @@ func (w *Writer) Prune(keep map[int]bool) error {
 	for ifindex := range cur {
 		stale[ifindex] = !keep[ifindex]
 	}
-	for ifindex := range w.written {
+	for ifindex := range w.endpoints {
 		stale[ifindex] = !keep[ifindex]
 	}
 	var errs []error
@@ -249,6 +469,43 @@ func (w *Writer) Prune(keep map[int]bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// convert returns the entries of ep's rules, memoized in conv (may be nil).
+func convert(conv converted, ep policy.EndpointPolicy) (content, error) {
+	in, err := conv.entries(ep.Ingress)
+	if err != nil {
+		return content{}, err
+	}
+	eg, err := conv.entries(ep.Egress)
+	if err != nil {
+		return content{}, err
+	}
+	return content{ingress: in, egress: eg, hash: hashEntries(in, eg)}, nil
+}
+
+func (c content) equal(o content) bool {
+	return c.hash == o.hash && slices.Equal(c.ingress, o.ingress) && slices.Equal(c.egress, o.egress)
+}
+
+// hashEntries is a hash of a set's content, for finding sets by it.
+func hashEntries(ingress, egress []bpf.PolicyEntry) uint64 {
+	h := fnv.New64a()
+	var b [24]byte
+	for i, es := range [][]bpf.PolicyEntry{ingress, egress} {
+		binary.LittleEndian.PutUint32(b[:4], uint32(i)|0xd1d0<<16)
+		_, _ = h.Write(b[:4])
+		for _, e := range es {
+			k := e.Key
+			binary.LittleEndian.PutUint32(b[0:], k.Prefixlen)
+			binary.LittleEndian.PutUint32(b[4:], k.Identity)
+			b[8], b[9] = k.Proto, 0
+			binary.LittleEndian.PutUint16(b[10:], k.PortNet)
+			binary.LittleEndian.PutUint32(b[12:], e.Value.Rule)
+			_, _ = h.Write(b[:16])
+		}
+	}
+	return h.Sum64()
 }
 
 // converted memoizes entries by the rule list's backing array, within one

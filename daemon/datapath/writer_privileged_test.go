@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -175,7 +176,9 @@ func TestPrivilegedApplySkipsOnlyWhatIsInTheMap(t *testing.T) {
 			if err := w.Remove(10); err != nil {
 				t.Fatal(err)
 			}
-			ingress(step.stage+" (removed)", 0)
+			if rules, err := objs.Policies(); err != nil || len(rules) != 0 {
+				t.Errorf("%s: rules of a removed endpoint kept: %v, %v", step.stage, rules, err)
+			}
 		}
 		rev := uint64(len(step.stage))
 		if err := w.Apply(res(step.rules), rev); err != nil {
@@ -185,5 +188,131 @@ func TestPrivilegedApplySkipsOnlyWhatIsInTheMap(t *testing.T) {
 		if info, err := objs.Endpoint(10); err != nil || info.Revision != rev {
 			t.Errorf("%s: endpoint %+v, %v; want revision %d", step.stage, info, err, rev)
 		}
+	}
+}
+
+// Endpoints with equal rules follow one rule set; a set changes in place
+// only when every endpoint following it wants the change, and goes when
+// nobody follows it.
+func TestPrivilegedEndpointsAlikeShareOneSet(t *testing.T) {
+	objs := load(t)
+	w, err := New(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := func(peer uint32) []policy.Rule {
+		return []policy.Rule{{Peer: peer, Proto: policy.ProtoTCP, Ports: policy.PortRange{First: 80, Last: 80}, Ref: 1}}
+	}
+	ep := func(ifindex int, peer uint32) policy.EndpointPolicy {
+		return policy.EndpointPolicy{ID: fmt.Sprint(ifindex), Ifindex: ifindex, Identity: 300, IngressIsolated: true, Ingress: rules(peer)}
+	}
+	// check compares each endpoint's ingress peer and the number of sets,
+	// and that every set in the map is followed.
+	check := func(stage string, wantPeer map[int]uint32, wantSets int) map[int]uint32 {
+		t.Helper()
+		all, err := objs.Policies()
+		if err != nil {
+			t.Fatal(err)
+		}
+		setOf := map[int]uint32{}
+		followed := map[uint32]bool{}
+		for ifindex, peer := range wantPeer {
+			info, err := objs.Endpoint(ifindex)
+			if err != nil {
+				t.Fatalf("%s: %v", stage, err)
+			}
+			setOf[ifindex] = info.RuleSet
+			followed[info.RuleSet] = true
+			in := all[bpf.PolicySlot{Set: info.RuleSet, Dir: bpf.ToPod}]
+			if len(in) != 1 || in[0].Key.Identity != peer {
+				t.Errorf("%s: endpoint %d follows set %d with ingress %+v, want one rule for peer %d", stage, ifindex, info.RuleSet, in, peer)
+			}
+		}
+		for slot := range all {
+			if !followed[slot.Set] {
+				t.Errorf("%s: set %d is in the map but nobody follows it", stage, slot.Set)
+			}
+		}
+		if len(followed) != wantSets {
+			t.Errorf("%s: %d sets followed, want %d", stage, len(followed), wantSets)
+		}
+		return setOf
+	}
+	apply := func(eps ...policy.EndpointPolicy) {
+		t.Helper()
+		res := &policy.Result{Endpoints: map[string]policy.EndpointPolicy{}}
+		for _, e := range eps {
+			res.Endpoints[e.ID] = e
+		}
+		if err := w.Apply(res, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	apply(ep(10, 501), ep(11, 501), ep(12, 502))
+	sets := check("two alike, one not", map[int]uint32{10: 501, 11: 501, 12: 502}, 2)
+	if sets[10] != sets[11] || sets[10] == sets[12] {
+		t.Errorf("sets %v: want 10 and 11 to share one, 12 its own", sets)
+	}
+
+	apply(ep(10, 505), ep(11, 501), ep(12, 502))
+	if got := check("one leaves for rules of its own", map[int]uint32{10: 505, 11: 501, 12: 502}, 3); got[11] != sets[11] {
+		t.Errorf("endpoint 11 moved from set %d to %d though its rules did not change", sets[11], got[11])
+	}
+
+	apply(ep(10, 502), ep(11, 501), ep(12, 502))
+	after := check("one moves to the other's rules", map[int]uint32{10: 502, 11: 501, 12: 502}, 2)
+	if after[10] != sets[12] || after[11] != sets[11] {
+		t.Errorf("sets %v after the move, want 10 to follow 12's set %d and 11 to keep %d", after, sets[12], sets[11])
+	}
+
+	// An endpoint programmed on its own, not in the next Result: the set
+	// it shares must not change under it.
+	if err := w.ApplyEndpoint(ep(15, 501), nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	apply(ep(10, 506), ep(11, 507), ep(12, 502))
+	check("a newcomer not in the Result keeps its rules", map[int]uint32{10: 506, 11: 507, 12: 502, 15: 501}, 4)
+	if err := w.Remove(15); err != nil {
+		t.Fatal(err)
+	}
+
+	apply(ep(10, 503), ep(11, 503), ep(12, 503))
+	check("all change alike", map[int]uint32{10: 503, 11: 503, 12: 503}, 1)
+
+	if err := w.ApplyEndpoint(ep(13, 503), nil, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.ApplyEndpoint(ep(14, 504), nil, 2); err != nil {
+		t.Fatal(err)
+	}
+	check("two start, one like the others", map[int]uint32{10: 503, 11: 503, 12: 503, 13: 503, 14: 504}, 2)
+
+	// A restarted writer keeps the sets as they are.
+	before := check("before restart", map[int]uint32{10: 503, 11: 503, 12: 503, 13: 503, 14: 504}, 2)
+	if w, err = New(objs); err != nil {
+		t.Fatal(err)
+	}
+	apply(ep(10, 503), ep(11, 503), ep(12, 503), ep(13, 503), ep(14, 504))
+	if got := check("after restart", map[int]uint32{10: 503, 11: 503, 12: 503, 13: 503, 14: 504}, 2); !maps.Equal(got, before) {
+		t.Errorf("sets %v after a restart, want them kept: %v", got, before)
+	}
+
+	// Endpoint 14 takes the rules the others leave: their set is 14's to
+	// take as it is, not theirs to change.
+	apply(ep(10, 508), ep(11, 508), ep(12, 508), ep(13, 508), ep(14, 503))
+	check("swap", map[int]uint32{10: 508, 11: 508, 12: 508, 13: 508, 14: 503}, 2)
+
+	for _, ifindex := range []int{10, 11, 12, 13} {
+		if err := w.Remove(ifindex); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("all but one removed", map[int]uint32{14: 503}, 1)
+	if err := w.Prune(map[int]bool{}); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := objs.Policies(); err != nil || len(all) != 0 {
+		t.Errorf("rules left after the last endpoint went: %v, %v", all, err)
 	}
 }

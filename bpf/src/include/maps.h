@@ -27,17 +27,21 @@
 #define DIR_INGRESS 1 /* pal_to_pod: what the pod receives */
 #define DIR_SERVICE 2 /* pal_ct only: a flow to a Service, before translation */
 
-/* pal_endpoints: host-side ifindex -> endpoint.
- * Written by the agent after the endpoint's policy maps; read by both
+/* pal_ep_info: host-side ifindex -> endpoint.
+ * Written by the agent after the endpoint's rule set; read by both
  * programs for every packet. A packet on an interface with no entry is
- * dropped: an endpoint is never unprotected while it is being set up. */
+ * dropped: an endpoint is never unprotected while it is being set up.
+ * (pal_endpoints, its predecessor, had no rule set: a new name lets an
+ * upgraded agent load beside programs still using the old layout.) */
 #define EP_F_INGRESS_ISOLATED (1 << 0)
 #define EP_F_EGRESS_ISOLATED (1 << 1)
 
 struct endpoint_info {
 	__u64 revision; /* agent revision of the policy in the maps */
 	__u32 identity;
-	__u32 flags; /* EP_F_* */
+	__u32 flags;    /* EP_F_* */
+	__u32 rule_set; /* the rules of pal_set_rules the endpoint follows */
+	__u32 pad;
 };
 
 struct {
@@ -46,7 +50,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct endpoint_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pal_endpoints SEC(".maps");
+} pal_ep_info SEC(".maps");
 
 /* pal_ipcache: address prefix -> identity.
  * Written by the agent (pod IPs, node IPs, ipBlock prefixes); read by both
@@ -69,9 +73,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_ipcache SEC(".maps");
 
-/* pal_rules: every endpoint's allow rules, one LPM trie keyed by
- * (ifindex, direction, peer identity, protocol, port prefix). Prefix lengths
- * count from ifindex, which and dir are always matched whole:
+/* pal_set_rules: allow rules, one LPM trie keyed by (rule set, direction,
+ * peer identity, protocol, port prefix). A rule set is the rules of every
+ * endpoint whose pod policies treat alike (same namespace, labels, named
+ * ports), so a pod that starts like others writes no rule, and N such pods
+ * cost one set of entries, not N. Prefix lengths count from the set, which
+ * and dir are always matched whole:
  *   prefixlen 96: the peer, any protocol, any port
  *   prefixlen 104: the peer, one protocol, any port
  *   prefixlen 112+n: the peer, one protocol, ports sharing the first n bits
@@ -83,7 +90,7 @@ struct {
  * Read by both programs for the first packet of a flow. */
 struct policy_key {
 	__u32 prefixlen;
-	__u32 ifindex; /* host byte order: only ever matched whole */
+	__u32 rule_set; /* host byte order: only ever matched whole */
 	__u32 dir;     /* DIR_* */
 	__u32 identity;
 	__u8 proto;
@@ -102,7 +109,7 @@ struct {
 	__type(value, struct policy_value);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pal_rules SEC(".maps");
+} pal_set_rules SEC(".maps");
 
 /* pal_ct: flows seen by an endpoint, keyed by the 5-tuple of the flow's
  * first packet and the direction of the hook that admitted it. Written and

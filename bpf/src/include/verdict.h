@@ -88,13 +88,13 @@ static __always_inline __u32 ipcache_identity(const __u8 *addr)
  *      all ports) allows it.
  *   4. A rule with a wildcard peer (from: [], to: [], or none) allows it.
  *   5. Anything else is dropped. */
-static __always_inline int policy_allows(__u32 ifindex, const struct endpoint_info *ep, __u8 dir,
+static __always_inline int policy_allows(const struct endpoint_info *ep, __u8 dir,
 					 __u32 peer, const struct flow *f, __u32 *rule)
 {
 	__u32 isolated = dir == DIR_INGRESS ? EP_F_INGRESS_ISOLATED : EP_F_EGRESS_ISOLATED;
 	struct policy_key k = {
 		.prefixlen = 128,
-		.ifindex = ifindex,
+		.rule_set = ep->rule_set,
 		.dir = dir,
 		.identity = peer,
 		.proto = f->proto,
@@ -107,10 +107,10 @@ static __always_inline int policy_allows(__u32 ifindex, const struct endpoint_in
 		return 1;
 	if (peer == ID_HOST)
 		return 1;
-	v = bpf_map_lookup_elem(&pal_rules, &k);
+	v = bpf_map_lookup_elem(&pal_set_rules, &k);
 	if (!v) {
 		k.identity = ID_ANY;
-		v = bpf_map_lookup_elem(&pal_rules, &k);
+		v = bpf_map_lookup_elem(&pal_set_rules, &k);
 	}
 	if (!v)
 		return 0;
