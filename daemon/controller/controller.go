@@ -241,12 +241,15 @@ func (c *Controller) sync() error {
 // generation of changes that includes.
 func (c *Controller) compile() (uint64, policy.Result, time.Duration, error) {
 	c.mu.Lock()
-	gen := c.wanted
+	gen, last := c.wanted, c.last
 	c.mu.Unlock()
 	state, err := c.state()
 	if err != nil {
 		return 0, policy.Result{}, 0, err
 	}
+	// Pods alike whose namespace's policies did not change keep the
+	// rules the last sync compiled for them.
+	state.Previous = last
 	start := time.Now()
 	res := policy.Compile(state, c.alloc)
 	return gen, res, time.Since(start), nil

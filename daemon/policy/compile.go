@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -40,6 +41,10 @@ type State struct {
 	// allowed. RemoteNodeIPs are the addresses of the other nodes.
 	NodeIPs       []netip.Addr
 	RemoteNodeIPs []netip.Addr
+	// Previous, when set, is the last Result compiled with the same
+	// allocator: the rules of pods alike are taken from it where nothing
+	// they depend on changed, instead of compiled again.
+	Previous *Result
 }
 
 // PortRange is an inclusive port range in host byte order; {0, 0} is all.
@@ -104,6 +109,17 @@ type Result struct {
 // stable across calls.
 func Compile(s State, alloc *identity.Allocator) Result {
 	c := newCompiler(s, alloc)
+	if p := s.Previous; p != nil && p.comp != nil {
+		p.comp.mu.Lock()
+		if slices.Equal(p.comp.universe, c.universe) {
+			c.prev, c.prevGen = p.comp, p.comp.universeGen
+		}
+		p.comp.mu.Unlock()
+	}
+	// Neither the compiler nor its Result may keep the previous one: each
+	// would keep every compiler before it.
+	c.s.Previous = nil
+	defer func() { c.prev = nil }()
 	res := Result{IPCache: c.ipcache, Endpoints: map[string]EndpointPolicy{}}
 	for _, ep := range s.Endpoints {
 		if ep.Pod == nil {
@@ -115,7 +131,7 @@ func Compile(s State, alloc *identity.Allocator) Result {
 	sort.Strings(res.Unknown)
 	// CompileEndpoint may number more rules: the Result keeps its own.
 	res.Refs = maps.Clone(c.refs)
-	res.Problems = c.problems
+	res.Problems = dedupeErrors(c.problems)
 	res.comp = c
 	alloc.Retain(c.usedKeys)
 	return res
@@ -126,7 +142,7 @@ func Compile(s State, alloc *identity.Allocator) Result {
 // Result saw it, and returns it with the ipcache entries of the endpoint's
 // addresses. The Result itself does not change: the next Compile, which
 // has the endpoint, also gives other endpoints the rules that concern it.
-// Calls must not run concurrently with each other.
+// It may run concurrently with a Compile that has r as its Previous.
 func (r *Result) CompileEndpoint(ep Endpoint) (EndpointPolicy, map[netip.Prefix]uint32, error) {
 	if r.comp == nil {
 		return EndpointPolicy{}, nil, errors.New("result was not compiled here")
@@ -138,6 +154,8 @@ func (r *Result) CompileEndpoint(ep Endpoint) (EndpointPolicy, map[netip.Prefix]
 		return EndpointPolicy{}, nil, fmt.Errorf("endpoint %s: no addresses", ep.ID)
 	}
 	c := r.comp
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	// A namespace's labels are part of its pods' identities.
 	if _, ok := c.nsLabels[ep.Pod.Namespace]; !ok {
 		return EndpointPolicy{}, nil, fmt.Errorf("endpoint %s: namespace %s not compiled yet", ep.ID, ep.Pod.Namespace)
@@ -152,7 +170,10 @@ func (r *Result) CompileEndpoint(ep Endpoint) (EndpointPolicy, map[netip.Prefix]
 			// must name it, so the memoized peer lists are stale.
 			c.indexIdentity(id)
 			c.peerIDs = map[peerKey][]uint32{}
-			c.shapes = map[string]EndpointPolicy{}
+			c.shapes = map[string]shape{}
+			c.universe = append(c.universe, id)
+			slices.Sort(c.universe)
+			c.universeGen++
 		}
 	}
 	// The node's own addresses keep their identity whatever claims them.
@@ -168,6 +189,9 @@ func (r *Result) CompileEndpoint(ep Endpoint) (EndpointPolicy, map[netip.Prefix]
 }
 
 type compiler struct {
+	// mu guards the memos CompileEndpoint changes after Compile, against
+	// the next Compile reusing them.
+	mu         sync.Mutex
 	s          State
 	alloc      *identity.Allocator
 	nsLabels   map[string]map[string]string
@@ -178,12 +202,22 @@ type compiler struct {
 	refs       map[uint32]RuleRef
 	ruleNums   map[ruleKey]uint32
 	// shapes memoizes the policy of pods alike (shapeKey).
-	shapes     map[string]EndpointPolicy
-	problems   []error
-	blocks     []netip.Prefix // every ipBlock cidr and except
-	blockSet   map[netip.Prefix]bool
-	egressPort map[namedPort]bool // named ports egress rules use
-	parsed     map[*metav1.LabelSelector]labels.Selector
+	shapes map[string]shape
+	// universe lists every identity, sorted. Identity numbers are stable
+	// per description, so an equal list means equal peers for every rule.
+	universe []uint32
+	// prev is the previous compiler when its universe is this one's: its
+	// shapes are reused where their namespace's policies are the same.
+	prev    *compiler
+	prevGen uint64 // prev's universeGen when its universe was this one
+	// universeGen counts CompileEndpoint's additions to universe.
+	universeGen uint64
+	nsPolicies  map[string][]*networkingv1.NetworkPolicy
+	problems    []error
+	blocks      []netip.Prefix // every ipBlock cidr and except
+	blockSet    map[netip.Prefix]bool
+	egressPort  map[namedPort]bool // named ports egress rules use
+	parsed      map[*metav1.LabelSelector]labels.Selector
 	// Indexes for peer matching, so a rule looks only at the identities
 	// that can match it: pod identities for selectors; for an ipBlock,
 	// the prefix identities inside it and the addresses it contains.
@@ -233,7 +267,8 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 		usedKeys:   map[string]bool{},
 		refs:       map[uint32]RuleRef{},
 		ruleNums:   map[ruleKey]uint32{},
-		shapes:     map[string]EndpointPolicy{},
+		shapes:     map[string]shape{},
+		nsPolicies: map[string][]*networkingv1.NetworkPolicy{},
 		egressPort: map[namedPort]bool{},
 		parsed:     map[*metav1.LabelSelector]labels.Selector{},
 		blockSet:   map[netip.Prefix]bool{},
@@ -245,6 +280,10 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 	c.collectBlocksAndPorts()
 	c.addAddresses()
 	c.index()
+	c.universe = slices.Sorted(maps.Keys(c.identities))
+	for _, pol := range s.Policies {
+		c.nsPolicies[pol.Namespace] = append(c.nsPolicies[pol.Namespace], pol)
+	}
 	return c
 }
 
@@ -435,6 +474,16 @@ func (c *compiler) blocksOf(a netip.Addr) []netip.Prefix {
 
 func (c *compiler) problem(pol *networkingv1.NetworkPolicy, format string, args ...any) {
 	c.problems = append(c.problems, fmt.Errorf("networkpolicy %s/%s: %s", pol.Namespace, pol.Name, fmt.Sprintf(format, args...)))
+}
+
+// dedupeErrors drops repeated messages, keeping the first of each.
+func dedupeErrors(errs []error) []error {
+	seen := map[string]bool{}
+	return slices.DeleteFunc(errs, func(e error) bool {
+		dup := seen[e.Error()]
+		seen[e.Error()] = true
+		return dup
+	})
 }
 
 func labelString(s labels.Set) string { return labels.FormatLabels(s) }

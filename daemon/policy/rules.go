@@ -22,17 +22,67 @@ func (c *compiler) endpoint(ep Endpoint) EndpointPolicy {
 	// Pods alike (see shapeKey) get the same rules: compile them once.
 	// The rule slices are shared between their endpoints, read-only.
 	key := shapeKey(ep.Pod)
-	out, ok := c.shapes[key]
+	sh, ok := c.shapes[key]
 	if !ok {
-		out = c.policyOf(ep.Pod)
-		c.shapes[key] = out
+		sh, ok = c.reuse(key, ep.Pod.Namespace)
 	}
+	if !ok {
+		sh = c.compileShape(ep.Pod)
+	}
+	c.shapes[key] = sh
+	out := sh.policy
 	out.ID, out.Ifindex = ep.ID, ep.Ifindex
 	if len(ep.IPs) > 0 {
 		a := ep.IPs[0]
 		out.Identity = c.ipcache[netip.PrefixFrom(a, a.BitLen())]
 	}
 	return out
+}
+
+// shape is the compiled policy of pods alike, with what it depends on
+// besides the identities.
+type shape struct {
+	policy EndpointPolicy
+	// policies are its namespace's, as compiled.
+	policies []*networkingv1.NetworkPolicy
+	problems []error
+}
+
+func (c *compiler) compileShape(pod *corev1.Pod) shape {
+	before := len(c.problems)
+	sh := shape{policy: c.policyOf(pod), policies: c.nsPolicies[pod.Namespace]}
+	sh.problems = slices.Clone(c.problems[before:])
+	return sh
+}
+
+// reuse takes the shape key from the previous compile if the policies of
+// namespace ns are the same objects (the informers replace, never modify,
+// what they cache). The rule numbers it names are kept in use.
+func (c *compiler) reuse(key, ns string) (shape, bool) {
+	if c.prev == nil {
+		return shape{}, false
+	}
+	c.prev.mu.Lock()
+	defer c.prev.mu.Unlock()
+	if c.prev.universeGen != c.prevGen {
+		return shape{}, false
+	}
+	sh, ok := c.prev.shapes[key]
+	if !ok || !slices.Equal(sh.policies, c.nsPolicies[ns]) {
+		return shape{}, false
+	}
+	for _, rules := range [][]Rule{sh.policy.Ingress, sh.policy.Egress} {
+		for _, r := range rules {
+			if _, ok := c.refs[r.Ref]; ok {
+				continue
+			}
+			ref := c.prev.refs[r.Ref]
+			c.usedKeys[refKey(ref)] = true
+			c.refs[r.Ref] = ref
+		}
+	}
+	c.problems = append(c.problems, sh.problems...)
+	return sh, true
 }
 
 // shapeKey names what a pod's own policy depends on: its namespace, its
@@ -361,12 +411,17 @@ func (c *compiler) ref(pol *networkingv1.NetworkPolicy, dir string, i int) uint3
 	r := RuleRef{Policy: pol.Namespace + "/" + pol.Name, Direction: dir, Index: i}
 	// Rules are numbered by the identity allocator, whose numbers persist
 	// and never repeat: a rule keeps its number while it exists.
-	key := "rule|" + r.Policy + "|" + dir + "|" + strconv.Itoa(i)
+	key := refKey(r)
 	n := c.alloc.ID(key)
 	c.usedKeys[key] = true
 	c.refs[n] = r
 	c.ruleNums[ruleKey{pol, dir, i}] = n
 	return n
+}
+
+// refKey is a rule's key in the identity allocator.
+func refKey(r RuleRef) string {
+	return "rule|" + r.Policy + "|" + r.Direction + "|" + strconv.Itoa(r.Index)
 }
 
 // ruleKey is one rule of a policy object, for memoizing its number.
