@@ -7,12 +7,18 @@ package privileged
 import (
 	"os"
 	"testing"
+
+	"github.com/cilium/ebpf/rlimit"
 )
 
-// Require skips or fails tb unless the process runs as root.
+// Require skips or fails tb unless the process runs as root. It lifts the
+// memlock limit that kernels before 5.11 charge BPF maps to.
 func Require(tb testing.TB) {
 	tb.Helper()
 	if os.Geteuid() == 0 {
+		if err := rlimit.RemoveMemlock(); err != nil {
+			tb.Fatalf("remove memlock limit: %v", err)
+		}
 		return
 	}
 	if os.Getenv("PALISADE_REQUIRE_PRIVILEGED") == "1" {

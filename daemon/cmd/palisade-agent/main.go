@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -64,6 +65,9 @@ func run() int {
 }
 
 func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("remove memlock limit: %w", err)
+	}
 	objs, err := bpf.Load(bpf.LoadOptions{Root: cfg.BPFRoot, Rejudge: cfg.Rejudge,
 		AllowSampleRate: cfg.FlowSampleRate, EventRateLimit: cfg.EventRateLimit})
 	if err != nil {
