@@ -404,10 +404,9 @@ type prober struct {
 }
 
 const (
-	probeEvery   = 2 * time.Millisecond
-	probeTimeout = 100 * time.Millisecond
-	probeHold    = 200 * time.Millisecond
-	propTimeout  = 10 * time.Second
+	probeEvery  = 2 * time.Millisecond
+	probeHold   = 200 * time.Millisecond
+	propTimeout = 10 * time.Second
 )
 
 // probeResult is one finished connect: when it started and whether it got

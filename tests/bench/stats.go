@@ -66,3 +66,7 @@ func sortedKeys[V any](m map[string]V) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// probeTimeout bounds one probe's connect: a verdict not seen by then is
+// a drop.
+const probeTimeout = 100 * time.Millisecond
