@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -240,10 +242,27 @@ func measureStage(t *testing.T, c *testbed.Cluster, m *measured, s *ScaleStage) 
 			t.Fatalf("sample agent: %v", err)
 		}
 		sample.Stage, sample.Pods, sample.Policies = s.Stage(), s.Pods, s.Policies
+		if i == 0 {
+			heapProfile(t, a, filepath.Join(filepath.Dir(*flagScaleOut), fmt.Sprintf("agent-heap-%dx%d.pprof", s.Pods, s.Policies)))
+		}
 		sa := ScaleAgent{AgentSample: sample, StageCPUSeconds: cpuAfter - cpu[i], StageChanges: changes(s.Propagation)}
 		sa.StageCompileMs, sa.StageSyncs = HistogramDelta(before[i], after, "palisade_policy_compile_duration_seconds")
 		sa.StageApplyMs, sa.StageApplies = HistogramDelta(before[i], after, "palisade_map_sync_duration_seconds")
 		s.Agents = append(s.Agents, sa)
+	}
+}
+
+// heapProfile writes agent a's heap profile (live objects at the last GC)
+// to path, for what the agent's RSS is made of.
+func heapProfile(t *testing.T, a *testbed.Agent, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Errorf("create heap profile: %v", err)
+		return
+	}
+	defer f.Close()
+	if err := a.Client().Profile(context.Background(), "heap", 0, f); err != nil {
+		t.Errorf("heap profile of the agent: %v", err)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -54,6 +55,7 @@ func run() int {
 	}
 	log := newLogger(cfg)
 	klog.SetSlogLogger(log)
+	tuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := agent(ctx, cfg, log); err != nil {
@@ -62,6 +64,21 @@ func run() int {
 	}
 	log.Info("Agent stopped; the datapath keeps enforcing the last policy")
 	return 0
+}
+
+// gcPercent is the agent's GOGC unless the environment sets one. The live
+// heap is mostly the informers' objects and two compilations (the last
+// one, kept, and the next); with Go's default of 100 the heap grows to
+// twice that before a collection, which put a 10 000-pod agent's RSS at
+// ~145 MiB over a ~50 MiB live heap. Like Calico's Felix (GoGCThreshold
+// 40), trade a little CPU for that memory. GOMEMLIMIT, read by the runtime,
+// caps the heap further where a node needs it.
+const gcPercent = 50
+
+func tuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(gcPercent)
+	}
 }
 
 func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
