@@ -19,6 +19,10 @@ type BPFCostRow struct {
 	Rules     int     `json:"rules"`
 	Runs      uint64  `json:"runs"`
 	NsPerRun  float64 `json:"ns_per_run"`
+	// The same, from the pass over the configurations in order and from
+	// the pass in reverse (NsPerRun covers both).
+	NsPerRunInOrder  float64 `json:"ns_per_run_in_order"`
+	NsPerRunReversed float64 `json:"ns_per_run_reversed"`
 }
 
 // ProgramInfo is what the verifier says of one of an agent's programs.

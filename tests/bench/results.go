@@ -107,9 +107,9 @@ func (r *Results) WriteTable(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	if len(r.BPFCost) > 0 {
-		fmt.Fprintf(w, "BPF program cost (kernel run statistics, a pass of its own after the rounds):\n\n| placement | rules | program runs | ns per run |\n|---|---|---|---|\n")
+		fmt.Fprintf(w, "BPF program cost (kernel run statistics, two passes of their own after the rounds: in order, then reversed):\n\n| placement | rules | program runs | ns per run | in order | reversed |\n|---|---|---|---|---|---|\n")
 		for _, b := range r.BPFCost {
-			fmt.Fprintf(w, "| %s | %d | %d | %.0f |\n", b.Placement, b.Rules, b.Runs, b.NsPerRun)
+			fmt.Fprintf(w, "| %s | %d | %d | %.0f | %.0f | %.0f |\n", b.Placement, b.Rules, b.Runs, b.NsPerRun, b.NsPerRunInOrder, b.NsPerRunReversed)
 		}
 		fmt.Fprintln(w)
 	}
