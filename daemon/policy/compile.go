@@ -216,8 +216,10 @@ type compiler struct {
 	problems    []error
 	blocks      []netip.Prefix // every ipBlock cidr and except
 	blockSet    map[netip.Prefix]bool
-	egressPort  map[namedPort]bool // named ports egress rules use
-	parsed      map[*metav1.LabelSelector]labels.Selector
+	// blockBits4 and blockBits6 are the lengths of blocks, sorted.
+	blockBits4, blockBits6 []int
+	egressPort             map[namedPort]bool // named ports egress rules use
+	parsed                 map[*metav1.LabelSelector]labels.Selector
 	// Indexes for peer matching, so a rule looks only at the identities
 	// that can match it: pod identities for selectors; for an ipBlock,
 	// the prefix identities inside it and the addresses it contains.
@@ -349,6 +351,19 @@ func (c *compiler) collectBlocksAndPorts() {
 		}
 	}
 	slices.SortFunc(c.blocks, comparePrefix)
+	// The prefix lengths in use, shortest first: blocksOf looks up only
+	// those (a few, against 33 or 129).
+	for _, b := range c.blocks {
+		if b.Addr().Is4() {
+			c.blockBits4 = append(c.blockBits4, b.Bits())
+		} else {
+			c.blockBits6 = append(c.blockBits6, b.Bits())
+		}
+	}
+	for _, bits := range []*[]int{&c.blockBits4, &c.blockBits6} {
+		slices.Sort(*bits)
+		*bits = slices.Compact(*bits)
+	}
 }
 
 func allPeers(pol *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer {
@@ -461,10 +476,11 @@ func (c *compiler) identity(key string, id *ident) uint32 {
 // lookup per prefix length, not one per block.
 func (c *compiler) blocksOf(a netip.Addr) []netip.Prefix {
 	var out []netip.Prefix
-	if len(c.blockSet) == 0 {
-		return nil
+	lengths := c.blockBits6
+	if a.Is4() {
+		lengths = c.blockBits4
 	}
-	for bits := 0; bits <= a.BitLen(); bits++ {
+	for _, bits := range lengths {
 		if p, err := a.Prefix(bits); err == nil && c.blockSet[p] {
 			out = append(out, p)
 		}
