@@ -346,17 +346,19 @@ func (w *Writer) update(set *ruleSet, d bpf.Direction, want []bpf.PolicyEntry) e
 }
 
 func (w *Writer) rehash(set *ruleSet) {
-	ids := w.byHash[set.hash]
-	if i := slices.Index(ids, set.id); i >= 0 {
-		ids = slices.Delete(ids, i, i+1)
-	}
+	w.unindex(set)
+	set.hash = hashEntries(set.ingress, set.egress)
+	w.byHash[set.hash] = append(w.byHash[set.hash], set.id)
+}
+
+// unindex removes set from byHash.
+func (w *Writer) unindex(set *ruleSet) {
+	ids := slices.DeleteFunc(w.byHash[set.hash], func(id uint32) bool { return id == set.id })
 	if len(ids) == 0 {
 		delete(w.byHash, set.hash)
 	} else {
 		w.byHash[set.hash] = ids
 	}
-	set.hash = hashEntries(set.ingress, set.egress)
-	w.byHash[set.hash] = append(w.byHash[set.hash], set.id)
 }
 
 // follow points the endpoint entry of ep at set, with ep's flags and the
@@ -398,12 +400,7 @@ func (w *Writer) dropSet(set *ruleSet) error {
 		return fmt.Errorf("delete rule set %d: %w", set.id, err)
 	}
 	delete(w.sets, set.id)
-	ids := slices.DeleteFunc(w.byHash[set.hash], func(id uint32) bool { return id == set.id })
-	if len(ids) == 0 {
-		delete(w.byHash, set.hash)
-	} else {
-		w.byHash[set.hash] = ids
-	}
+	w.unindex(set)
 	return nil
 }
 
