@@ -6,7 +6,6 @@ package k8s
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -18,10 +17,6 @@ import (
 	netlisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
 )
-
-// resync is how often the informers replay their whole cache, a safety net
-// for a missed event.
-const resync = 10 * time.Minute
 
 // Cluster holds the listers the controller reads.
 type Cluster struct {
@@ -40,7 +35,9 @@ type Cluster struct {
 // New creates the informers; onChange is called (and must only enqueue) for
 // every add, update and delete.
 func New(client kubernetes.Interface, onChange func()) (*Cluster, error) {
-	f := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTransform(Slim))
+	// No periodic replay of the caches: it would only deliver objects
+	// SameButVersion drops. The controller resyncs every minute on its own.
+	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Slim))
 	c := &Cluster{factory: f}
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { onChange() },
@@ -71,8 +68,7 @@ func New(client kubernetes.Interface, onChange func()) (*Cluster, error) {
 // SameButVersion reports whether two versions of an object, as slimmed
 // for the cache, differ in nothing but their resourceVersion: a pod's
 // condition or a node's heartbeat changes nothing policy reads, and must not
-// cost a sync. The informers' periodic replays (same version) are skipped
-// too; the controller resyncs on its own.
+// cost a sync.
 func SameButVersion(old, cur any) bool {
 	o, ok := old.(runtime.Object)
 	if !ok {
