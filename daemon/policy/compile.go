@@ -217,9 +217,10 @@ type compiler struct {
 	blocks      []netip.Prefix // every ipBlock cidr and except
 	blockSet    map[netip.Prefix]bool
 	// blockBits4 and blockBits6 are the lengths of blocks, sorted.
-	blockBits4, blockBits6 []int
-	egressPort             map[namedPort]bool // named ports egress rules use
-	parsed                 map[*metav1.LabelSelector]labels.Selector
+	blockBits4 []int
+	blockBits6 []int
+	egressPort map[namedPort]bool // named ports egress rules use
+	parsed     map[*metav1.LabelSelector]labels.Selector
 	// Indexes for peer matching, so a rule looks only at the identities
 	// that can match it: pod identities for selectors; for an ipBlock,
 	// the prefix identities inside it and the addresses it contains.

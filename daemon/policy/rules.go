@@ -104,7 +104,8 @@ func shapeKey(pod *corev1.Pod) string {
 // policyOf compiles the rules of pod, without the endpoint's own fields.
 func (c *compiler) policyOf(pod *corev1.Pod) EndpointPolicy {
 	var out EndpointPolicy
-	for _, pol := range c.s.Policies {
+	// Only a pod's own namespace's policies can select it.
+	for _, pol := range c.nsPolicies[pod.Namespace] {
 		if !c.selects(pol, pod) {
 			continue
 		}
