@@ -20,6 +20,7 @@ type CNIOption func(*cniOptions)
 
 type cniOptions struct {
 	palisade   bool
+	noop       bool
 	cniVersion string
 	dualStack  bool
 }
@@ -27,6 +28,13 @@ type cniOptions struct {
 // WithoutPalisade drops the palisade entry: the baseline pod network, with no
 // policy enforced and no agent needed.
 func WithoutPalisade() CNIOption { return func(o *cniOptions) { o.palisade = false } }
+
+// WithNoopInsteadOfPalisade puts upstream's chained example plugin, which
+// passes prevResult through and does nothing else, where palisade was: the
+// cost of one more Go plugin in the chain, the floor under Palisade's own.
+func WithNoopInsteadOfPalisade() CNIOption {
+	return func(o *cniOptions) { o.palisade, o.noop = false, true }
+}
 
 // WithCNIVersion rewrites the conflist's cniVersion; STATUS and GC need 1.1.0.
 func WithCNIVersion(v string) CNIOption { return func(o *cniOptions) { o.cniVersion = v } }
@@ -98,10 +106,14 @@ func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
 			ipam["dataDir"] = filepath.Join(n.dir, "ipam")
 		case "palisade":
 			sawPalisade = true
-			if !o.palisade {
+			if o.noop {
+				// sample refuses to run without this argument.
+				plugin = map[string]any{"type": "sample", "anotherAwesomeArg": "noop"}
+			} else if !o.palisade {
 				continue
+			} else {
+				plugin["agentSocket"] = n.AgentSocket()
 			}
-			plugin["agentSocket"] = n.AgentSocket()
 		}
 		kept = append(kept, plugin)
 	}
