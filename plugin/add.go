@@ -14,9 +14,10 @@ import (
 	"github.com/palisade-cni/palisade/daemon/agentapi"
 )
 
-// cmdAdd attaches the programs to the pod's host veth and registers the pod
-// with the agent, which answers only once the pod's policy is in the maps: a
-// pod never runs a moment unprotected. It then passes prevResult through.
+// cmdAdd registers the pod with the agent, which answers only once the
+// pod's policy is in the maps, then attaches the programs to the pod's host
+// veth: a pod never runs a moment unprotected, because the runtime starts it
+// only after ADD. It then passes prevResult through.
 func cmdAdd(args *skel.CmdArgs) error {
 	conf, prev, err := parseConfig(args.StdinData)
 	if err != nil {
@@ -28,6 +29,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 	return types.PrintResult(prev, conf.CNIVersion)
 }
 
+// add makes one round trip to the agent: registering first lets the answer
+// carry where the programs are, so no status call precedes it (each costs
+// ~2 ms of the pod's start).
 func add(ctx context.Context, conf *Conf, prev *current.Result, args *skel.CmdArgs) error {
 	if prev == nil {
 		return errChained
@@ -48,18 +52,7 @@ func add(ctx context.Context, conf *Conf, prev *current.Result, args *skel.CmdAr
 		return err
 	}
 	client := agentapi.NewClient(conf.AgentSocket)
-	st, err := readyStatus(ctx, client)
-	if err != nil {
-		return err
-	}
 	id := agentapi.EndpointID(args.ContainerID, args.IfName)
-	mode, err := bpf.Attach(st.BPFRoot, hv.Index, id, bpf.AttachMode(st.AttachMode))
-	if err != nil {
-		err = fmt.Errorf("attach programs to host veth %s (ifindex %d): %w", hv.Name, hv.Index, err)
-		return errors.Join(err, detach(st.BPFRoot, hv, id))
-	}
-	log.Info("Programs attached", "endpoint", id, "ifname", hv.Name, "ifindex", hv.Index, "mode", mode)
-
 	resp, err := client.Add(ctx, &agentapi.AddRequest{
 		ContainerID:  args.ContainerID,
 		IfName:       args.IfName,
@@ -72,18 +65,31 @@ func add(ctx context.Context, conf *Conf, prev *current.Result, args *skel.CmdAr
 		IPs:          ips,
 	})
 	if err != nil {
-		// No half state: a pod the agent does not know must not keep programs
-		// that enforce nothing current.
-		err = fmt.Errorf("register endpoint %s of pod %s with palisade-agent: %w", id, pa.pod(), err)
-		return errors.Join(err, detach(st.BPFRoot, hv, id))
+		return fmt.Errorf("register endpoint %s of pod %s with palisade-agent: %w", id, pa.pod(), err)
 	}
 	log.Info("Endpoint registered", "endpoint", id, "revision", resp.Endpoint.Revision)
+
+	mode, err := bpf.Attach(resp.BPFRoot, hv.Index, id, bpf.AttachMode(resp.AttachMode))
+	if err != nil {
+		// No half state: the agent must not keep an endpoint whose programs
+		// are missing, nor the interface programs of a failed ADD.
+		err = fmt.Errorf("attach programs to host veth %s (ifindex %d): %w", hv.Name, hv.Index, err)
+		return errors.Join(err, detach(resp.BPFRoot, hv, id), unregister(ctx, client, id))
+	}
+	log.Info("Programs attached", "endpoint", id, "ifname", hv.Name, "ifindex", hv.Index, "mode", mode)
 	return nil
 }
 
 func detach(bpfRoot string, hv hostVeth, id string) error {
 	if err := bpf.Detach(bpfRoot, hv.Index, id); err != nil {
 		return fmt.Errorf("detach programs from host veth %s after the failed ADD: %w", hv.Name, err)
+	}
+	return nil
+}
+
+func unregister(ctx context.Context, client *agentapi.Client, id string) error {
+	if err := client.Delete(ctx, id); err != nil && !errors.Is(err, agentapi.ErrEndpointNotFound) {
+		return fmt.Errorf("remove endpoint %s from palisade-agent after the failed ADD: %w", id, err)
 	}
 	return nil
 }

@@ -174,10 +174,14 @@ func startFakeAgent(tb testing.TB, fa *fakeAgent) string {
 		}
 		fa.mu.Lock()
 		defer fa.mu.Unlock()
+		if !fa.status.Ready {
+			writeJSON(w, http.StatusServiceUnavailable, agentapi.Error{Code: agentapi.CodeNotReady, Message: "agent not ready: " + fa.status.Reason})
+			return
+		}
 		fa.adds = append(fa.adds, req)
 		ep := agentapi.Endpoint{ID: agentapi.EndpointID(req.ContainerID, req.IfName), IPs: req.IPs, Revision: 1, Current: true}
 		fa.endpoints[ep.ID] = ep
-		writeJSON(w, http.StatusOK, agentapi.AddResponse{Endpoint: ep})
+		writeJSON(w, http.StatusOK, agentapi.AddResponse{Endpoint: ep, BPFRoot: fa.status.BPFRoot, AttachMode: fa.status.AttachMode})
 	})
 	mux.HandleFunc("GET /v1/endpoints/{id}", func(w http.ResponseWriter, r *http.Request) {
 		fa.mu.Lock()
@@ -275,9 +279,9 @@ func TestPrivilegedVerbs(t *testing.T) {
 			then: noAdds,
 		},
 		{
-			name: "ADD without the agent's pinned programs fails naming them and registers nothing", status: ready, cmd: cmdAdd,
+			name: "ADD without the agent's pinned programs fails naming them and leaves no endpoint", status: ready, cmd: cmdAdd,
 			wantCode: types.ErrInternal, wantMsg: []string{"vethpal0", "{bpfRoot}/progs/pal_from_pod"},
-			then: noAdds,
+			then: registeredThenRemoved,
 		},
 		{
 			name: "DEL of an endpoint the agent does not know succeeds", status: ready, cmd: cmdDel,
@@ -456,6 +460,18 @@ func noAdds(t *testing.T, fa *fakeAgent, _ string) {
 	t.Helper()
 	if len(fa.adds) != 0 {
 		t.Errorf("agent received ADD requests %+v", fa.adds)
+	}
+}
+
+// registeredThenRemoved asserts that the plugin registered the endpoint and
+// took it back: the agent keeps nothing of a failed ADD.
+func registeredThenRemoved(t *testing.T, fa *fakeAgent, _ string) {
+	t.Helper()
+	if len(fa.adds) != 1 {
+		t.Errorf("agent received %d ADD requests, want 1: %+v", len(fa.adds), fa.adds)
+	}
+	if len(fa.endpoints) != 0 {
+		t.Errorf("agent still has endpoints %+v", fa.endpoints)
 	}
 }
 

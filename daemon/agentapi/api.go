@@ -100,6 +100,10 @@ type Endpoint struct {
 // policy is in the datapath.
 type AddResponse struct {
 	Endpoint Endpoint `json:"endpoint"`
+	// BPFRoot and AttachMode say where the plugin finds the programs to
+	// attach and how, as in Status: the ADD needs no Status call first.
+	BPFRoot    string `json:"bpfRoot"`
+	AttachMode string `json:"attachMode"`
 }
 
 // Attachment names a container interface the runtime still has.

@@ -158,7 +158,7 @@ func (s *Server) add(w http.ResponseWriter, r *http.Request) {
 		s.OnAdd(how, time.Since(start))
 	}
 	log.Info("Endpoint added", "revision", rev, "ips", ep.IPs, "programmed", how)
-	writeJSON(w, http.StatusOK, agentapi.AddResponse{Endpoint: ep})
+	writeJSON(w, http.StatusOK, agentapi.AddResponse{Endpoint: ep, BPFRoot: s.BPFRoot, AttachMode: string(s.AttachMode)})
 }
 
 func validate(req *agentapi.AddRequest) string {
