@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/palisade-cni/palisade/daemon/statefile"
@@ -56,13 +57,14 @@ func (a *Allocator) ID(key string) uint32 {
 	return id
 }
 
-// Retain forgets every key not in keep, so that the table does not grow
-// with every label set the cluster ever had. Numbers are never reused.
-func (a *Allocator) Retain(keep map[string]bool) {
+// Retain forgets every key in none of the keep sets, so that the table
+// does not grow with every label set the cluster ever had. Numbers are
+// never reused.
+func (a *Allocator) Retain(keep ...map[string]bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for k := range a.ids {
-		if !keep[k] {
+		if !slices.ContainsFunc(keep, func(m map[string]bool) bool { return m[k] }) {
 			delete(a.ids, k)
 			a.dirty = true
 		}

@@ -15,7 +15,6 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/palisade-cni/palisade/daemon/identity"
 )
@@ -133,7 +132,7 @@ func Compile(s State, alloc *identity.Allocator) Result {
 	res.Refs = maps.Clone(c.refs)
 	res.Problems = dedupeErrors(c.problems)
 	res.comp = c
-	alloc.Retain(c.usedKeys)
+	alloc.Retain(c.usedKeys, c.blocks.keys)
 	return res
 }
 
@@ -214,18 +213,21 @@ type compiler struct {
 	universeGen uint64
 	nsPolicies  map[string][]*networkingv1.NetworkPolicy
 	problems    []error
-	blocks      []netip.Prefix // every ipBlock cidr and except
-	blockSet    map[netip.Prefix]bool
-	// blockBits4 and blockBits6 are the lengths of blocks, sorted.
-	blockBits4 []int
-	blockBits6 []int
-	egressPort map[namedPort]bool // named ports egress rules use
-	parsed     map[*metav1.LabelSelector]labels.Selector
+	// podKeys are the identities addAddresses gave pod addresses, for the
+	// next compile; prevPodKeys are the previous compile's, while it runs.
+	// Neither changes once addAddresses is done: CompileEndpoint, which may
+	// run at the same time as the next compile, does not record its pods.
+	podKeys, prevPodKeys map[podAddr]podKey
+	// blocks is what the policies' ipBlocks and named ports give, shared
+	// with the compilers before and after this one while the policies stay
+	// the same objects. Read-only.
+	blocks *blockIndex
+	parsed map[*metav1.LabelSelector]labels.Selector
 	// Indexes for peer matching, so a rule looks only at the identities
 	// that can match it: pod identities for selectors; for an ipBlock,
-	// the prefix identities inside it and the addresses it contains.
+	// the prefix identities inside it (blocks.inside) and the addresses
+	// it contains.
 	podIDs       []uint32
-	prefixInside map[netip.Prefix][]uint32
 	blockMembers map[netip.Prefix][]uint32
 	// peerIDs memoizes each rule's matching identities: they do not
 	// depend on the endpoint the rule is compiled for.
@@ -260,27 +262,33 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 	slices.SortFunc(s.Policies, func(a, b *networkingv1.NetworkPolicy) int {
 		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
+	var prev *compiler
+	if s.Previous != nil {
+		prev = s.Previous.comp
+	}
 	c := &compiler{
 		s:          s,
 		alloc:      alloc,
 		nsLabels:   map[string]map[string]string{},
 		nsKeys:     map[string]string{},
-		ipcache:    map[netip.Prefix]uint32{},
-		identities: map[uint32]*ident{},
 		usedKeys:   map[string]bool{},
 		refs:       map[uint32]RuleRef{},
 		ruleNums:   map[ruleKey]uint32{},
 		shapes:     map[string]shape{},
 		nsPolicies: map[string][]*networkingv1.NetworkPolicy{},
-		egressPort: map[namedPort]bool{},
 		parsed:     map[*metav1.LabelSelector]labels.Selector{},
-		blockSet:   map[netip.Prefix]bool{},
 		peerIDs:    map[peerKey][]uint32{},
 	}
+	if prev != nil && prev.alloc == alloc && slices.Equal(prev.blocks.policies, s.Policies) {
+		c.blocks = prev.blocks
+		c.prevPodKeys = prev.podKeys
+	} else {
+		c.blocks = newBlockIndex(s.Policies, alloc)
+	}
+	c.problems = slices.Clone(c.blocks.problems)
 	for _, ns := range s.Namespaces {
 		c.nsLabels[ns.Name] = ns.Labels
 	}
-	c.collectBlocksAndPorts()
 	c.addAddresses()
 	c.index()
 	c.universe = slices.Sorted(maps.Keys(c.identities))
@@ -290,80 +298,25 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 	return c
 }
 
-// index builds the peer-matching indexes over the identities.
+// index builds the peer-matching indexes over the identities of pods and
+// nodes; the blocks' own identities are indexed in c.blocks.
 func (c *compiler) index() {
-	c.prefixInside = map[netip.Prefix][]uint32{}
 	c.blockMembers = map[netip.Prefix][]uint32{}
-	for id := range c.identities {
-		c.indexIdentity(id)
+	for id, in := range c.identities {
+		if !in.prefix.IsValid() {
+			c.indexIdentity(id)
+		}
 	}
 }
 
+// indexIdentity indexes the identity of a pod or a node.
 func (c *compiler) indexIdentity(id uint32) {
 	in := c.identities[id]
-	switch {
-	case in.pod:
+	if in.pod {
 		c.podIDs = append(c.podIDs, id)
-	case in.prefix.IsValid():
-		for _, outer := range c.blocksOf(in.prefix.Addr()) {
-			if outer.Bits() <= in.prefix.Bits() {
-				c.prefixInside[outer] = append(c.prefixInside[outer], id)
-			}
-		}
-		return
 	}
 	for _, b := range in.blocks {
 		c.blockMembers[b] = append(c.blockMembers[b], id)
-	}
-}
-
-// collectBlocksAndPorts finds every ipBlock prefix and every named port an
-// egress rule uses: addresses are split into identities along them.
-func (c *compiler) collectBlocksAndPorts() {
-	seen := map[netip.Prefix]bool{}
-	add := func(pol *networkingv1.NetworkPolicy, s string) {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			c.problem(pol, "ipBlock %q is not a CIDR: %v", s, err)
-			return
-		}
-		if p = p.Masked(); !seen[p] {
-			seen[p] = true
-			c.blocks = append(c.blocks, p)
-			c.blockSet[p] = true
-		}
-	}
-	for _, pol := range c.s.Policies {
-		for _, peer := range allPeers(pol) {
-			if peer.IPBlock == nil {
-				continue
-			}
-			add(pol, peer.IPBlock.CIDR)
-			for _, e := range peer.IPBlock.Except {
-				add(pol, e)
-			}
-		}
-		for _, r := range pol.Spec.Egress {
-			for _, p := range r.Ports {
-				if p.Port != nil && p.Port.Type == intstr.String {
-					c.egressPort[namedPort{p.Port.StrVal, protoOf(p.Protocol)}] = true
-				}
-			}
-		}
-	}
-	slices.SortFunc(c.blocks, comparePrefix)
-	// The prefix lengths in use, shortest first: blocksOf looks up only
-	// those (a few, against 33 or 129).
-	for _, b := range c.blocks {
-		if b.Addr().Is4() {
-			c.blockBits4 = append(c.blockBits4, b.Bits())
-		} else {
-			c.blockBits6 = append(c.blockBits6, b.Bits())
-		}
-	}
-	for _, bits := range []*[]int{&c.blockBits4, &c.blockBits6} {
-		slices.Sort(*bits)
-		*bits = slices.Compact(*bits)
 	}
 }
 
@@ -380,19 +333,28 @@ func allPeers(pol *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer 
 
 // addAddresses fills the ipcache: pod IPs, node IPs and ipBlock prefixes.
 func (c *compiler) addAddresses() {
-	for _, p := range c.blocks {
-		key := "cidr|" + p.String()
-		c.ipcache[p] = c.identity(key, &ident{prefix: p})
-	}
+	// The blocks' entries first, so that an address of a pod or a node
+	// that is also a block takes the pod's or the node's identity.
+	c.ipcache = make(map[netip.Prefix]uint32, len(c.blocks.ipcache)+len(c.s.Pods)+len(c.s.RemoteNodeIPs)+len(c.s.NodeIPs))
+	maps.Copy(c.ipcache, c.blocks.ipcache)
+	c.identities = maps.Clone(c.blocks.identities)
 	for _, a := range c.s.RemoteNodeIPs {
-		sig := c.blocksOf(a)
+		sig := c.blocks.of(a)
 		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = c.identity("node|"+prefixList(sig), &ident{blocks: sig})
 	}
+	c.podKeys = make(map[podAddr]podKey, len(c.s.Pods))
 	for pod, ips := range c.podIPs() {
 		for _, a := range ips {
-			c.ipcache[netip.PrefixFrom(a, a.BitLen())] = c.podIdentity(pod, a)
+			pa := podAddr{pod, a}
+			k, ok := c.prevPodIdentity(pa)
+			if !ok {
+				k = c.podKeyOf(pod, a)
+			}
+			c.podKeys[pa] = k
+			c.ipcache[netip.PrefixFrom(a, a.BitLen())] = k.ident.id
 		}
 	}
+	c.prevPodKeys = nil
 	// The node's own addresses last: they are always allowed, whatever else
 	// claims them.
 	for _, a := range c.s.NodeIPs {
@@ -403,7 +365,7 @@ func (c *compiler) addAddresses() {
 // podIPs maps each pod with addresses to them. A local endpoint's IPs come
 // from the CNI chain and win over the Pod's status, which lags behind.
 func (c *compiler) podIPs() map[*corev1.Pod][]netip.Addr {
-	out := map[*corev1.Pod][]netip.Addr{}
+	out := make(map[*corev1.Pod][]netip.Addr, len(c.s.Pods))
 	local := map[string]bool{}
 	for _, ep := range c.s.Endpoints {
 		if ep.Pod != nil {
@@ -429,28 +391,31 @@ func (c *compiler) podIPs() map[*corev1.Pod][]netip.Addr {
 	return out
 }
 
+// podIdentity returns the identity of pod's address a, describing it if
+// the compile has none yet.
 func (c *compiler) podIdentity(pod *corev1.Pod, a netip.Addr) uint32 {
-	blocks := c.blocksOf(a)
+	return c.podKeyOf(pod, a).ident.id
+}
+
+// podKeyOf is podIdentity with the allocator key it went by.
+func (c *compiler) podKeyOf(pod *corev1.Pod, a netip.Addr) podKey {
+	blocks := c.blocks.of(a)
 	var ports []string
-	for np := range c.egressPort {
+	for np := range c.blocks.egressPort {
 		if n, ok := resolvePort(pod, np); ok {
 			ports = append(ports, fmt.Sprintf("%s/%d=%d", np.name, np.proto, n))
 		}
 	}
 	sort.Strings(ports)
-	nsKey, ok := c.nsKeys[pod.Namespace]
-	if !ok {
-		nsKey = labelString(c.nsLabels[pod.Namespace])
-		c.nsKeys[pod.Namespace] = nsKey
-	}
+	nsKey := c.nsKey(pod.Namespace)
 	key := strings.Join([]string{"pod", pod.Namespace, nsKey, labelString(pod.Labels),
 		prefixList(blocks), strings.Join(ports, ",")}, "|")
 	// Most pods share their identity with others: describe it once.
-	if id := c.alloc.ID(key); c.identities[id] != nil {
+	if in := c.identities[c.alloc.ID(key)]; in != nil {
 		c.usedKeys[key] = true
-		return id
+		return podKey{nsKey: nsKey, key: key, ident: in}
 	}
-	id := &ident{
+	in := &ident{
 		pod:       true,
 		namespace: pod.Namespace,
 		nsLabels:  labels.Set(c.nsLabels[pod.Namespace]),
@@ -458,12 +423,52 @@ func (c *compiler) podIdentity(pod *corev1.Pod, a netip.Addr) uint32 {
 		blocks:    blocks,
 		ports:     map[namedPort]uint16{},
 	}
-	for np := range c.egressPort {
+	for np := range c.blocks.egressPort {
 		if n, ok := resolvePort(pod, np); ok {
-			id.ports[np] = n
+			in.ports[np] = n
 		}
 	}
-	return c.identity(key, id)
+	c.identity(key, in)
+	return podKey{nsKey: nsKey, key: key, ident: in}
+}
+
+// podKey is what podKeyOf found for one pod address. It depends on the Pod
+// object, the address, the namespace's labels (nsKey) and the blocks alone,
+// so the next compile takes it over when all four are the same: working it
+// out is most of a compile that reuses the rest.
+type podKey struct {
+	nsKey string
+	key   string
+	ident *ident // never modified once made
+}
+
+type podAddr struct {
+	pod  *corev1.Pod
+	addr netip.Addr
+}
+
+// prevPodIdentity returns the identity the previous compile gave pod's
+// address a, false if anything it depends on changed since.
+func (c *compiler) prevPodIdentity(pa podAddr) (podKey, bool) {
+	k, ok := c.prevPodKeys[pa]
+	if !ok || k.nsKey != c.nsKey(pa.pod.Namespace) || c.alloc.ID(k.key) != k.ident.id {
+		return podKey{}, false
+	}
+	c.usedKeys[k.key] = true
+	if c.identities[k.ident.id] == nil {
+		c.identities[k.ident.id] = k.ident
+	}
+	return k, true
+}
+
+// nsKey is namespace ns's labels as a string.
+func (c *compiler) nsKey(ns string) string {
+	k, ok := c.nsKeys[ns]
+	if !ok {
+		k = labelString(c.nsLabels[ns])
+		c.nsKeys[ns] = k
+	}
+	return k
 }
 
 func (c *compiler) identity(key string, id *ident) uint32 {
@@ -473,24 +478,12 @@ func (c *compiler) identity(key string, id *ident) uint32 {
 	return id.id
 }
 
-// blocksOf lists the ipBlock prefixes that contain a, shortest first: one
-// lookup per prefix length, not one per block.
-func (c *compiler) blocksOf(a netip.Addr) []netip.Prefix {
-	var out []netip.Prefix
-	lengths := c.blockBits6
-	if a.Is4() {
-		lengths = c.blockBits4
-	}
-	for _, bits := range lengths {
-		if p, err := a.Prefix(bits); err == nil && c.blockSet[p] {
-			out = append(out, p)
-		}
-	}
-	return out
+func (c *compiler) problem(pol *networkingv1.NetworkPolicy, format string, args ...any) {
+	c.problems = append(c.problems, policyProblem(pol, format, args...))
 }
 
-func (c *compiler) problem(pol *networkingv1.NetworkPolicy, format string, args ...any) {
-	c.problems = append(c.problems, fmt.Errorf("networkpolicy %s/%s: %s", pol.Namespace, pol.Name, fmt.Sprintf(format, args...)))
+func policyProblem(pol *networkingv1.NetworkPolicy, format string, args ...any) error {
+	return fmt.Errorf("networkpolicy %s/%s: %s", pol.Namespace, pol.Name, fmt.Sprintf(format, args...))
 }
 
 // dedupeErrors drops repeated messages, keeping the first of each.

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	gocmp "github.com/google/go-cmp/cmp"
@@ -25,49 +26,85 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 		CIDR: "10.244.0.0/16", Except: []string{"10.244.2.0/24"}}}), port(corev1.ProtocolTCP, 80)))
 	badPolicy := netpol("bad", ingressRule(peers(networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{
 		MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "role", Operator: "Bogus"}}}})))
+	// Every state shares the objects it does not change, as informer
+	// caches do.
+	base := cluster()
+	base.Policies = []*networkingv1.NetworkPolicy{backendPolicy, blockPolicy, badPolicy}
 	start := func() State {
-		s := cluster()
-		s.Policies = []*networkingv1.NetworkPolicy{backendPolicy, blockPolicy, badPolicy}
+		s := base
+		s.Pods = slices.Clone(base.Pods)
+		s.Namespaces = slices.Clone(base.Namespaces)
+		s.Policies = slices.Clone(base.Policies)
 		return s
 	}
+	// reused: the server's rules come from the previous Result;
+	// blocksReused: so do the ipBlocks' identities and indexes;
+	// clientReused: so does the identity of the prod client's address.
 	for _, tt := range []struct {
-		name   string
-		change func(*State)
-		reused bool
+		name         string
+		change       func(*State)
+		reused       bool
+		blocksReused bool
+		clientReused bool
 	}{
-		{"nothing", func(*State) {}, true},
+		{"nothing", func(*State) {}, true, true, true},
 		{"a pod like another appears", func(s *State) {
 			s.Pods = append(s.Pods, pod("prod", "client-2", netip.MustParseAddr("10.244.1.30"), map[string]string{"role": "frontend"},
 				corev1.ContainerPort{Name: "http", ContainerPort: 8080}))
-		}, true},
+		}, true, true, true},
+		{"a pod appears inside an except", func(s *State) {
+			s.Pods = append(s.Pods, pod("prod", "client-3", netip.MustParseAddr("10.244.2.30"), map[string]string{"role": "frontend"},
+				corev1.ContainerPort{Name: "http", ContainerPort: 8080}))
+		}, false, true, true},
 		{"a peer's labels change", func(s *State) {
 			s.Pods[1] = pod("prod", "client", clientIP, map[string]string{"role": "frontend", "tier": "web"},
 				corev1.ContainerPort{Name: "http", ContainerPort: 8080})
-		}, false},
+		}, false, true, false},
 		{"a peer's named port changes", func(s *State) {
 			s.Pods[3] = pod("dev", "client", devIP, map[string]string{"role": "frontend"}, corev1.ContainerPort{Name: "http", ContainerPort: 8081})
-		}, false},
+		}, false, true, true},
 		{"a policy is updated", func(s *State) {
 			updated := backendPolicy.DeepCopy()
 			*updated.Spec.Ingress[0].Ports[0].Port = intstr.FromInt32(6380)
 			s.Policies[0] = updated
-		}, false},
-		{"a policy goes", func(s *State) { s.Policies = s.Policies[1:] }, false},
+		}, false, false, false},
+		{"a policy's ipBlock changes", func(s *State) {
+			updated := blockPolicy.DeepCopy()
+			updated.Spec.Ingress[0].From[0].IPBlock.Except = []string{"10.244.1.0/24"}
+			s.Policies[1] = updated
+		}, false, false, false},
+		{"a policy goes", func(s *State) { s.Policies = s.Policies[1:] }, false, false, false},
 		{"a namespace's labels change", func(s *State) {
 			s.Namespaces[1] = ns("dev", map[string]string{"env": "staging"})
-		}, false},
+		}, false, true, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			alloc := identity.NewAllocator()
 			prev := Compile(start(), alloc)
 			next := start()
 			tt.change(&next)
-			fresh := Compile(next, alloc)
+			// With the previous Result first, as the agent compiles: the
+			// allocator still holds every key the previous compile used.
 			next.Previous = &prev
 			got := Compile(next, alloc)
+			next.Previous = nil
+			fresh := Compile(next, alloc)
 
 			if d := gocmp.Diff(fresh.Endpoints, got.Endpoints); d != "" {
 				t.Errorf("endpoints (-from scratch +with the previous Result):\n%s", d)
+			}
+			if d := gocmp.Diff(fresh.IPCache, got.IPCache); d != "" {
+				t.Errorf("ipcache (-from scratch +with the previous Result):\n%s", d)
+			}
+			if shared := got.comp.blocks == prev.comp.blocks; shared != tt.blocksReused {
+				t.Errorf("previous ipBlock index reused: %v, want %v", shared, tt.blocksReused)
+			}
+			client, ok := prev.comp.podKeys[podAddr{base.Pods[1], clientIP}]
+			if !ok {
+				t.Fatal("the first compile has no identity for the client's address")
+			}
+			if shared := got.comp.podKeys[podAddr{next.Pods[1], clientIP}].ident == client.ident; shared != tt.clientReused {
+				t.Errorf("previous identity of the client's address reused: %v, want %v", shared, tt.clientReused)
 			}
 			if d := gocmp.Diff(errorStrings(fresh.Problems), errorStrings(got.Problems)); d != "" {
 				t.Errorf("problems (-from scratch +with the previous Result):\n%s", d)
@@ -102,4 +139,59 @@ func errorStrings(errs []error) []string {
 		out = append(out, e.Error())
 	}
 	return out
+}
+
+// A Previous older than the last compile may name identities the allocator
+// has forgotten since: those are described again, under their new numbers.
+func TestCompileWithAnOlderPreviousRenumbersForgottenIdentities(t *testing.T) {
+	alloc := identity.NewAllocator()
+	s := cluster()
+	old := Compile(s, alloc)
+	without := s
+	without.Pods = s.Pods[:1] // the client's identity is forgotten
+	Compile(without, alloc)
+	s.Previous = &old
+	got := Compile(s, alloc)
+	s.Previous = nil
+	fresh := Compile(s, alloc)
+	if d := gocmp.Diff(fresh.IPCache, got.IPCache); d != "" {
+		t.Errorf("ipcache (-from scratch +with the older Result):\n%s", d)
+	}
+	if was, is := old.IPCache[netip.PrefixFrom(clientIP, 32)], got.IPCache[netip.PrefixFrom(clientIP, 32)]; was == is {
+		t.Errorf("the client's address kept identity %d, which the allocator had forgotten", was)
+	}
+}
+
+// The agent programs a starting pod (CompileEndpoint on the last Result)
+// while the next sync compiles with that Result as Previous. Run with -race:
+// the two share only what neither modifies.
+func TestCompileEndpointDuringTheNextCompile(t *testing.T) {
+	s := cluster()
+	s.Policies = []*networkingv1.NetworkPolicy{netpol("blocks", ingressRule(peers(
+		networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16", Except: []string{"10.244.2.0/24"}}},
+		podPeer(map[string]string{"role": "frontend"}))))}
+	alloc := identity.NewAllocator()
+	prev := Compile(s, alloc)
+	newcomer := pod("prod", "newcomer", netip.MustParseAddr("10.244.2.40"), map[string]string{"role": "cache"})
+	ep := Endpoint{ID: "newcomer", Ifindex: 9, Pod: newcomer, IPs: []netip.Addr{netip.MustParseAddr("10.244.2.40")}}
+
+	next := s
+	next.Previous = &prev
+	done := make(chan error)
+	go func() {
+		_, _, err := prev.CompileEndpoint(ep)
+		done <- err
+	}()
+	got := Compile(next, alloc)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	next.Previous = nil
+	fresh := Compile(next, alloc)
+	if d := gocmp.Diff(fresh.IPCache, got.IPCache); d != "" {
+		t.Errorf("ipcache (-from scratch +with the previous Result):\n%s", d)
+	}
+	if d := gocmp.Diff(fresh.Endpoints, got.Endpoints); d != "" {
+		t.Errorf("endpoints (-from scratch +with the previous Result):\n%s", d)
+	}
 }

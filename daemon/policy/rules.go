@@ -265,7 +265,7 @@ func (c *compiler) candidates(peer networkingv1.NetworkPolicyPeer) []uint32 {
 		return nil
 	}
 	cidr = cidr.Masked()
-	return append(slices.Clone(c.prefixInside[cidr]), c.blockMembers[cidr]...)
+	return append(slices.Clone(c.blocks.inside[cidr]), c.blockMembers[cidr]...)
 }
 
 // namedRules resolves a named port. For ingress the name is looked up in

@@ -1,0 +1,130 @@
+package policy
+
+import (
+	"net/netip"
+	"slices"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/palisade-cni/palisade/daemon/identity"
+)
+
+// blockIndex is what a compile takes from the policies' ipBlocks and named
+// ports alone: every prefix with its identity, which prefixes lie inside
+// which, and the named ports egress rules use. Building it is most of a
+// compile when policies carry thousands of prefixes, and a pod's event does
+// not change it, so compiles share it while the policies are the same
+// objects (informer caches replace an object that changes). It is never
+// modified once built: compilers read it concurrently.
+type blockIndex struct {
+	// policies are the policies it was built from, in the compiler's order.
+	policies []*networkingv1.NetworkPolicy
+	// blocks are every ipBlock cidr and except, sorted; set holds them.
+	blocks []netip.Prefix
+	set    map[netip.Prefix]bool
+	// bits4 and bits6 are the prefix lengths in use, shortest first: of
+	// looks up only those (a few, against 33 or 129).
+	bits4, bits6 []int
+	egressPort   map[namedPort]bool
+	// identities, ipcache and keys are the blocks' identities, their
+	// ipcache entries and their allocator keys.
+	identities map[uint32]*ident
+	ipcache    map[netip.Prefix]uint32
+	keys       map[string]bool
+	// inside lists, per block, the identities of the blocks inside it
+	// (itself included).
+	inside map[netip.Prefix][]uint32
+	// problems are the ipBlocks that do not parse.
+	problems []error
+}
+
+// newBlockIndex builds the index of policies, which must be sorted as the
+// compiler sorts them.
+func newBlockIndex(policies []*networkingv1.NetworkPolicy, alloc *identity.Allocator) *blockIndex {
+	b := &blockIndex{
+		policies:   policies,
+		set:        map[netip.Prefix]bool{},
+		egressPort: map[namedPort]bool{},
+		inside:     map[netip.Prefix][]uint32{},
+	}
+	b.collect()
+	b.identities = make(map[uint32]*ident, len(b.blocks))
+	b.ipcache = make(map[netip.Prefix]uint32, len(b.blocks))
+	b.keys = make(map[string]bool, len(b.blocks))
+	for _, p := range b.blocks {
+		key := "cidr|" + p.String()
+		id := alloc.ID(key)
+		b.identities[id] = &ident{id: id, prefix: p}
+		b.ipcache[p] = id
+		b.keys[key] = true
+		for _, outer := range b.of(p.Addr()) {
+			if outer.Bits() <= p.Bits() {
+				b.inside[outer] = append(b.inside[outer], id)
+			}
+		}
+	}
+	return b
+}
+
+// collect finds every ipBlock prefix and every named port an egress rule
+// uses: addresses are split into identities along them.
+func (b *blockIndex) collect() {
+	add := func(pol *networkingv1.NetworkPolicy, s string) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			b.problems = append(b.problems, policyProblem(pol, "ipBlock %q is not a CIDR: %v", s, err))
+			return
+		}
+		if p = p.Masked(); !b.set[p] {
+			b.set[p] = true
+			b.blocks = append(b.blocks, p)
+		}
+	}
+	for _, pol := range b.policies {
+		for _, peer := range allPeers(pol) {
+			if peer.IPBlock == nil {
+				continue
+			}
+			add(pol, peer.IPBlock.CIDR)
+			for _, e := range peer.IPBlock.Except {
+				add(pol, e)
+			}
+		}
+		for _, r := range pol.Spec.Egress {
+			for _, p := range r.Ports {
+				if p.Port != nil && p.Port.Type == intstr.String {
+					b.egressPort[namedPort{p.Port.StrVal, protoOf(p.Protocol)}] = true
+				}
+			}
+		}
+	}
+	slices.SortFunc(b.blocks, comparePrefix)
+	for _, p := range b.blocks {
+		if p.Addr().Is4() {
+			b.bits4 = append(b.bits4, p.Bits())
+		} else {
+			b.bits6 = append(b.bits6, p.Bits())
+		}
+	}
+	for _, bits := range []*[]int{&b.bits4, &b.bits6} {
+		slices.Sort(*bits)
+		*bits = slices.Compact(*bits)
+	}
+}
+
+// of lists the blocks that contain a, shortest first: one lookup per
+// prefix length, not one per block.
+func (b *blockIndex) of(a netip.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	lengths := b.bits6
+	if a.Is4() {
+		lengths = b.bits4
+	}
+	for _, bits := range lengths {
+		if p, err := a.Prefix(bits); err == nil && b.set[p] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
