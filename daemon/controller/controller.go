@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"reflect"
 	"sync"
@@ -183,7 +184,7 @@ func (c *Controller) sync() error {
 	}
 
 	c.mu.Lock()
-	changed := c.last == nil || !reflect.DeepEqual(c.last.IPCache, res.IPCache) || !reflect.DeepEqual(c.last.Endpoints, res.Endpoints)
+	changed := c.last == nil || !maps.Equal(c.last.IPCache, res.IPCache) || !reflect.DeepEqual(c.last.Endpoints, res.Endpoints)
 	rev := c.revision
 	if changed {
 		rev++

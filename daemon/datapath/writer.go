@@ -182,6 +182,16 @@ func (w *Writer) Apply(res *policy.Result, revision uint64) error {
 	return errors.Join(errs...)
 }
 
+// sameRules is slices.Equal, at once when both are the same slice: the
+// compiler hands out the rules of pods alike, and of pods whose policy did
+// not change, as one read-only slice.
+func sameRules(a, b []policy.Rule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	return len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b)
+}
+
 // group is the endpoints that want the same rules.
 type group struct {
 	want    content
@@ -198,7 +208,7 @@ func (w *Writer) group(res *policy.Result) ([]*group, error) {
 	var errs []error
 	for _, ep := range res.Endpoints {
 		var c content
-		if st, ok := w.endpoints[ep.Ifindex]; ok && st.ok && slices.Equal(st.ingress, ep.Ingress) && slices.Equal(st.egress, ep.Egress) {
+		if st, ok := w.endpoints[ep.Ifindex]; ok && st.ok && sameRules(st.ingress, ep.Ingress) && sameRules(st.egress, ep.Egress) {
 			set := w.sets[st.set]
 			c = content{ingress: set.ingress, egress: set.egress, hash: set.hash}
 		} else {

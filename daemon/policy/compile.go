@@ -132,7 +132,8 @@ func Compile(s State, alloc *identity.Allocator) Result {
 	res.Refs = maps.Clone(c.refs)
 	res.Problems = dedupeErrors(c.problems)
 	res.comp = c
-	alloc.Retain(c.usedKeys, c.blocks.keys)
+	// Most keys are the blocks': look there first.
+	alloc.Retain(c.blocks.keys, c.usedKeys)
 	return res
 }
 

@@ -46,12 +46,31 @@ type shape struct {
 	// policies are its namespace's, as compiled.
 	policies []*networkingv1.NetworkPolicy
 	problems []error
+	// refs are the rules its entries name, once each: a compile that
+	// reuses the shape keeps their numbers without walking every entry.
+	refs []shapeRef
+}
+
+type shapeRef struct {
+	num uint32
+	ref RuleRef
+	key string // the allocator's
 }
 
 func (c *compiler) compileShape(pod *corev1.Pod) shape {
 	before := len(c.problems)
 	sh := shape{policy: c.policyOf(pod), policies: c.nsPolicies[pod.Namespace]}
 	sh.problems = slices.Clone(c.problems[before:])
+	seen := map[uint32]bool{}
+	for _, rules := range [][]Rule{sh.policy.Ingress, sh.policy.Egress} {
+		for _, r := range rules {
+			if !seen[r.Ref] {
+				seen[r.Ref] = true
+				ref := c.refs[r.Ref]
+				sh.refs = append(sh.refs, shapeRef{num: r.Ref, ref: ref, key: refKey(ref)})
+			}
+		}
+	}
 	return sh
 }
 
@@ -71,14 +90,10 @@ func (c *compiler) reuse(key, ns string) (shape, bool) {
 	if !ok || !slices.Equal(sh.policies, c.nsPolicies[ns]) {
 		return shape{}, false
 	}
-	for _, rules := range [][]Rule{sh.policy.Ingress, sh.policy.Egress} {
-		for _, r := range rules {
-			if _, ok := c.refs[r.Ref]; ok {
-				continue
-			}
-			ref := c.prev.refs[r.Ref]
-			c.usedKeys[refKey(ref)] = true
-			c.refs[r.Ref] = ref
+	for _, r := range sh.refs {
+		if _, ok := c.refs[r.num]; !ok {
+			c.usedKeys[r.key] = true
+			c.refs[r.num] = r.ref
 		}
 	}
 	c.problems = append(c.problems, sh.problems...)
