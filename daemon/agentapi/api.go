@@ -13,6 +13,12 @@ import (
 // socket 0600: only root may register endpoints.
 const DefaultSocket = "/run/palisade/agent.sock"
 
+// DefaultStateDir holds the agent's endpoint registry and identity table.
+// They describe this boot's pods and pinned maps, which a reboot takes
+// away, so they live on the tmpfs /run too: writing them (an fsync on every
+// pod start) costs nothing there, and no stale state outlives the boot.
+const DefaultStateDir = "/run/palisade/state"
+
 // DefaultBPFRoot is the bpffs directory under which the agent pins its maps,
 // programs and links.
 const DefaultBPFRoot = "/sys/fs/bpf/palisade"

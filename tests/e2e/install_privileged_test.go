@@ -155,7 +155,7 @@ func TestManifestRules(t *testing.T) {
 			mounts[m.MountPath] = true
 		}
 	}
-	for _, p := range []string{"/sys/fs/bpf", "/run/palisade", "/var/lib/palisade", "/opt/cni/bin", "/etc/cni/net.d"} {
+	for _, p := range []string{"/sys/fs/bpf", "/run/palisade", "/opt/cni/bin", "/etc/cni/net.d"} {
 		if !mounts[p] {
 			t.Errorf("no mount at %s", p)
 		}

@@ -51,7 +51,7 @@ func (n *Node) StartAgent(tb TB, opts AgentOptions) *Agent {
 		node:     n,
 		client:   agentapi.NewClient(n.AgentSocket()),
 		bpfRoot:  filepath.Join(bpffs(tb), "palisade-test-"+randomHex(4)),
-		stateDir: filepath.Join(tb.TempDir(), "state"),
+		stateDir: tmpfsDir(tb, "palisade-agent-state-"),
 	}
 	record(tb, "path", a.bpfRoot)
 	// Registered before the process, so it runs after the agent stopped.
@@ -171,4 +171,22 @@ func bpffs(tb TB) string {
 func isBPFFS(path string) bool {
 	var st syscall.Statfs_t
 	return syscall.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+}
+
+// tmpfsDir makes a directory on /dev/shm, removed at cleanup: the agent's
+// state lives on a tmpfs on a real node (/run), so a test that writes it on
+// disk would time disk flushes no node makes.
+func tmpfsDir(tb TB, prefix string) string {
+	tb.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", prefix)
+	if err != nil {
+		tb.Fatalf("make a directory on tmpfs: %v", err)
+	}
+	record(tb, "path", dir)
+	tb.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			tb.Errorf("remove %s: %v", dir, err)
+		}
+	})
+	return dir
 }

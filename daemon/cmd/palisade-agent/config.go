@@ -42,7 +42,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster service account")
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node's Node object (default $NODE_NAME)")
 	fs.StringVar(&cfg.Socket, "socket", agentapi.DefaultSocket, "unix socket the CNI plugin talks to")
-	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/palisade", "directory for the endpoint registry and identities")
+	fs.StringVar(&cfg.StateDir, "state-dir", agentapi.DefaultStateDir, "directory for the endpoint registry and identities: a tmpfs, like the pins they describe")
 	fs.StringVar(&cfg.BPFRoot, "bpf-root", agentapi.DefaultBPFRoot, "bpffs directory for pinned maps, programs and links")
 	mode := fs.String("attach-mode", string(bpf.AttachAuto), "program hook: auto (tcx, else tc), tcx or tc")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", "127.0.0.1:9879", "address of /healthz and /readyz")

@@ -16,7 +16,7 @@ func TestParseFlags(t *testing.T) {
 		check   func(Config) bool
 	}{
 		{"defaults are the documented ones", []string{"--node-name=n1"}, "", func(c Config) bool {
-			return c.Socket == "/run/palisade/agent.sock" && c.BPFRoot == "/sys/fs/bpf/palisade" &&
+			return c.Socket == "/run/palisade/agent.sock" && c.BPFRoot == "/sys/fs/bpf/palisade" && c.StateDir == "/run/palisade/state" &&
 				c.AttachMode == bpf.AttachAuto && c.Rejudge && c.LogLevel == slog.LevelInfo
 		}},
 		{"the node name is required", nil, "--node-name", nil},

@@ -80,7 +80,7 @@ func runUninstall(args []string) int {
 	fs.StringVar(&cfg.BinDir, "cni-bin-dir", "/opt/cni/bin", "CNI plugin directory")
 	fs.StringVar(&cfg.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "CNI configuration directory")
 	fs.StringVar(&cfg.BPFRoot, "bpf-root", agentapi.DefaultBPFRoot, "the agent's bpffs directory")
-	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/palisade", "the agent's state directory")
+	fs.StringVar(&cfg.StateDir, "state-dir", agentapi.DefaultStateDir, "the agent's state directory")
 	stay := fs.Bool("stay", false, "after a successful uninstall, wait for SIGTERM instead of exiting (for a DaemonSet)")
 	if err := fs.Parse(args); err != nil {
 		fmt.Fprintf(os.Stderr, "palisade-agent uninstall: %v\nflags:\n%s", err, usage(fs))
