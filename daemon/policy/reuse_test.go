@@ -87,15 +87,7 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 			// allocator still holds every key the previous compile used.
 			next.Previous = &prev
 			got := Compile(next, alloc)
-			next.Previous = nil
-			fresh := Compile(next, alloc)
-
-			if d := gocmp.Diff(fresh.Endpoints, got.Endpoints); d != "" {
-				t.Errorf("endpoints (-from scratch +with the previous Result):\n%s", d)
-			}
-			if d := gocmp.Diff(fresh.IPCache, got.IPCache); d != "" {
-				t.Errorf("ipcache (-from scratch +with the previous Result):\n%s", d)
-			}
+			fresh := compileAfresh(t, next, alloc, got)
 			if shared := got.comp.blocks == prev.comp.blocks; shared != tt.blocksReused {
 				t.Errorf("previous ipBlock index reused: %v, want %v", shared, tt.blocksReused)
 			}
@@ -152,11 +144,7 @@ func TestCompileWithAnOlderPreviousRenumbersForgottenIdentities(t *testing.T) {
 	Compile(without, alloc)
 	s.Previous = &old
 	got := Compile(s, alloc)
-	s.Previous = nil
-	fresh := Compile(s, alloc)
-	if d := gocmp.Diff(fresh.IPCache, got.IPCache); d != "" {
-		t.Errorf("ipcache (-from scratch +with the older Result):\n%s", d)
-	}
+	compileAfresh(t, s, alloc, got)
 	if was, is := old.IPCache[netip.PrefixFrom(clientIP, 32)], got.IPCache[netip.PrefixFrom(clientIP, 32)]; was == is {
 		t.Errorf("the client's address kept identity %d, which the allocator had forgotten", was)
 	}
@@ -186,12 +174,20 @@ func TestCompileEndpointDuringTheNextCompile(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	next.Previous = nil
-	fresh := Compile(next, alloc)
-	if d := gocmp.Diff(fresh.IPCache, got.IPCache); d != "" {
-		t.Errorf("ipcache (-from scratch +with the previous Result):\n%s", d)
-	}
+	compileAfresh(t, next, alloc, got)
+}
+
+// compileAfresh compiles s without its Previous and reports where got, the
+// compile with it, differs; it returns the fresh Result.
+func compileAfresh(t *testing.T, s State, alloc *identity.Allocator, got Result) Result {
+	t.Helper()
+	s.Previous = nil
+	fresh := Compile(s, alloc)
 	if d := gocmp.Diff(fresh.Endpoints, got.Endpoints); d != "" {
 		t.Errorf("endpoints (-from scratch +with the previous Result):\n%s", d)
 	}
+	if d := gocmp.Diff(fresh.IPCache, got.IPCache); d != "" {
+		t.Errorf("ipcache (-from scratch +with the previous Result):\n%s", d)
+	}
+	return fresh
 }
