@@ -69,6 +69,14 @@ func add(ctx context.Context, conf *Conf, prev *current.Result, args *skel.CmdAr
 	}
 	log.Info("Endpoint registered", "endpoint", id, "revision", resp.Endpoint.Revision)
 
+	if resp.BPFRoot == "" {
+		// An agent older than this plugin does not say; its status does.
+		st, err := readyStatus(ctx, client)
+		if err != nil {
+			return errors.Join(err, unregister(ctx, client, id))
+		}
+		resp.BPFRoot, resp.AttachMode = st.BPFRoot, st.AttachMode
+	}
 	mode, err := bpf.Attach(resp.BPFRoot, hv.Index, id, bpf.AttachMode(resp.AttachMode))
 	if err != nil {
 		// No half state: the agent must not keep an endpoint whose programs

@@ -145,8 +145,10 @@ func TestPrivilegedFindHostVeth(t *testing.T) {
 // fakeAgent serves the agentapi routes on a unix socket from canned state
 // and records what the plugin sent.
 type fakeAgent struct {
-	mu        sync.Mutex
-	status    agentapi.Status
+	mu     sync.Mutex
+	status agentapi.Status
+	// older answers ADD as agents before the answer named the programs.
+	older     bool
 	endpoints map[string]agentapi.Endpoint
 	adds      []agentapi.AddRequest
 	gcs       []agentapi.GCRequest
@@ -181,7 +183,11 @@ func startFakeAgent(tb testing.TB, fa *fakeAgent) string {
 		fa.adds = append(fa.adds, req)
 		ep := agentapi.Endpoint{ID: agentapi.EndpointID(req.ContainerID, req.IfName), IPs: req.IPs, Revision: 1, Current: true}
 		fa.endpoints[ep.ID] = ep
-		writeJSON(w, http.StatusOK, agentapi.AddResponse{Endpoint: ep, BPFRoot: fa.status.BPFRoot, AttachMode: fa.status.AttachMode})
+		resp := agentapi.AddResponse{Endpoint: ep, BPFRoot: fa.status.BPFRoot, AttachMode: fa.status.AttachMode}
+		if fa.older {
+			resp = agentapi.AddResponse{Endpoint: ep}
+		}
+		writeJSON(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("GET /v1/endpoints/{id}", func(w http.ResponseWriter, r *http.Request) {
 		fa.mu.Lock()
@@ -247,6 +253,7 @@ func TestPrivilegedVerbs(t *testing.T) {
 		name     string
 		versions []string                 // default cniVersions
 		status   *agentapi.Status         // nil: no agent listens on the socket
+		older    bool                     // the agent's ADD answer does not name the programs
 		endpoint func(*agentapi.Endpoint) // non-nil: the agent knows the endpoint, tweaked
 		cmd      func(*skel.CmdArgs) error
 		calls    int // default 1; every call must meet the expectation
@@ -280,6 +287,11 @@ func TestPrivilegedVerbs(t *testing.T) {
 		},
 		{
 			name: "ADD without the agent's pinned programs fails naming them and leaves no endpoint", status: ready, cmd: cmdAdd,
+			wantCode: types.ErrInternal, wantMsg: []string{"vethpal0", "{bpfRoot}/progs/pal_from_pod"},
+			then: registeredThenRemoved,
+		},
+		{
+			name: "ADD with an older agent finds the programs through its status", status: ready, older: true, cmd: cmdAdd,
 			wantCode: types.ErrInternal, wantMsg: []string{"vethpal0", "{bpfRoot}/progs/pal_from_pod"},
 			then: registeredThenRemoved,
 		},
@@ -389,7 +401,7 @@ func TestPrivilegedVerbs(t *testing.T) {
 			t.Run(tt.name+"/"+ver, func(t *testing.T) {
 				pn := newPodNet(t)
 				bpfRoot := t.TempDir() // empty: no pinned programs to attach
-				fa := &fakeAgent{endpoints: map[string]agentapi.Endpoint{}}
+				fa := &fakeAgent{endpoints: map[string]agentapi.Endpoint{}, older: tt.older}
 				socket := filepath.Join(t.TempDir(), "agent.sock")
 				if tt.status != nil {
 					fa.status = *tt.status
