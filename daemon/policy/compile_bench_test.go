@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -59,9 +60,10 @@ func scaleState(pods, policies int) State {
 }
 
 // BenchmarkCompile measures a compile as the cluster grows: "full" from
-// scratch (the agent's first sync, or any after a policy change), "again"
-// with the last Result as Previous and nothing changed (a sync after a pod
-// event that moves no rule). Run: go test -run '^$' -bench Compile ./daemon/policy
+// scratch (the agent's first sync), "again" with the last Result as
+// Previous and nothing changed (a sync after a pod event that moves no
+// rule), "policy-updated" with the last Result and one policy replaced by
+// an equal new object (a sync after a policy update). Run: go test -run '^$' -bench Compile ./daemon/policy
 func BenchmarkCompile(b *testing.B) {
 	for _, pods := range []int{1000, 5000, 10000} {
 		for _, policies := range []int{100, 1000} {
@@ -80,6 +82,19 @@ func BenchmarkCompile(b *testing.B) {
 				for b.Loop() {
 					s.Previous = &res
 					res = Compile(s, alloc)
+				}
+				reportSize(b, res)
+			})
+			b.Run(fmt.Sprintf("pods=%d/policies=%d/policy-updated", pods, policies), func(b *testing.B) {
+				alloc := identity.NewAllocator()
+				res := Compile(s, alloc)
+				changed := s
+				changed.Policies = slices.Clone(s.Policies)
+				for b.Loop() {
+					// A new object, as the informer delivers an update.
+					changed.Policies[0] = changed.Policies[0].DeepCopy()
+					changed.Previous = &res
+					res = Compile(changed, alloc)
 				}
 				reportSize(b, res)
 			})
