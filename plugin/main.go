@@ -1,7 +1,7 @@
 // Command palisade is a chained CNI plugin: placed after the main plugin
-// (flannel) and portmap in a conflist, it attaches Palisade's eBPF programs to
-// the pod's host-side veth and registers the pod with palisade-agent, which
-// enforces Kubernetes NetworkPolicy on it.
+// (flannel) and portmap in a conflist, it registers the pod with
+// palisade-agent, which enforces Kubernetes NetworkPolicy on it, and attaches
+// Palisade's eBPF programs to the pod's host-side veth.
 package main
 
 import (
