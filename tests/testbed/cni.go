@@ -19,28 +19,29 @@ const conflistPath = "conf/testbed.conflist"
 type CNIOption func(*cniOptions)
 
 type cniOptions struct {
-	palisade   bool
-	noop       bool
+	// last is the plugin in palisade's place at the end of the chain:
+	// "palisade", "sample" (a no-op) or "" (none).
+	last       string
 	cniVersion string
 	dualStack  bool
 }
 
 // WithoutPalisade drops the palisade entry: the baseline pod network, with no
 // policy enforced and no agent needed.
-func WithoutPalisade() CNIOption { return func(o *cniOptions) { o.palisade = false } }
+func WithoutPalisade() CNIOption { return func(o *cniOptions) { o.last = "" } }
 
 // WithNoopInsteadOfPalisade puts upstream's chained example plugin, which
 // passes prevResult through and does nothing else, where palisade was: the
 // cost of one more Go plugin in the chain, the floor under Palisade's own.
 func WithNoopInsteadOfPalisade() CNIOption {
-	return func(o *cniOptions) { o.palisade, o.noop = false, true }
+	return func(o *cniOptions) { o.last = "sample" }
 }
 
 // WithCNIVersion rewrites the conflist's cniVersion; STATUS and GC need 1.1.0.
 func WithCNIVersion(v string) CNIOption { return func(o *cniOptions) { o.cniVersion = v } }
 
 func buildCNIOptions(opts []CNIOption) cniOptions {
-	o := cniOptions{palisade: true}
+	o := cniOptions{last: "palisade"}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -53,7 +54,7 @@ func buildCNIOptions(opts []CNIOption) cniOptions {
 func (n *Node) cni(tb TB, o cniOptions) (*libcni.CNIConfig, *libcni.NetworkConfigList) {
 	tb.Helper()
 	b := Binaries(tb)
-	if o.palisade {
+	if o.last == "palisade" {
 		b.Plugin(tb)
 	}
 	list, err := n.conflist(o)
@@ -106,12 +107,13 @@ func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
 			ipam["dataDir"] = filepath.Join(n.dir, "ipam")
 		case "palisade":
 			sawPalisade = true
-			if o.noop {
+			switch o.last {
+			case "":
+				continue
+			case "sample":
 				// sample refuses to run without this argument.
 				plugin = map[string]any{"type": "sample", "anotherAwesomeArg": "noop"}
-			} else if !o.palisade {
-				continue
-			} else {
+			default:
 				plugin["agentSocket"] = n.AgentSocket()
 			}
 		}
@@ -120,7 +122,7 @@ func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
 	if !sawBridge {
 		return nil, fmt.Errorf("conflist %s: no bridge plugin to point at the node's pod CIDR", path)
 	}
-	if o.palisade && !sawPalisade {
+	if o.last != "" && !sawPalisade {
 		return nil, fmt.Errorf("conflist %s: no palisade plugin", path)
 	}
 	conf["plugins"] = kept
