@@ -2,6 +2,8 @@ package testbed
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -45,7 +47,8 @@ var (
 )
 
 // Binaries builds the upstream CNI plugins once per test process into
-// $XDG_CACHE_HOME/palisade/bin-test (go build's cache makes repeats cheap).
+// $XDG_CACHE_HOME/palisade/bin-test-<checkout> (go build's cache makes
+// repeats cheap).
 // Palisade's own binaries are built on first use by Plugin and Agent, so a
 // test that needs neither does not depend on them compiling.
 func Binaries(tb TB) *Bins {
@@ -61,7 +64,11 @@ func Binaries(tb TB) *Bins {
 			binsErr = fmt.Errorf("find cache dir: %w", err)
 			return
 		}
-		b := &Bins{Dir: filepath.Join(cache, "palisade", "bin-test"), root: root}
+		// One directory per checkout: two work trees testing at once
+		// must not run each other's palisade and palisade-agent.
+		sum := sha256.Sum256([]byte(root))
+		dir := filepath.Join(cache, "palisade", "bin-test-"+hex.EncodeToString(sum[:6]))
+		b := &Bins{Dir: dir, root: root}
 		binsErr = b.build(cniPlugins...)
 		bins = b
 	})
