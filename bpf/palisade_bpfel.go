@@ -150,6 +150,7 @@ const (
 	palisadeMapPalEventStats      = "pal_event_stats"
 	palisadeMapPalEvents          = "pal_events"
 	palisadeMapPalIpcache         = "pal_ipcache"
+	palisadeMapPalNodeAddrs       = "pal_node_addrs"
 	palisadeMapPalServices        = "pal_services"
 	palisadeMapPalSetRules        = "pal_set_rules"
 	palisadeMapPalVerdicts        = "pal_verdicts"
@@ -220,6 +221,7 @@ type palisadeMapSpecs struct {
 	PalEventStats  *ebpf.MapSpec `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.MapSpec `ebpf:"pal_events"`
 	PalIpcache     *ebpf.MapSpec `ebpf:"pal_ipcache"`
+	PalNodeAddrs   *ebpf.MapSpec `ebpf:"pal_node_addrs"`
 	PalServices    *ebpf.MapSpec `ebpf:"pal_services"`
 	PalSetRules    *ebpf.MapSpec `ebpf:"pal_set_rules"`
 	PalVerdicts    *ebpf.MapSpec `ebpf:"pal_verdicts"`
@@ -264,6 +266,7 @@ type palisadeMaps struct {
 	PalEventStats  *ebpf.Map `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.Map `ebpf:"pal_events"`
 	PalIpcache     *ebpf.Map `ebpf:"pal_ipcache"`
+	PalNodeAddrs   *ebpf.Map `ebpf:"pal_node_addrs"`
 	PalServices    *ebpf.Map `ebpf:"pal_services"`
 	PalSetRules    *ebpf.Map `ebpf:"pal_set_rules"`
 	PalVerdicts    *ebpf.Map `ebpf:"pal_verdicts"`
@@ -280,6 +283,7 @@ func (m *palisadeMaps) Close() error {
 		m.PalEventStats,
 		m.PalEvents,
 		m.PalIpcache,
+		m.PalNodeAddrs,
 		m.PalServices,
 		m.PalSetRules,
 		m.PalVerdicts,

@@ -30,6 +30,8 @@ type Writer struct {
 	endpoints     map[int]endpointState
 	services      map[bpf.ServiceKey]serviceState
 	nextServiceID uint32
+	// nodeAddrs is the set pal_node_addrs holds.
+	nodeAddrs map[netip.Addr]bool
 }
 
 // ruleSet is one set's rules as the map holds them, each direction sorted

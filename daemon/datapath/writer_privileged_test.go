@@ -316,3 +316,41 @@ func TestPrivilegedEndpointsAlikeShareOneSet(t *testing.T) {
 		t.Errorf("rules left after the last endpoint went: %v, %v", all, err)
 	}
 }
+
+// TestPrivilegedApplyNodeAddrs diffs the node-address set, also against
+// what a previous agent left.
+func TestPrivilegedApplyNodeAddrs(t *testing.T) {
+	objs := load(t)
+	addrs := func(s ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, a := range s {
+			out = append(out, netip.MustParseAddr(a))
+		}
+		return out
+	}
+	w, err := New(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.ApplyNodeAddrs(addrs("198.18.0.11", "198.18.0.12", "fd00::11")); err != nil {
+		t.Fatal(err)
+	}
+	// A restarted agent learns the set and removes what is gone.
+	w, err = New(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := addrs("198.18.0.12", "10.244.2.1")
+	if err := w.ApplyNodeAddrs(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := objs.NodeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(got, netip.Addr.Compare)
+	slices.SortFunc(want, netip.Addr.Compare)
+	if !slices.Equal(got, want) {
+		t.Errorf("node addresses %v, want %v", got, want)
+	}
+}
