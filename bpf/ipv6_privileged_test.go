@@ -36,7 +36,7 @@ func TestPrivilegedIPv6(t *testing.T) {
 		{"another peer does not", ToPod, packet.Packet{Src: other6, Dst: subject6, Proto: tcp, SrcPort: 1, DstPort: 80, TCPFlags: syn}, tcActShot},
 		{"another port does not", ToPod, packet.Packet{Src: peer6, Dst: subject6, Proto: tcp, SrcPort: 1, DstPort: 81, TCPFlags: syn}, tcActShot},
 		{"neighbour solicitation to a solicited-node group passes", FromPod, packet.Packet{Src: subject6, Dst: netip.MustParseAddr("ff02::1:ff00:30"), Proto: packet.ICMPv6, ICMPType: 135, HopLimit: 255}, tcActOK},
-		{"neighbour advertisement always passes", ToPod, packet.Packet{Src: other6, Dst: subject6, Proto: packet.ICMPv6, ICMPType: 136}, tcActOK},
+		{"a neighbour advertisement from the link passes", ToPod, packet.Packet{Src: other6, Dst: subject6, Proto: packet.ICMPv6, ICMPType: 136, HopLimit: 255}, tcActOK},
 		{"an echo request to a peer no rule admits is dropped", FromPod, packet.Packet{Src: subject6, Dst: other6, Proto: packet.ICMPv6, ICMPType: 128, SrcPort: 5}, tcActShot},
 		{"a multicast listener report behind a hop-by-hop header passes", FromPod, packet.Packet{Src: subject6, Dst: netip.MustParseAddr("ff02::16"), Proto: packet.ICMPv6, ICMPType: 143, HopByHop: true}, tcActOK},
 		{"TCP behind a hop-by-hop header is judged on its ports: admitted", ToPod, packet.Packet{Src: peer6, Dst: subject6, Proto: tcp, SrcPort: 2, DstPort: 80, TCPFlags: syn, HopByHop: true}, tcActOK},

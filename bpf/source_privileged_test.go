@@ -24,6 +24,7 @@ var (
 
 // ICMPv6 types of neighbour and multicast listener discovery.
 const (
+	mldQuery    = 130
 	mldReport   = 131
 	mldv2Report = 143
 	ndRS        = 133
@@ -49,7 +50,8 @@ func nd(typ uint8, src, dst netip.Addr, hopLimit uint8, target netip.Addr) []byt
 // TestPrivilegedWhoseSource runs what a pod sends through pal_from_pod: its
 // own addresses pass; another pod's, the node's, or a link-scoped message
 // that leaves its link is dropped as spoofed, before any policy (the pod
-// here is isolated by none). What the pod receives is not judged by source.
+// here is isolated by none). What the pod receives is not judged by source;
+// only ND that crossed a router is dropped.
 func TestPrivilegedWhoseSource(t *testing.T) {
 	f := newFixture(t)
 	for a, id := range map[netip.Addr]uint32{peer6: peerID, node6: IdentityHost, subject6: 299} {
@@ -100,8 +102,12 @@ func TestPrivilegedWhoseSource(t *testing.T) {
 		{"NA for the pod's own link-local address", FromPod, nd(ndNA, subjectLL, routerLL, 255, subjectLL), ReasonAllowed},
 		{"MLDv2 report from the link-local address", FromPod, nd(mldv2Report, subjectLL, mldv2Routers, 1, none), ReasonAllowed},
 		{"MLDv2 report from ::", FromPod, nd(mldv2Report, unspecified6, mldv2Routers, 1, none), ReasonAllowed},
-		{"NS to another pod's global address", FromPod, nd(ndNS, subject6, peer6, 255, peer6), ReasonSpoofed},
+		{"NS probing a neighbour pod at its global address", FromPod, nd(ndNS, subject6, peer6, 255, peer6), ReasonAllowed},
+		{"solicited NA to the soliciting neighbour's global address", FromPod, nd(ndNA, subject6, peer6, 255, subject6), ReasonAllowed},
+		{"NS to a pod of another node's subnet", FromPod, nd(ndNS, subject6, netip.MustParseAddr("fd00:10:244:2::5"), 255, none), ReasonSpoofed},
 		{"NS to an address outside the cluster", FromPod, nd(ndNS, subject6, netip.MustParseAddr("2001:db8::9"), 255, none), ReasonSpoofed},
+		{"NA to an address outside the cluster", FromPod, nd(ndNA, subject6, netip.MustParseAddr("2001:db8::9"), 255, subject6), ReasonSpoofed},
+		{"NS to the IPv4-mapped form of the pod's own IPv4 network", FromPod, nd(ndNS, subject6, netip.MustParseAddr("::ffff:10.244.1.20"), 255, none), ReasonSpoofed},
 		{"NS with hop limit 64", FromPod, nd(ndNS, subjectLL, solicitedNode, 64, subject6), ReasonSpoofed},
 		{"NS from another pod's address", FromPod, nd(ndNS, peer6, solicitedNode, 255, subject6), ReasonSpoofed},
 		{"NA claiming another pod's address", FromPod, nd(ndNA, subjectLL, allNodes, 255, peer6), ReasonSpoofed},
@@ -113,7 +119,10 @@ func TestPrivilegedWhoseSource(t *testing.T) {
 
 		{"what the pod receives is not judged by its source", ToPod, udp4(worldIP, subjectIP), ReasonAllowed},
 		{"ARP the pod receives passes", ToPod, packet.ARP(packet.ARPReply, subjectMAC, peerIP, subjectIP), ReasonAllowed},
-		{"ND the pod receives passes", ToPod, nd(ndNA, routerLL, allNodes, 255, node6), ReasonAllowed},
+		{"ND the pod receives from its link passes", ToPod, nd(ndNA, routerLL, allNodes, 255, node6), ReasonAllowed},
+		{"NS the pod receives after a router (hop limit 254)", ToPod, nd(ndNS, other6, subject6, 254, subject6), ReasonSpoofed},
+		{"NA the pod receives after a router (hop limit 254)", ToPod, nd(ndNA, netip.MustParseAddr("2001:db8::9"), subject6, 254, none), ReasonSpoofed},
+		{"MLD query the pod receives with hop limit 1", ToPod, nd(mldQuery, routerLL, allNodes, 1, none), ReasonAllowed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -63,16 +63,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (ret == PARSE_MALFORMED)
 		return drop(skb, &f, dir, REASON_MALFORMED, 0);
 	/* What the pod sends must be its own to send, before policy judges
-	 * it by its source (source.h). */
-	if (dir == DIR_EGRESS) {
+	 * it by its source; what it receives as ND must come from its link
+	 * (source.h). */
+	if (dir == DIR_EGRESS)
 		ret = arp ? check_arp(skb, ep, &f) : check_source(skb, ep, &f);
-		if (ret == SOURCE_SPOOFED)
-			return drop(skb, &f, dir, REASON_SPOOFED, 0);
-		if (ret == SOURCE_MALFORMED)
-			return drop(skb, &f, dir, REASON_MALFORMED, 0);
-		if (arp)
-			return TC_ACT_OK;
-	}
+	else
+		ret = f.nd ? check_nd_routed(skb, &f) : SOURCE_OK;
+	if (ret == SOURCE_SPOOFED)
+		return drop(skb, &f, dir, REASON_SPOOFED, 0);
+	if (ret == SOURCE_MALFORMED)
+		return drop(skb, &f, dir, REASON_MALFORMED, 0);
+	if (arp)
+		return TC_ACT_OK;
 	/* Neighbour discovery is the IPv6 equivalent of ARP: link-scoped, and
 	 * the pod's checked above, it is not policy's to judge. */
 	if (f.nd)

@@ -11,13 +11,13 @@
  *     address probe, passes);
  *   - neighbour discovery and multicast listener discovery that is not
  *     link-scoped: ND (133-136) must carry hop limit 255 and go to a
- *     link-local or multicast address, or to the node (the pod's gateway,
- *     which Linux probes by unicast to its global address); MLD must go to
- *     multicast; a neighbour advertisement may only advertise the pod's own
- *     or a link-local address; router advertisements and redirects are for
- *     routers, which a pod is not. These may come from a link-local address
- *     or from :: (duplicate address detection), which are not in the
- *     endpoint entry. */
+ *     multicast address or a neighbour on the pod's link (nd_on_link); MLD
+ *     must go to multicast; a neighbour advertisement may only advertise
+ *     the pod's own or a link-local address; router advertisements and
+ *     redirects are for routers, which a pod is not. These may come from a
+ *     link-local address or from :: (duplicate address detection), which
+ *     are not in the endpoint entry.
+ * And on pal_to_pod, ND that crossed a router (check_nd_routed). */
 #pragma once
 
 #include <linux/bpf.h>
@@ -83,14 +83,55 @@ static __always_inline int nd_source_ok(const struct endpoint_info *ep, const st
 	return ep_owns(ep, f->saddr) || ipv6_link_local(f->saddr) || ipv6_unspecified(f->saddr);
 }
 
+/* nd_header reads the ICMPv6 type and the IPv6 hop limit of an ND or MLD
+ * message. */
+static __always_inline int nd_header(struct __sk_buff *skb, const struct flow *f, __u8 *type, __u8 *hop_limit)
+{
+	if (bpf_skb_load_bytes(skb, f->l4_off, type, 1) < 0 ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, hop_limit), hop_limit, 1) < 0)
+		return -1;
+	return 0;
+}
+
+static __always_inline int ipv4_mapped(const __u8 *a)
+{
+	__u64 hi;
+
+	__builtin_memcpy(&hi, a, 8);
+	return hi == 0 && a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff;
+}
+
+/* nd_on_link reports whether a unicast ND destination is on the pod's
+ * link: link-local, the node (its gateway), or in the /64 of one of the
+ * pod's IPv6 addresses, where its neighbours on the node's bridge are. A
+ * solicited advertisement goes to the soliciting neighbour's own address,
+ * and Linux probes a neighbour's reachability at its global address, so
+ * link-local and multicast alone would cut pods off from each other. */
+static __always_inline int nd_on_link(const struct endpoint_info *ep, const struct flow *f)
+{
+	__u64 dst, own;
+
+	if (ipv6_link_local(f->daddr) || ipv6_multicast(f->daddr))
+		return 1;
+	__builtin_memcpy(&dst, f->daddr, 8);
+#pragma unroll
+	for (int i = 0; i < EP_MAX_ADDRS; i++) {
+		if (i >= ep->naddrs)
+			break;
+		__builtin_memcpy(&own, ep->addrs[i], 8);
+		if (own == dst && !ipv4_mapped(ep->addrs[i]))
+			return 1;
+	}
+	return ipcache_identity(f->daddr) == ID_HOST;
+}
+
 /* check_nd judges an ICMPv6 ND or MLD message (f->nd) the pod sends. */
 static __always_inline int check_nd(struct __sk_buff *skb, const struct endpoint_info *ep,
 				    const struct flow *f)
 {
 	__u8 type, hop_limit, target[16];
 
-	if (bpf_skb_load_bytes(skb, f->l4_off, &type, 1) < 0 ||
-	    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, hop_limit), &hop_limit, 1) < 0)
+	if (nd_header(skb, f, &type, &hop_limit) < 0)
 		return SOURCE_MALFORMED;
 	if (!nd_source_ok(ep, f))
 		return SOURCE_SPOOFED;
@@ -99,7 +140,7 @@ static __always_inline int check_nd(struct __sk_buff *skb, const struct endpoint
 		return ipv6_multicast(f->daddr) ? SOURCE_OK : SOURCE_SPOOFED;
 	if (type == ICMPV6_ROUTER_ADVERT || type == ICMPV6_REDIRECT || hop_limit != ND_HOP_LIMIT)
 		return SOURCE_SPOOFED;
-	if (!ipv6_link_local(f->daddr) && !ipv6_multicast(f->daddr) && ipcache_identity(f->daddr) != ID_HOST)
+	if (!nd_on_link(ep, f))
 		return SOURCE_SPOOFED;
 	if (type == ICMPV6_NEIGH_ADVERT) {
 		/* The target follows the 4-byte flags after the ICMPv6 header. */
@@ -108,6 +149,21 @@ static __always_inline int check_nd(struct __sk_buff *skb, const struct endpoint
 		if (!ep_owns(ep, target) && !ipv6_link_local(target))
 			return SOURCE_SPOOFED;
 	}
+	return SOURCE_OK;
+}
+
+/* check_nd_routed judges ND (not MLD) a pod receives: with a hop limit
+ * below 255 it crossed a router, so no neighbour's ND accepts it (RFC
+ * 4861), and only a raw socket would read it: a way round the receiver's
+ * policy, since ND is not policy's to judge. */
+static __always_inline int check_nd_routed(struct __sk_buff *skb, const struct flow *f)
+{
+	__u8 type, hop_limit;
+
+	if (nd_header(skb, f, &type, &hop_limit) < 0)
+		return SOURCE_MALFORMED;
+	if (type >= ICMPV6_ND_FIRST && type <= ICMPV6_ND_LAST && hop_limit != ND_HOP_LIMIT)
+		return SOURCE_SPOOFED;
 	return SOURCE_OK;
 }
 
