@@ -68,7 +68,8 @@ type palisadeEndpointInfo struct {
 	Identity uint32
 	Flags    uint32
 	RuleSet  uint32
-	Pad      uint32
+	Naddrs   uint32
+	Addrs    [4][16]uint8
 }
 
 type palisadeEventBudget struct {
@@ -145,7 +146,7 @@ const (
 	palisadeMapPalBackends        = "pal_backends"
 	palisadeMapPalCt              = "pal_ct"
 	palisadeMapPalDrops           = "pal_drops"
-	palisadeMapPalEpInfo          = "pal_ep_info"
+	palisadeMapPalEp              = "pal_ep"
 	palisadeMapPalEventBudget     = "pal_event_budget"
 	palisadeMapPalEventStats      = "pal_event_stats"
 	palisadeMapPalEvents          = "pal_events"
@@ -216,7 +217,7 @@ type palisadeMapSpecs struct {
 	PalBackends    *ebpf.MapSpec `ebpf:"pal_backends"`
 	PalCt          *ebpf.MapSpec `ebpf:"pal_ct"`
 	PalDrops       *ebpf.MapSpec `ebpf:"pal_drops"`
-	PalEpInfo      *ebpf.MapSpec `ebpf:"pal_ep_info"`
+	PalEp          *ebpf.MapSpec `ebpf:"pal_ep"`
 	PalEventBudget *ebpf.MapSpec `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.MapSpec `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.MapSpec `ebpf:"pal_events"`
@@ -261,7 +262,7 @@ type palisadeMaps struct {
 	PalBackends    *ebpf.Map `ebpf:"pal_backends"`
 	PalCt          *ebpf.Map `ebpf:"pal_ct"`
 	PalDrops       *ebpf.Map `ebpf:"pal_drops"`
-	PalEpInfo      *ebpf.Map `ebpf:"pal_ep_info"`
+	PalEp          *ebpf.Map `ebpf:"pal_ep"`
 	PalEventBudget *ebpf.Map `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.Map `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.Map `ebpf:"pal_events"`
@@ -278,7 +279,7 @@ func (m *palisadeMaps) Close() error {
 		m.PalBackends,
 		m.PalCt,
 		m.PalDrops,
-		m.PalEpInfo,
+		m.PalEp,
 		m.PalEventBudget,
 		m.PalEventStats,
 		m.PalEvents,
