@@ -76,21 +76,30 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 	est.TCPFlags = packet.ACK
 	fresh := syn // a flow no case opens
 	fresh.SrcPort = 50000
+	// A 3 000-byte segment of the established flow, in fragments: the
+	// first is matched to conntrack and remembered, the second follows it.
+	big := est
+	big.Payload = make([]byte, 3000)
+	frags := big.Fragments(1480, 1)
+	orphan := big.Fragments(1480, 2)[1] // of a datagram whose first no case sends
 
 	cases := []struct {
 		name  string
 		flags uint32
 		rules []PolicyEntry
-		warm  *packet.Packet // sent once first, to open the flow
-		pkt   packet.Packet
+		warm  [][]byte // sent once first, to open the flow
+		pkt   []byte
 		want  uint32
 	}{
-		{"no policy selects the pod", 0, nil, &syn, est, VerdictPass},
-		{"established flow, 1000 rules", FlagIngressIsolated, rules(1000, true), &syn, est, VerdictPass},
-		{"established flow, 10000 rules", FlagIngressIsolated, rules(10000, true), &syn, est, VerdictPass},
-		{"new flow dropped, 100 rules", FlagIngressIsolated, rules(100, false), nil, fresh, VerdictDrop},
-		{"new flow dropped, 1000 rules", FlagIngressIsolated, rules(1000, false), nil, fresh, VerdictDrop},
-		{"new flow dropped, 10000 rules", FlagIngressIsolated, rules(10000, false), nil, fresh, VerdictDrop},
+		{"no policy selects the pod", 0, nil, [][]byte{syn.Frame()}, est.Frame(), VerdictPass},
+		{"established flow, 1000 rules", FlagIngressIsolated, rules(1000, true), [][]byte{syn.Frame()}, est.Frame(), VerdictPass},
+		{"established flow, 10000 rules", FlagIngressIsolated, rules(10000, true), [][]byte{syn.Frame()}, est.Frame(), VerdictPass},
+		{"established flow, first fragment", FlagIngressIsolated, rules(1000, true), [][]byte{syn.Frame()}, frags[0], VerdictPass},
+		{"established flow, later fragment", FlagIngressIsolated, rules(1000, true), [][]byte{syn.Frame(), frags[0]}, frags[1], VerdictPass},
+		{"new flow dropped, 100 rules", FlagIngressIsolated, rules(100, false), nil, fresh.Frame(), VerdictDrop},
+		{"new flow dropped, 1000 rules", FlagIngressIsolated, rules(1000, false), nil, fresh.Frame(), VerdictDrop},
+		{"new flow dropped, 10000 rules", FlagIngressIsolated, rules(10000, false), nil, fresh.Frame(), VerdictDrop},
+		{"later fragment without its first, dropped", FlagIngressIsolated, rules(1000, true), nil, orphan, VerdictDrop},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
@@ -98,17 +107,17 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 			var base, ours time.Duration
 			var verdict uint32
 			err := netns.Do(func(ns.NetNS) error {
-				if c.warm != nil {
-					if _, _, err := objs.program(ToPod).Benchmark(c.warm.Frame(), 1, nil); err != nil {
+				for _, w := range c.warm {
+					if _, _, err := objs.program(ToPod).Benchmark(w, 1, nil); err != nil {
 						return err
 					}
 				}
 				var err error
 				b.ResetTimer()
-				if _, base, err = passAll.Benchmark(c.pkt.Frame(), b.N, b.ResetTimer); err != nil {
+				if _, base, err = passAll.Benchmark(c.pkt, b.N, b.ResetTimer); err != nil {
 					return err
 				}
-				verdict, ours, err = objs.program(ToPod).Benchmark(c.pkt.Frame(), b.N, b.ResetTimer)
+				verdict, ours, err = objs.program(ToPod).Benchmark(c.pkt, b.N, b.ResetTimer)
 				return err
 			})
 			if err != nil {

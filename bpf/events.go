@@ -188,6 +188,8 @@ func ReasonName(reason int) string {
 		return "malformed"
 	case ReasonNAT:
 		return "nat"
+	case ReasonFragment:
+		return "fragment"
 	}
 	return fmt.Sprintf("reason-%d", reason)
 }

@@ -43,6 +43,9 @@ const (
 	ReasonRejudged        = 3
 	ReasonMalformed       = 4
 	ReasonNAT             = 5
+	ReasonFragment        = 6
+	// ReasonLast is the highest reason the programs use.
+	ReasonLast = ReasonFragment
 	// ReasonMax is the number of reason slots (maps.h REASON_MAX).
 	ReasonMax = 8
 )

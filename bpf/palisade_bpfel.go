@@ -77,6 +77,25 @@ type palisadeEventBudget struct {
 	Count  uint64
 }
 
+type palisadeFragKey struct {
+	_       structs.HostLayout
+	Saddr   [16]uint8
+	Daddr   [16]uint8
+	Id      uint32
+	Ifindex uint32
+	Proto   uint8
+	Dir     uint8
+	Pad     uint16
+}
+
+type palisadeFragValue struct {
+	_       structs.HostLayout
+	Expires uint64
+	Sport   uint16
+	Dport   uint16
+	Pad     uint32
+}
+
 type palisadeIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -149,6 +168,7 @@ const (
 	palisadeMapPalEventBudget     = "pal_event_budget"
 	palisadeMapPalEventStats      = "pal_event_stats"
 	palisadeMapPalEvents          = "pal_events"
+	palisadeMapPalFrag            = "pal_frag"
 	palisadeMapPalIpcache         = "pal_ipcache"
 	palisadeMapPalServices        = "pal_services"
 	palisadeMapPalSetRules        = "pal_set_rules"
@@ -219,6 +239,7 @@ type palisadeMapSpecs struct {
 	PalEventBudget *ebpf.MapSpec `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.MapSpec `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.MapSpec `ebpf:"pal_events"`
+	PalFrag        *ebpf.MapSpec `ebpf:"pal_frag"`
 	PalIpcache     *ebpf.MapSpec `ebpf:"pal_ipcache"`
 	PalServices    *ebpf.MapSpec `ebpf:"pal_services"`
 	PalSetRules    *ebpf.MapSpec `ebpf:"pal_set_rules"`
@@ -263,6 +284,7 @@ type palisadeMaps struct {
 	PalEventBudget *ebpf.Map `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.Map `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.Map `ebpf:"pal_events"`
+	PalFrag        *ebpf.Map `ebpf:"pal_frag"`
 	PalIpcache     *ebpf.Map `ebpf:"pal_ipcache"`
 	PalServices    *ebpf.Map `ebpf:"pal_services"`
 	PalSetRules    *ebpf.Map `ebpf:"pal_set_rules"`
@@ -279,6 +301,7 @@ func (m *palisadeMaps) Close() error {
 		m.PalEventBudget,
 		m.PalEventStats,
 		m.PalEvents,
+		m.PalFrag,
 		m.PalIpcache,
 		m.PalServices,
 		m.PalSetRules,

@@ -13,6 +13,7 @@
 #include "verdict.h"
 #include "service.h"
 #include "events.h"
+#include "frag.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -43,6 +44,7 @@ static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow f = {}, inner = {};
+	struct frag_state fs;
 	struct endpoint_info *ep;
 	struct ct_entry *ct, entry = {};
 	struct ct_key key;
@@ -65,6 +67,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_OK;
 
 	now = bpf_ktime_get_ns();
+	if (frag_begin(&fs, &f, dir, ifindex, now) < 0)
+		return drop(skb, &f, dir, REASON_FRAGMENT, 0);
 	if (dir == DIR_EGRESS) {
 		lb = lb_translate(skb, &f, ifindex, now, vip, &vport);
 		if (lb == LB_ERROR)
@@ -99,6 +103,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			if (nat_rewrite(skb, &f, 0, addr, port) < 0)
 				return drop(skb, &f, dir, REASON_NAT, 0);
 		}
+		frag_admit(&fs, &f);
 		return TC_ACT_OK;
 	}
 
@@ -126,6 +131,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	bpf_map_update_elem(&pal_ct, &key, &entry, BPF_ANY);
 	emit_allow(skb, &f, dir, peer, rule);
+	frag_admit(&fs, &f);
 	return TC_ACT_OK;
 }
 

@@ -85,6 +85,8 @@ func summary(f *agentapi.Flow, ev *bpf.VerdictEvent) string {
 		return "malformed packet"
 	case bpf.ReasonNAT:
 		return "Service translation failed"
+	case bpf.ReasonFragment:
+		return "a fragment whose datagram's first fragment was not admitted (denied, or never seen)"
 	}
 	return f.Reason
 }

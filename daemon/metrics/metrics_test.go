@@ -131,8 +131,8 @@ func TestScrape(t *testing.T) {
 		}
 	}
 	// Reason slots no reason uses are not exported.
-	if n := len(fams["palisade_verdicts_total"].GetMetric()); n != 2*(bpf.ReasonNAT+1) {
-		t.Errorf("%d verdict series, want %d", n, 2*(bpf.ReasonNAT+1))
+	if n := len(fams["palisade_verdicts_total"].GetMetric()); n != 2*(bpf.ReasonLast+1) {
+		t.Errorf("%d verdict series, want %d", n, 2*(bpf.ReasonLast+1))
 	}
 	if ok, why := m.APIConnected(); ok || why == "" {
 		t.Errorf("APIConnected after a failed request = %v %q, want false and the failure", ok, why)

@@ -155,6 +155,7 @@ struct {
 #define REASON_REJUDGED 3         /* policy changed; flow no longer allowed */
 #define REASON_MALFORMED 4        /* truncated header */
 #define REASON_NAT 5              /* Service translation failed */
+#define REASON_FRAGMENT 6         /* a later fragment whose first was not admitted */
 #define REASON_MAX 8
 
 /* pal_drops: per-CPU packet counters by reason; read by the agent. */

@@ -105,6 +105,10 @@ static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
  * UDP's do. */
 static __always_inline __u32 l4_csum_off(const struct flow *f)
 {
+	/* A fragment after the first has no transport header: the
+	 * checksum, which covers the whole datagram, is fixed in the first. */
+	if (f->frag >= FRAG_LATER)
+		return 0;
 	if (f->proto == IPPROTO_TCP)
 		return f->l4_off + 16;
 	if (f->proto == IPPROTO_UDP)
@@ -113,7 +117,9 @@ static __always_inline __u32 l4_csum_off(const struct flow *f)
 }
 
 /* nat_rewrite replaces the source (dst == 0) or destination address and
- * port of f's packet, fixing the IP and transport checksums, and updates f. */
+ * port of f's packet, fixing the IP and transport checksums, and updates f.
+ * A fragment after the first gets its address rewritten only: its port
+ * lives in the first fragment. */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, struct flow *f, int dst, const __u8 *addr,
 				       __be16 port)
 {
@@ -144,7 +150,7 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct flow *f, in
 		if (bpf_skb_store_bytes(skb, addr_off, &new, 4, 0) < 0)
 			return -1;
 	}
-	if (port != *cur_port) {
+	if (port != *cur_port && f->frag < FRAG_LATER) {
 		if (csum && bpf_l4_csum_replace(skb, csum, *cur_port, port, flags | 2) < 0)
 			return -1;
 		if (bpf_skb_store_bytes(skb, port_off, &port, 2, 0) < 0)
