@@ -136,7 +136,8 @@ func (o *Objects) MapFill() ([]MapFill, error) {
 	}{
 		{"endpoints", o.objs.PalEpInfo},
 		{"ipcache", o.objs.PalIpcache},
-		{"conntrack", o.objs.PalCt},
+		{"conntrack-" + ConntrackTCP, o.objs.PalCtTcp},
+		{"conntrack-" + ConntrackOther, o.objs.PalCtOther},
 		{"rules", o.objs.PalSetRules},
 	}
 	var out []MapFill

@@ -162,7 +162,9 @@ type palisadeVerdictEvent struct {
 const (
 	palisadeMapPalAffinity        = "pal_affinity"
 	palisadeMapPalBackends        = "pal_backends"
-	palisadeMapPalCt              = "pal_ct"
+	palisadeMapPalCtOther         = "pal_ct_other"
+	palisadeMapPalCtStats         = "pal_ct_stats"
+	palisadeMapPalCtTcp           = "pal_ct_tcp"
 	palisadeMapPalDrops           = "pal_drops"
 	palisadeMapPalEpInfo          = "pal_ep_info"
 	palisadeMapPalEventBudget     = "pal_event_budget"
@@ -233,7 +235,9 @@ type palisadeProgramSpecs struct {
 type palisadeMapSpecs struct {
 	PalAffinity    *ebpf.MapSpec `ebpf:"pal_affinity"`
 	PalBackends    *ebpf.MapSpec `ebpf:"pal_backends"`
-	PalCt          *ebpf.MapSpec `ebpf:"pal_ct"`
+	PalCtOther     *ebpf.MapSpec `ebpf:"pal_ct_other"`
+	PalCtStats     *ebpf.MapSpec `ebpf:"pal_ct_stats"`
+	PalCtTcp       *ebpf.MapSpec `ebpf:"pal_ct_tcp"`
 	PalDrops       *ebpf.MapSpec `ebpf:"pal_drops"`
 	PalEpInfo      *ebpf.MapSpec `ebpf:"pal_ep_info"`
 	PalEventBudget *ebpf.MapSpec `ebpf:"pal_event_budget"`
@@ -278,7 +282,9 @@ func (o *palisadeObjects) Close() error {
 type palisadeMaps struct {
 	PalAffinity    *ebpf.Map `ebpf:"pal_affinity"`
 	PalBackends    *ebpf.Map `ebpf:"pal_backends"`
-	PalCt          *ebpf.Map `ebpf:"pal_ct"`
+	PalCtOther     *ebpf.Map `ebpf:"pal_ct_other"`
+	PalCtStats     *ebpf.Map `ebpf:"pal_ct_stats"`
+	PalCtTcp       *ebpf.Map `ebpf:"pal_ct_tcp"`
 	PalDrops       *ebpf.Map `ebpf:"pal_drops"`
 	PalEpInfo      *ebpf.Map `ebpf:"pal_ep_info"`
 	PalEventBudget *ebpf.Map `ebpf:"pal_event_budget"`
@@ -295,7 +301,9 @@ func (m *palisadeMaps) Close() error {
 	return _PalisadeClose(
 		m.PalAffinity,
 		m.PalBackends,
-		m.PalCt,
+		m.PalCtOther,
+		m.PalCtStats,
+		m.PalCtTcp,
 		m.PalDrops,
 		m.PalEpInfo,
 		m.PalEventBudget,

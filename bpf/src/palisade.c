@@ -85,7 +85,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		/* The policy changed since this flow was admitted here. */
 		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
 		if (!policy_allows(ep, dir, peer, &f, &rule)) {
-			bpf_map_delete_elem(&pal_ct, &key);
+			ct_delete(&key);
 			return drop(skb, &f, dir, REASON_REJUDGED, peer);
 		}
 		ct->revision = ep->revision;
@@ -106,6 +106,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		frag_admit(&fs, &f);
 		return TC_ACT_OK;
 	}
+
+	ct_missed(&f);
 
 	/* A pod reaching itself through its Service is left to kube-proxy,
 	 * which translates and masquerades it; a pod's traffic with itself
@@ -129,7 +131,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		entry.nat_port = vport;
 		__builtin_memcpy(entry.nat_addr, vip, 16);
 	}
-	bpf_map_update_elem(&pal_ct, &key, &entry, BPF_ANY);
+	ct_store(&key, &entry);
 	emit_allow(skb, &f, dir, peer, rule);
 	frag_admit(&fs, &f);
 	return TC_ACT_OK;

@@ -215,7 +215,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 		return LB_NONE;
 
 	ct_key_forward(&key, f, DIR_SERVICE);
-	e = bpf_map_lookup_elem(&pal_ct, &key);
+	e = ct_lookup(&key);
 	if (e && e->ifindex == ifindex && e->expires > now) {
 		e->expires = now + ct_lifetime(f);
 		ne.nat_port = e->nat_port;
@@ -228,7 +228,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 		__builtin_memcpy(ne.nat_addr, be->addr, 16);
 		ne.expires = now + ct_lifetime(f);
 		ne.ifindex = ifindex;
-		bpf_map_update_elem(&pal_ct, &key, &ne, BPF_ANY);
+		ct_store(&key, &ne);
 	}
 	if (addr_eq(ne.nat_addr, f->saddr))
 		return LB_SELF;
