@@ -73,7 +73,8 @@ func (o *Objects) conntrackMaps() []struct {
 
 // Conntrack reads the counters of both conntrack tables, and how many TCP
 // packets without SYN found no entry: packets of connections whose entry
-// the LRU reclaimed while in use (or of forged or pre-Palisade ones).
+// the LRU reclaimed while in use (or late packets of closed connections,
+// forged ones, connections older than the datapath).
 func (o *Objects) Conntrack() ([]ConntrackTable, uint64, error) {
 	var out []ConntrackTable
 	for i, t := range o.conntrackMaps() {

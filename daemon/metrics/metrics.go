@@ -85,7 +85,7 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 			"reclaimed": prometheus.NewDesc("palisade_conntrack_reclaimed_total", "Conntrack entries the LRU table took to make room for new flows, by table (tcp, other): "+
 				"flows created minus flows deleted minus entries present, at scrape time. Live and expired entries alike: expired ones are never deleted otherwise.", []string{"table"}, nil),
 			"tcpMisses": prometheus.NewDesc("palisade_conntrack_tcp_misses_total", "TCP packets without SYN that matched no conntrack entry and were judged as new flows: "+
-				"connections whose entry was reclaimed while in use, and forged packets or connections older than the datapath.", nil, nil),
+				"connections whose entry was reclaimed while in use, and late packets of closed connections, forged packets or connections older than the datapath.", nil, nil),
 			"endpoints":  prometheus.NewDesc("palisade_endpoints", "Local pod endpoints with a compiled policy.", nil, nil),
 			"identities": prometheus.NewDesc("palisade_identities", "Distinct peer identities in the ipcache.", nil, nil),
 			"policies":   prometheus.NewDesc("palisade_policies", "NetworkPolicies in the cluster.", nil, nil),

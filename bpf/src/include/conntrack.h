@@ -69,8 +69,9 @@ struct {
  * holds, subtracted from created - deleted, is what the LRU reclaimed. The
  * agent reads them for palisade_conntrack_reclaimed_total. CT_STAT_TCP_MISS
  * counts TCP packets without SYN that found no entry: connections whose
- * entry was reclaimed while still in use (and forged or pre-Palisade
- * ones). Index: table * CT_STAT_PER_TABLE + counter. */
+ * entry was reclaimed while still in use (and late packets of closed
+ * connections, forged ones, connections older than the datapath).
+ * Index: table * CT_STAT_PER_TABLE + counter. */
 #define CT_TABLE_TCP 0
 #define CT_TABLE_OTHER 1
 #define CT_STAT_CREATED 0
@@ -100,11 +101,22 @@ static __always_inline __u32 ct_table(const struct ct_key *k)
 	return k->proto == IPPROTO_TCP ? CT_TABLE_TCP : CT_TABLE_OTHER;
 }
 
+/* ct_lookup keeps one call per table: merged into one call on a map chosen
+ * at run time (which the compiler does for the plain if/else), a lookup is
+ * not inlined by the verifier, which costs every packet a helper call. The
+ * asm statements differ, so the calls before them cannot be merged. */
 static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k)
 {
-	if (k->proto == IPPROTO_TCP)
-		return bpf_map_lookup_elem(&pal_ct_tcp, k);
-	return bpf_map_lookup_elem(&pal_ct_other, k);
+	struct ct_entry *e;
+
+	if (k->proto == IPPROTO_TCP) {
+		e = bpf_map_lookup_elem(&pal_ct_tcp, k);
+		asm volatile("/* tcp */" : "+r"(e));
+	} else {
+		e = bpf_map_lookup_elem(&pal_ct_other, k);
+		asm volatile("/* other */" : "+r"(e));
+	}
+	return e;
 }
 
 static __always_inline long ct_update(const struct ct_key *k, const struct ct_entry *e, __u64 flags)
