@@ -67,7 +67,11 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 		if err := objs.SetPolicy(1, ToPod, ingress); err != nil {
 			b.Fatal(err)
 		}
-		if err := objs.SetEndpoint(lo, EndpointInfo{Revision: 1, Identity: 300, Flags: flags, RuleSet: 1}); err != nil {
+		ep := EndpointInfo{Revision: 1, Identity: 300, Flags: flags, RuleSet: 1}
+		if err := ep.SetAddrs([]netip.Addr{subject}); err != nil {
+			b.Fatal(err)
+		}
+		if err := objs.SetEndpoint(lo, ep); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -84,23 +88,32 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	// A 3 000-byte segment of the established flow, in fragments: the
+	// first is matched to conntrack and remembered, the second follows it.
+	big := est
+	big.Payload = make([]byte, 3000)
+	frags := big.Fragments(1480, 1)
+	orphan := big.Fragments(1480, 2)[1] // of a datagram whose first no case sends
 
 	cases := []struct {
 		name  string
 		flags uint32
 		rules []PolicyEntry
-		warm  *packet.Packet // sent once first, to open the flow
-		pkt   packet.Packet
+		warm  [][]byte // sent once first, to open the flow
+		pkt   []byte
 		want  uint32
 		sends bool // the subject sends pkt (FromPod), rather than receives it
 	}{
-		{"no policy selects the pod", 0, nil, &syn, est, VerdictPass, false},
-		{"established flow, 1000 rules", FlagIngressIsolated, rules(1000, true), &syn, est, VerdictPass, false},
-		{"established flow, 10000 rules", FlagIngressIsolated, rules(10000, true), &syn, est, VerdictPass, false},
-		{"new flow dropped, 100 rules", FlagIngressIsolated, rules(100, false), nil, fresh, VerdictDrop, false},
-		{"new flow dropped, 1000 rules", FlagIngressIsolated, rules(1000, false), nil, fresh, VerdictDrop, false},
-		{"new flow dropped, 10000 rules", FlagIngressIsolated, rules(10000, false), nil, fresh, VerdictDrop, false},
-		{"established flow, sent by the pod, 100 node addresses", FlagIngressIsolated, rules(1000, true), &syn, sent, VerdictPass, true},
+		{"no policy selects the pod", 0, nil, [][]byte{syn.Frame()}, est.Frame(), VerdictPass, false},
+		{"established flow, 1000 rules", FlagIngressIsolated, rules(1000, true), [][]byte{syn.Frame()}, est.Frame(), VerdictPass, false},
+		{"established flow, 10000 rules", FlagIngressIsolated, rules(10000, true), [][]byte{syn.Frame()}, est.Frame(), VerdictPass, false},
+		{"established flow, first fragment", FlagIngressIsolated, rules(1000, true), [][]byte{syn.Frame()}, frags[0], VerdictPass, false},
+		{"established flow, later fragment", FlagIngressIsolated, rules(1000, true), [][]byte{syn.Frame(), frags[0]}, frags[1], VerdictPass, false},
+		{"new flow dropped, 100 rules", FlagIngressIsolated, rules(100, false), nil, fresh.Frame(), VerdictDrop, false},
+		{"new flow dropped, 1000 rules", FlagIngressIsolated, rules(1000, false), nil, fresh.Frame(), VerdictDrop, false},
+		{"new flow dropped, 10000 rules", FlagIngressIsolated, rules(10000, false), nil, fresh.Frame(), VerdictDrop, false},
+		{"later fragment without its first, dropped", FlagIngressIsolated, rules(1000, true), nil, orphan, VerdictDrop, false},
+		{"established flow, sent by the pod, 100 node addresses", FlagIngressIsolated, rules(1000, true), [][]byte{syn.Frame()}, sent.Frame(), VerdictPass, true},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
@@ -108,21 +121,21 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 			var base, ours time.Duration
 			var verdict uint32
 			err := netns.Do(func(ns.NetNS) error {
-				if c.warm != nil {
-					if _, _, err := objs.program(ToPod).Benchmark(c.warm.Frame(), 1, nil); err != nil {
+				for _, w := range c.warm {
+					if _, _, err := objs.program(ToPod).Benchmark(w, 1, nil); err != nil {
 						return err
 					}
 				}
 				var err error
 				b.ResetTimer()
-				if _, base, err = passAll.Benchmark(c.pkt.Frame(), b.N, b.ResetTimer); err != nil {
+				if _, base, err = passAll.Benchmark(c.pkt, b.N, b.ResetTimer); err != nil {
 					return err
 				}
 				dir := ToPod
 				if c.sends {
 					dir = FromPod
 				}
-				verdict, ours, err = objs.program(dir).Benchmark(c.pkt.Frame(), b.N, b.ResetTimer)
+				verdict, ours, err = objs.program(dir).Benchmark(c.pkt, b.N, b.ResetTimer)
 				return err
 			})
 			if err != nil {

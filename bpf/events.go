@@ -136,7 +136,8 @@ func (o *Objects) MapFill() ([]MapFill, error) {
 	}{
 		{"endpoints", o.objs.PalEp},
 		{"ipcache", o.objs.PalIpcache},
-		{"conntrack", o.objs.PalCt},
+		{"conntrack-" + ConntrackTCP, o.objs.PalCtTcp},
+		{"conntrack-" + ConntrackOther, o.objs.PalCtOther},
 		{"rules", o.objs.PalSetRules},
 	}
 	var out []MapFill
@@ -190,6 +191,8 @@ func ReasonName(reason int) string {
 		return "nat"
 	case ReasonSpoofed:
 		return "spoofed"
+	case ReasonFragment:
+		return "fragment"
 	}
 	return fmt.Sprintf("reason-%d", reason)
 }

@@ -199,7 +199,7 @@ func TestPrivilegedMapFill(t *testing.T) {
 	}
 	// newFixture writes four ipcache entries and isolate one endpoint
 	// whose one rule, ports 80-81, is one key.
-	if diff := cmp.Diff(map[string]int{"endpoints": 1, "ipcache": 4, "conntrack": 0, "rules": 1}, got); diff != "" {
+	if diff := cmp.Diff(map[string]int{"endpoints": 1, "ipcache": 4, "conntrack-tcp": 0, "conntrack-other": 0, "rules": 1}, got); diff != "" {
 		t.Errorf("map fill (-want +got):\n%s", diff)
 	}
 }

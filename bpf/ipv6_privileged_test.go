@@ -14,13 +14,19 @@ var (
 	vip6     = netip.MustParseAddr("fd00:10:96::10")
 )
 
-func TestPrivilegedIPv6(t *testing.T) {
-	f := newFixture(t)
+// addIPv6 gives the fixture's peers their IPv6 addresses too.
+func (f *fixture) addIPv6(t *testing.T) {
+	t.Helper()
 	for a, id := range map[netip.Addr]uint32{peer6: peerID, other6: otherID, subject6: 299} {
 		if err := f.objs.UpsertIPCache(netip.PrefixFrom(a, 128), id); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+func TestPrivilegedIPv6(t *testing.T) {
+	f := newFixture(t)
+	f.addIPv6(t)
 	f.isolate(t, FlagIngressIsolated|FlagEgressIsolated, 1,
 		allow(t, peerID, tcp, PortRange{80, 80}), allow(t, peerID, packet.UDP, PortRange{5353, 5353}))
 	if err := f.objs.SetService(NewServiceKey(vip6, 53, udp), 9, 0, []Backend{{peer6, 5353}}, 0); err != nil {

@@ -82,8 +82,9 @@ const (
 	ReasonMalformed       = 4
 	ReasonNAT             = 5
 	ReasonSpoofed         = 6
+	ReasonFragment        = 7
 	// ReasonLast is the highest reason the programs use.
-	ReasonLast = ReasonSpoofed
+	ReasonLast = ReasonFragment
 	// ReasonMax is the number of reason slots (maps.h REASON_MAX).
 	ReasonMax = 8
 )

@@ -24,12 +24,20 @@ type LoadOptions struct {
 	// 0 means DefaultEventRateLimit. Verdicts over the bound are still
 	// counted, and the events lost are counted too.
 	EventRateLimit uint32
+	// ConntrackTCP and ConntrackOther size the conntrack tables of TCP
+	// flows and of all other flows; 0 means DefaultConntrackTCP and
+	// DefaultConntrackOther. A table already pinned keeps its size (and its
+	// flows): ConntrackSizes tells.
+	ConntrackTCP, ConntrackOther uint32
 }
 
 // Objects are the loaded programs and maps.
 type Objects struct {
 	root string
 	objs palisadeObjects
+	// Migrated is how many flows Load copied from an older version's
+	// single conntrack table into the split ones.
+	Migrated int
 }
 
 // Load loads the programs, reusing the maps pinned under opts.Root (so that
@@ -61,6 +69,9 @@ func Load(opts LoadOptions) (*Objects, error) {
 	if err := setEventVariables(spec, opts); err != nil {
 		return nil, err
 	}
+	if err := sizeConntrack(spec, filepath.Join(opts.Root, "maps"), opts); err != nil {
+		return nil, err
+	}
 	o := &Objects{root: opts.Root}
 	err = spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: filepath.Join(opts.Root, "maps")},
@@ -71,6 +82,11 @@ func Load(opts LoadOptions) (*Objects, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load programs: %w", err)
+	}
+	// Before the programs are pinned, so that none counts meanwhile.
+	if o.Migrated, err = o.migrateConntrack(filepath.Join(opts.Root, "maps")); err != nil {
+		o.Close()
+		return nil, err
 	}
 	for _, d := range Directions {
 		if err := pinReplacing(o.program(d), progPin(opts.Root, d)); err != nil {

@@ -78,6 +78,25 @@ type palisadeEventBudget struct {
 	Count  uint64
 }
 
+type palisadeFragKey struct {
+	_       structs.HostLayout
+	Saddr   [16]uint8
+	Daddr   [16]uint8
+	Id      uint32
+	Ifindex uint32
+	Proto   uint8
+	Dir     uint8
+	Pad     uint16
+}
+
+type palisadeFragValue struct {
+	_       structs.HostLayout
+	Expires uint64
+	Sport   uint16
+	Dport   uint16
+	Pad     uint32
+}
+
 type palisadeIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -144,12 +163,15 @@ type palisadeVerdictEvent struct {
 const (
 	palisadeMapPalAffinity        = "pal_affinity"
 	palisadeMapPalBackends        = "pal_backends"
-	palisadeMapPalCt              = "pal_ct"
+	palisadeMapPalCtOther         = "pal_ct_other"
+	palisadeMapPalCtStats         = "pal_ct_stats"
+	palisadeMapPalCtTcp           = "pal_ct_tcp"
 	palisadeMapPalDrops           = "pal_drops"
 	palisadeMapPalEp              = "pal_ep"
 	palisadeMapPalEventBudget     = "pal_event_budget"
 	palisadeMapPalEventStats      = "pal_event_stats"
 	palisadeMapPalEvents          = "pal_events"
+	palisadeMapPalFrag            = "pal_frag"
 	palisadeMapPalIpcache         = "pal_ipcache"
 	palisadeMapPalNodeAddrs       = "pal_node_addrs"
 	palisadeMapPalServices        = "pal_services"
@@ -215,12 +237,15 @@ type palisadeProgramSpecs struct {
 type palisadeMapSpecs struct {
 	PalAffinity    *ebpf.MapSpec `ebpf:"pal_affinity"`
 	PalBackends    *ebpf.MapSpec `ebpf:"pal_backends"`
-	PalCt          *ebpf.MapSpec `ebpf:"pal_ct"`
+	PalCtOther     *ebpf.MapSpec `ebpf:"pal_ct_other"`
+	PalCtStats     *ebpf.MapSpec `ebpf:"pal_ct_stats"`
+	PalCtTcp       *ebpf.MapSpec `ebpf:"pal_ct_tcp"`
 	PalDrops       *ebpf.MapSpec `ebpf:"pal_drops"`
 	PalEp          *ebpf.MapSpec `ebpf:"pal_ep"`
 	PalEventBudget *ebpf.MapSpec `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.MapSpec `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.MapSpec `ebpf:"pal_events"`
+	PalFrag        *ebpf.MapSpec `ebpf:"pal_frag"`
 	PalIpcache     *ebpf.MapSpec `ebpf:"pal_ipcache"`
 	PalNodeAddrs   *ebpf.MapSpec `ebpf:"pal_node_addrs"`
 	PalServices    *ebpf.MapSpec `ebpf:"pal_services"`
@@ -260,12 +285,15 @@ func (o *palisadeObjects) Close() error {
 type palisadeMaps struct {
 	PalAffinity    *ebpf.Map `ebpf:"pal_affinity"`
 	PalBackends    *ebpf.Map `ebpf:"pal_backends"`
-	PalCt          *ebpf.Map `ebpf:"pal_ct"`
+	PalCtOther     *ebpf.Map `ebpf:"pal_ct_other"`
+	PalCtStats     *ebpf.Map `ebpf:"pal_ct_stats"`
+	PalCtTcp       *ebpf.Map `ebpf:"pal_ct_tcp"`
 	PalDrops       *ebpf.Map `ebpf:"pal_drops"`
 	PalEp          *ebpf.Map `ebpf:"pal_ep"`
 	PalEventBudget *ebpf.Map `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.Map `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.Map `ebpf:"pal_events"`
+	PalFrag        *ebpf.Map `ebpf:"pal_frag"`
 	PalIpcache     *ebpf.Map `ebpf:"pal_ipcache"`
 	PalNodeAddrs   *ebpf.Map `ebpf:"pal_node_addrs"`
 	PalServices    *ebpf.Map `ebpf:"pal_services"`
@@ -277,12 +305,15 @@ func (m *palisadeMaps) Close() error {
 	return _PalisadeClose(
 		m.PalAffinity,
 		m.PalBackends,
-		m.PalCt,
+		m.PalCtOther,
+		m.PalCtStats,
+		m.PalCtTcp,
 		m.PalDrops,
 		m.PalEp,
 		m.PalEventBudget,
 		m.PalEventStats,
 		m.PalEvents,
+		m.PalFrag,
 		m.PalIpcache,
 		m.PalNodeAddrs,
 		m.PalServices,

@@ -37,6 +37,7 @@ type fixture struct {
 	objs    *Objects
 	netns   ns.NetNS
 	ifindex int
+	others  []int // more pods' host-side veths, when asked for
 }
 
 func newFixture(t testing.TB) *fixture {
@@ -47,8 +48,15 @@ func newFixture(t testing.TB) *fixture {
 // newFixtureWith is newFixture with load options; Root is set here.
 func newFixtureWith(t testing.TB, opts LoadOptions) *fixture {
 	t.Helper()
-	netns, ifindexes := kernel.NetNSWithVeths(t, 1)
-	f := &fixture{netns: netns, ifindex: ifindexes[0]}
+	return newFixturePods(t, opts, 1)
+}
+
+// newFixturePods is newFixtureWith with pods veths: the subject's and
+// pods-1 others.
+func newFixturePods(t testing.TB, opts LoadOptions, pods int) *fixture {
+	t.Helper()
+	netns, ifindexes := kernel.NetNSWithVeths(t, pods)
+	f := &fixture{netns: netns, ifindex: ifindexes[0], others: ifindexes[1:]}
 	root := fmt.Sprintf("/sys/fs/bpf/palisade-test-%08x", rand.Uint32())
 	opts.Root = root
 	objs, err := Load(opts)

@@ -14,6 +14,7 @@
 #include "service.h"
 #include "events.h"
 #include "source.h"
+#include "frag.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -44,6 +45,7 @@ static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow f = {}, inner = {};
+	struct frag_state fs;
 	struct endpoint_info *ep;
 	struct ct_entry *ct, entry = {};
 	struct ct_key key;
@@ -81,6 +83,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_OK;
 
 	now = bpf_ktime_get_ns();
+	if (frag_begin(&fs, &f, dir, ifindex, now) < 0)
+		return drop(skb, &f, dir, REASON_FRAGMENT, 0);
 	if (dir == DIR_EGRESS) {
 		lb = lb_translate(skb, &f, ifindex, now, vip, &vport);
 		if (lb == LB_ERROR)
@@ -97,7 +101,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		/* The policy changed since this flow was admitted here. */
 		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
 		if (!policy_allows(ep, dir, peer, &f, &rule)) {
-			bpf_map_delete_elem(&pal_ct, &key);
+			ct_delete(&key);
 			return drop(skb, &f, dir, REASON_REJUDGED, peer);
 		}
 		ct->revision = ep->revision;
@@ -115,8 +119,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			if (nat_rewrite(skb, &f, 0, addr, port) < 0)
 				return drop(skb, &f, dir, REASON_NAT, 0);
 		}
+		frag_admit(&fs, &f);
 		return TC_ACT_OK;
 	}
+
+	ct_missed(&f);
 
 	/* A pod reaching itself through its Service is left to kube-proxy,
 	 * which translates and masquerades it; a pod's traffic with itself
@@ -140,8 +147,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		entry.nat_port = vport;
 		__builtin_memcpy(entry.nat_addr, vip, 16);
 	}
-	bpf_map_update_elem(&pal_ct, &key, &entry, BPF_ANY);
+	ct_store(&key, &entry);
 	emit_allow(skb, &f, dir, peer, rule);
+	frag_admit(&fs, &f);
 	return TC_ACT_OK;
 }
 

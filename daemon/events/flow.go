@@ -89,6 +89,8 @@ func summary(f *agentapi.Flow, ev *bpf.VerdictEvent) string {
 		return "Service translation failed"
 	case bpf.ReasonSpoofed:
 		return "the pod sent what is not its own to send: another source address or ARP sender, or neighbour discovery beyond its link"
+	case bpf.ReasonFragment:
+		return "a fragment whose datagram's first fragment was not admitted (denied, or never seen)"
 	}
 	return f.Reason
 }

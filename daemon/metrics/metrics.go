@@ -24,6 +24,7 @@ type Datapath interface {
 	Verdicts() ([]bpf.VerdictCount, error)
 	LostEvents() (map[int]uint64, error)
 	MapFill() ([]bpf.MapFill, error)
+	Conntrack() ([]bpf.ConntrackTable, uint64, error)
 }
 
 // State is the agent's own state at scrape time.
@@ -47,6 +48,10 @@ type Metrics struct {
 	api      apiHealth
 	descs    map[string]*prometheus.Desc
 	fillOnce sync.Mutex
+	// reclaimed is the last count reported per conntrack table, under
+	// fillOnce: a scrape that computes less (flows created while it
+	// walked) reports it again, so the counter never goes back.
+	reclaimed map[string]uint64
 }
 
 // syncBuckets span a 100 µs compile of a tiny cluster to a 10 s one of a
@@ -56,7 +61,7 @@ var syncBuckets = prometheus.ExponentialBuckets(0.0001, 4, 9)
 // New registers the metrics on reg. dp and state are read at each scrape.
 func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() State) *Metrics {
 	m := &Metrics{
-		log: log, dp: dp, state: state,
+		log: log, dp: dp, state: state, reclaimed: map[string]uint64{},
 		compile: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "palisade_policy_compile_duration_seconds", Help: "Time to compile every local pod's policy, per sync.", Buckets: syncBuckets,
 		}),
@@ -73,10 +78,14 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 			Name: "palisade_api_errors_total", Help: "Failed requests (including list and watch) to the Kubernetes API server, by HTTP method and code (\"<error>\" when no answer came).",
 		}, []string{"method", "code"}),
 		descs: map[string]*prometheus.Desc{
-			"verdicts":   prometheus.NewDesc("palisade_verdicts_total", "Datapath verdicts by direction (of the pod) and reason: reason=\"allowed\" counts flows admitted by policy, every other reason dropped packets.", []string{"direction", "reason"}, nil),
-			"lost":       prometheus.NewDesc("palisade_events_lost_total", "Verdict events not delivered to the agent, by cause: rate-limit (over the per-CPU budget) or ringbuf-full (the agent lagged).", []string{"cause"}, nil),
-			"entries":    prometheus.NewDesc("palisade_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
-			"capacity":   prometheus.NewDesc("palisade_map_capacity", "Maximum entries of a BPF map.", []string{"map"}, nil),
+			"verdicts": prometheus.NewDesc("palisade_verdicts_total", "Datapath verdicts by direction (of the pod) and reason: reason=\"allowed\" counts flows admitted by policy, every other reason dropped packets.", []string{"direction", "reason"}, nil),
+			"lost":     prometheus.NewDesc("palisade_events_lost_total", "Verdict events not delivered to the agent, by cause: rate-limit (over the per-CPU budget) or ringbuf-full (the agent lagged).", []string{"cause"}, nil),
+			"entries":  prometheus.NewDesc("palisade_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
+			"capacity": prometheus.NewDesc("palisade_map_capacity", "Maximum entries of a BPF map.", []string{"map"}, nil),
+			"reclaimed": prometheus.NewDesc("palisade_conntrack_reclaimed_total", "Conntrack entries the LRU table took to make room for new flows, by table (tcp, other): "+
+				"flows created minus flows deleted minus entries present, at scrape time. Live and expired entries alike: expired ones are never deleted otherwise.", []string{"table"}, nil),
+			"tcpMisses": prometheus.NewDesc("palisade_conntrack_tcp_misses_total", "TCP packets without SYN that matched no conntrack entry and were judged as new flows: "+
+				"connections whose entry was reclaimed while in use, and late packets of closed connections, forged packets or connections older than the datapath.", nil, nil),
 			"endpoints":  prometheus.NewDesc("palisade_endpoints", "Local pod endpoints with a compiled policy.", nil, nil),
 			"identities": prometheus.NewDesc("palisade_identities", "Distinct peer identities in the ipcache.", nil, nil),
 			"policies":   prometheus.NewDesc("palisade_policies", "NetworkPolicies in the cluster.", nil, nil),
@@ -135,20 +144,43 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	// Walking conntrack is the costly part of a scrape; two scrapes at once
 	// need not both do it in parallel.
 	m.fillOnce.Lock()
+	// The counters before the walk: a flow created during the walk can
+	// only make the reclaimed count smaller, never invent a reclaim.
+	tables, misses, ctErr := m.dp.Conntrack()
 	fill, err := m.dp.MapFill()
-	m.fillOnce.Unlock()
 	if err != nil {
 		m.log.Warn("Map fill levels not read", "error", err)
 	}
+	entries := map[string]int{}
 	for _, f := range fill {
+		entries[f.Name] = f.Entries
 		ch <- prometheus.MustNewConstMetric(m.descs["entries"], prometheus.GaugeValue, float64(f.Entries), f.Name)
 		ch <- prometheus.MustNewConstMetric(m.descs["capacity"], prometheus.GaugeValue, float64(f.Capacity), f.Name)
 	}
+	if ctErr != nil {
+		m.log.Warn("Conntrack counters not read", "error", ctErr)
+	} else {
+		m.collectConntrack(ch, tables, misses, entries)
+	}
+	m.fillOnce.Unlock()
 	st := m.state()
 	ch <- prometheus.MustNewConstMetric(m.descs["endpoints"], prometheus.GaugeValue, float64(st.Endpoints))
 	ch <- prometheus.MustNewConstMetric(m.descs["identities"], prometheus.GaugeValue, float64(st.Identities))
 	ch <- prometheus.MustNewConstMetric(m.descs["policies"], prometheus.GaugeValue, float64(st.Policies))
 	ch <- prometheus.MustNewConstMetric(m.descs["revision"], prometheus.GaugeValue, float64(st.Revision))
+}
+
+// collectConntrack reports what the LRU reclaimed per table, given the
+// entries MapFill counted (by map name). A table whose fill was not read
+// reports its last count. Called under fillOnce.
+func (m *Metrics) collectConntrack(ch chan<- prometheus.Metric, tables []bpf.ConntrackTable, misses uint64, entries map[string]int) {
+	for _, t := range tables {
+		if n, ok := entries["conntrack-"+t.Name]; ok {
+			m.reclaimed[t.Name] = max(m.reclaimed[t.Name], t.Reclaimed(n))
+		}
+		ch <- prometheus.MustNewConstMetric(m.descs["reclaimed"], prometheus.CounterValue, float64(m.reclaimed[t.Name]), t.Name)
+	}
+	ch <- prometheus.MustNewConstMetric(m.descs["tcpMisses"], prometheus.CounterValue, float64(misses))
 }
 
 // apiHealth is client-go's request result hook: it counts failures and

@@ -19,7 +19,10 @@ import (
 	"github.com/palisade-cni/palisade/daemon/agentapi"
 )
 
-type fakeDatapath struct{}
+type fakeDatapath struct {
+	// otherEntries is what the other conntrack table holds, by scrape.
+	otherEntries *[]int
+}
 
 func (fakeDatapath) Verdicts() ([]bpf.VerdictCount, error) {
 	var out []bpf.VerdictCount
@@ -35,8 +38,20 @@ func (fakeDatapath) LostEvents() (map[int]uint64, error) {
 	return map[int]uint64{bpf.LostRateLimit: 7, bpf.LostRingbufFull: 1}, nil
 }
 
-func (fakeDatapath) MapFill() ([]bpf.MapFill, error) {
-	return []bpf.MapFill{{Name: "ipcache", Entries: 12, Capacity: 524288}}, nil
+func (d fakeDatapath) MapFill() ([]bpf.MapFill, error) {
+	fill := []bpf.MapFill{{Name: "ipcache", Entries: 12, Capacity: 524288}, {Name: "conntrack-tcp", Entries: 40, Capacity: 1024}}
+	if d.otherEntries != nil && len(*d.otherEntries) > 0 {
+		fill = append(fill, bpf.MapFill{Name: "conntrack-other", Entries: (*d.otherEntries)[0], Capacity: 256})
+		*d.otherEntries = (*d.otherEntries)[1:]
+	}
+	return fill, nil
+}
+
+func (fakeDatapath) Conntrack() ([]bpf.ConntrackTable, uint64, error) {
+	return []bpf.ConntrackTable{
+		{Name: bpf.ConntrackTCP, Capacity: 1024, Created: 50, Deleted: 10},
+		{Name: bpf.ConntrackOther, Capacity: 256, Created: 1000, Deleted: 0},
+	}, 3, nil
 }
 
 // Parse reads a /metrics page the way Prometheus does.
@@ -126,6 +141,8 @@ func TestScrape(t *testing.T) {
 		{"palisade_endpoint_add_duration_seconds", map[string]string{"how": "sync"}, 1},
 		{"palisade_flow_events_total", map[string]string{"verdict": "dropped"}, 1},
 		{"palisade_api_errors_total", map[string]string{"method": "GET", "code": "<error>"}, 1},
+		{"palisade_conntrack_reclaimed_total", map[string]string{"table": "tcp"}, 0},
+		{"palisade_conntrack_tcp_misses_total", nil, 3},
 	} {
 		if got := value(t, fams, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -141,5 +158,27 @@ func TestScrape(t *testing.T) {
 	m.api.Increment(context.Background(), "200", "GET", "198.18.0.1:6443")
 	if ok, _ := m.APIConnected(); !ok {
 		t.Error("APIConnected after an answered request = false")
+	}
+}
+
+func TestConntrackReclaimedNeverGoesBack(t *testing.T) {
+	// 1 000 flows created in the other table, none deleted: what it does
+	// not hold was reclaimed. A scrape that walks a fuller table (flows
+	// created during the walk) or cannot read it reports the last count.
+	fills := []int{256, 300, 200}
+	reg := prometheus.NewRegistry()
+	New(reg, slog.New(slog.DiscardHandler), fakeDatapath{otherEntries: &fills}, func() State { return State{} })
+	for i, want := range []float64{744, 744, 800, 800} {
+		fams, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byName := map[string]*dto.MetricFamily{}
+		for _, f := range fams {
+			byName[f.GetName()] = f
+		}
+		if got := value(t, byName, "palisade_conntrack_reclaimed_total", map[string]string{"table": "other"}); got != want {
+			t.Errorf("scrape %d: reclaimed %v, want %v", i, got, want)
+		}
 	}
 }

@@ -28,8 +28,12 @@ var (
 	APIServerIP = netip.MustParseAddr("198.18.0.1")
 	// ClusterCIDR holds every node's pod CIDR (10.244.<index>.0/24).
 	ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
-	// ServiceCIDR is kube-apiserver's --service-cluster-ip-range.
+	// ServiceCIDR is kube-apiserver's --service-cluster-ip-range, where
+	// Services get their ClusterIP unless they ask for IPv6.
 	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/12")
+	// ServiceCIDR6 is the range's IPv6 half, for IPv6 Services of
+	// dual-stack pods.
+	ServiceCIDR6 = netip.MustParsePrefix("fd00:10:96::/112")
 )
 
 const (
@@ -97,7 +101,7 @@ func StartControlPlane(tb TB) *ControlPlane {
 		"--bind-address=0.0.0.0",
 		fmt.Sprintf("--secure-port=%d", apiServerPort),
 		"--advertise-address="+APIServerIP.String(),
-		"--service-cluster-ip-range="+ServiceCIDR.String(),
+		"--service-cluster-ip-range="+ServiceCIDR.String()+","+ServiceCIDR6.String(),
 		"--cert-dir="+certDir,
 		"--authorization-mode=AlwaysAllow",
 		"--token-auth-file="+tokenFile,

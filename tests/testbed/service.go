@@ -51,6 +51,53 @@ func (cp *ControlPlane) CreateService(tb TB, namespace, name string, selector ma
 	return ip
 }
 
+// CreateServiceTo creates a selector-less ClusterIP Service of backend's
+// address family and an EndpointSlice naming backend, as the EndpointSlice
+// controller would, so that no controller needs to run and an IPv6
+// address (which pod status does not carry here) can be a backend. It
+// returns the ClusterIP. Cleanup deletes both.
+func (cp *ControlPlane) CreateServiceTo(tb TB, namespace, name string, backend netip.Addr, ports ...ServicePort) netip.Addr {
+	tb.Helper()
+	family, addrType := corev1.IPv4Protocol, discoveryv1.AddressTypeIPv4
+	if backend.Is6() {
+		family, addrType = corev1.IPv6Protocol, discoveryv1.AddressTypeIPv6
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec:       corev1.ServiceSpec{IPFamilies: []corev1.IPFamily{family}},
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: namespace, Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: addrType,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{backend.String()}}},
+	}
+	for _, p := range ports {
+		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port, TargetPort: p.Target})
+		target := p.Target.IntVal
+		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: &p.Name, Port: &target, Protocol: &p.Protocol})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	created, err := cp.Client.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		tb.Fatalf("create service %s/%s: %v", namespace, name, err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		defer cancel()
+		_ = cp.Client.DiscoveryV1().EndpointSlices(namespace).Delete(ctx, slice.Name, metav1.DeleteOptions{})
+		_ = cp.Client.CoreV1().Services(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	})
+	if _, err := cp.Client.DiscoveryV1().EndpointSlices(namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		tb.Fatalf("create endpointslice of service %s/%s: %v", namespace, name, err)
+	}
+	ip, err := netip.ParseAddr(created.Spec.ClusterIP)
+	if err != nil {
+		tb.Fatalf("service %s/%s: clusterIP %q: %v", namespace, name, created.Spec.ClusterIP, err)
+	}
+	return ip
+}
+
 // WaitEndpoints waits until the Service's EndpointSlices list want ready
 // endpoints in total.
 func (cp *ControlPlane) WaitEndpoints(ctx context.Context, namespace, name string, want int) error {

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Palisade's maps. Every map is pinned by name under <bpf-root>/maps by the
- * agent, which is their only writer except pal_ct (written by the programs).
+ * agent, which is their only writer except conntrack (conntrack.h) and
+ * pal_frag (frag.h), written by the programs.
  * Addresses are 16 bytes everywhere; IPv4 is stored IPv4-mapped
  * (::ffff:a.b.c.d), so one set of maps serves both families. */
 #pragma once
@@ -12,8 +13,6 @@
 /* Rules of all endpoints together; entries cost memory only when used. */
 #define MAX_POLICY_ENTRIES (1 << 20)
 #define MAX_IPCACHE 524288
-/* Cilium's defaults: 512k TCP + 256k other entries. One LRU holds both. */
-#define MAX_CT 786432
 
 /* Reserved identities. Identities of pods, namespaces and ipBlock prefixes
  * are allocated by the agent from ID_FIRST_DYNAMIC on. */
@@ -25,7 +24,7 @@
 /* Directions from the pod's point of view. */
 #define DIR_EGRESS 0  /* pal_from_pod: what the pod sends */
 #define DIR_INGRESS 1 /* pal_to_pod: what the pod receives */
-#define DIR_SERVICE 2 /* pal_ct only: a flow to a Service, before translation */
+#define DIR_SERVICE 2 /* conntrack only: a flow to a Service, before translation */
 
 /* pal_ep: host-side ifindex -> endpoint.
  * Written by the agent after the endpoint's rule set; read by both
@@ -118,43 +117,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_set_rules SEC(".maps");
 
-/* pal_ct: flows seen by an endpoint, keyed by the 5-tuple of the flow's
- * first packet and the direction of the hook that admitted it. Written and
- * read by both programs; the agent only reads it. Keying by direction keeps
- * the two endpoints of a node-local flow apart: each judges its own side. */
-struct ct_key {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
-	__u8 dir;
-	__u16 pad;
-};
-
-#define CT_F_NAT (1 << 0) /* replies get their source rewritten to nat_addr */
-
-struct ct_entry {
-	__u64 expires;  /* bpf_ktime_get_ns() deadline */
-	__u64 revision; /* endpoint revision that admitted the flow */
-	__u32 ifindex;  /* endpoint that admitted the flow */
-	__u32 rule;
-	/* DIR_SERVICE entry: the backend the flow was given. Translated flow's
-	 * entry: the Service address its replies must appear to come from. */
-	__u8 nat_addr[16];
-	__be16 nat_port;
-	__u16 flags; /* CT_F_* */
-	__u32 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_CT);
-	__type(key, struct ct_key);
-	__type(value, struct ct_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pal_ct SEC(".maps");
-
 /* Drop reasons, counted in pal_drops and carried in events. */
 #define REASON_ALLOWED 0
 #define REASON_UNKNOWN_ENDPOINT 1 /* interface has no endpoint entry */
@@ -163,6 +125,7 @@ struct {
 #define REASON_MALFORMED 4        /* truncated header */
 #define REASON_NAT 5              /* Service translation failed */
 #define REASON_SPOOFED 6          /* the pod sent what is not its own to send (source.h) */
+#define REASON_FRAGMENT 7         /* a later fragment whose first was not admitted */
 #define REASON_MAX 8
 
 /* pal_drops: per-CPU packet counters by reason; read by the agent. */

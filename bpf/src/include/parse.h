@@ -54,9 +54,19 @@ struct flow {
 	__u8 icmp_error; /* ICMP error quoting the tuple in inner */
 	__u8 nd;         /* ICMPv6 neighbour discovery or multicast listener discovery */
 	__u8 ipv6;
-	__u8 pad[3];
-	__u32 l4_off; /* offset of the transport header */
+	__u8 frag; /* FRAG_*: where the packet lies in a fragmented datagram */
+	__u8 pad[2];
+	__u32 l4_off;  /* offset of the transport header */
+	__u32 frag_id; /* the datagram's identification, when fragmented */
 };
+
+/* A datagram's first fragment carries the transport header; the others
+ * carry neither ports nor flags, and follow the first (see frag.h). An
+ * unfragmented packet, or an IPv6 atomic fragment, is FRAG_NONE. */
+#define FRAG_NONE 0
+#define FRAG_FIRST 1 /* offset 0, more fragments follow */
+#define FRAG_LATER 2 /* offset > 0, more fragments follow */
+#define FRAG_LAST 3  /* offset > 0, the datagram's end */
 
 static __always_inline void map_v4(__u8 *dst, __be32 addr)
 {
@@ -116,6 +126,15 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct flo
 	return PARSE_OK;
 }
 
+/* frag_state places a packet whose fragment offset is off and whose
+ * more-fragments flag is more. */
+static __always_inline __u8 frag_state(__u32 off, __u32 more)
+{
+	if (off)
+		return more ? FRAG_LATER : FRAG_LAST;
+	return more ? FRAG_FIRST : FRAG_NONE;
+}
+
 #define IPV6_EXT_MAX 4 /* extension headers walked before giving up */
 #define NEXTHDR_HOP 0
 #define NEXTHDR_ROUTING 43
@@ -129,6 +148,7 @@ static __always_inline int skip_ipv6_ext(struct __sk_buff *skb, struct flow *f, 
 {
 	__u8 ext[2];
 	__u16 frag;
+	__u32 id;
 
 #pragma unroll
 	for (int i = 0; i < IPV6_EXT_MAX; i++) {
@@ -142,11 +162,14 @@ static __always_inline int skip_ipv6_ext(struct __sk_buff *skb, struct flow *f, 
 			*l4 += ((__u32)ext[1] + 1) * 8;
 			break;
 		case NEXTHDR_FRAGMENT:
-			if (bpf_skb_load_bytes(skb, *l4, ext, 2) < 0 || bpf_skb_load_bytes(skb, *l4 + 2, &frag, 2) < 0)
+			if (bpf_skb_load_bytes(skb, *l4, ext, 2) < 0 || bpf_skb_load_bytes(skb, *l4 + 2, &frag, 2) < 0 ||
+			    bpf_skb_load_bytes(skb, *l4 + 4, &id, 4) < 0)
 				return PARSE_MALFORMED;
 			f->proto = ext[0];
-			if (bpf_ntohs(frag) & 0xfff8)
-				*ports_ok = 0; /* not the first fragment */
+			f->frag_id = bpf_ntohl(id);
+			f->frag = frag_state(bpf_ntohs(frag) & 0xfff8, bpf_ntohs(frag) & 1);
+			if (f->frag >= FRAG_LATER)
+				*ports_ok = 0;
 			*l4 += 8;
 			break;
 		default:
@@ -157,7 +180,7 @@ static __always_inline int skip_ipv6_ext(struct __sk_buff *skb, struct flow *f, 
 }
 
 /* parse_ip reads an IP header at off. *l4 receives the offset of the
- * transport header; *ports_ok is 0 for a non-first IPv4 fragment. */
+ * transport header; *ports_ok is 0 for a fragment other than the first. */
 static __always_inline int parse_ip(struct __sk_buff *skb, __u32 off, __be16 proto, struct flow *f,
 				    __u32 *l4, int *ports_ok)
 {
@@ -174,7 +197,9 @@ static __always_inline int parse_ip(struct __sk_buff *skb, __u32 off, __be16 pro
 		f->proto = ip.protocol;
 		f->ipv6 = 0;
 		*l4 = off + ip.ihl * 4;
-		if (ip.frag_off & bpf_htons(0x1fff))
+		f->frag = frag_state(bpf_ntohs(ip.frag_off) & 0x1fff, ip.frag_off & bpf_htons(0x2000));
+		f->frag_id = bpf_ntohs(ip.id);
+		if (f->frag >= FRAG_LATER)
 			*ports_ok = 0;
 		return PARSE_OK;
 	}

@@ -122,6 +122,10 @@ static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
  * UDP's do. */
 static __always_inline __u32 l4_csum_off(const struct flow *f)
 {
+	/* A fragment after the first has no transport header: the
+	 * checksum, which covers the whole datagram, is fixed in the first. */
+	if (f->frag >= FRAG_LATER)
+		return 0;
 	if (f->proto == IPPROTO_TCP)
 		return f->l4_off + 16;
 	if (f->proto == IPPROTO_UDP)
@@ -130,7 +134,9 @@ static __always_inline __u32 l4_csum_off(const struct flow *f)
 }
 
 /* nat_rewrite replaces the source (dst == 0) or destination address and
- * port of f's packet, fixing the IP and transport checksums, and updates f. */
+ * port of f's packet, fixing the IP and transport checksums, and updates f.
+ * A fragment after the first gets its address rewritten only: its port
+ * lives in the first fragment. */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, struct flow *f, int dst, const __u8 *addr,
 				       __be16 port)
 {
@@ -161,7 +167,7 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct flow *f, in
 		if (bpf_skb_store_bytes(skb, addr_off, &new, 4, 0) < 0)
 			return -1;
 	}
-	if (port != *cur_port) {
+	if (port != *cur_port && f->frag < FRAG_LATER) {
 		if (csum && bpf_l4_csum_replace(skb, csum, *cur_port, port, flags | 2) < 0)
 			return -1;
 		if (bpf_skb_store_bytes(skb, port_off, &port, 2, 0) < 0)
@@ -235,7 +241,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 		return LB_NONE;
 
 	ct_key_forward(&key, f, DIR_SERVICE);
-	e = bpf_map_lookup_elem(&pal_ct, &key);
+	e = ct_lookup(&key);
 	if (e && e->ifindex == ifindex && e->expires > now) {
 		e->expires = now + ct_lifetime(f);
 		ne.nat_port = e->nat_port;
@@ -248,7 +254,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 		__builtin_memcpy(ne.nat_addr, be->addr, 16);
 		ne.expires = now + ct_lifetime(f);
 		ne.ifindex = ifindex;
-		bpf_map_update_elem(&pal_ct, &key, &ne, BPF_ANY);
+		ct_store(&key, &ne);
 	}
 	if (addr_eq(ne.nat_addr, f->saddr))
 		return LB_SELF;

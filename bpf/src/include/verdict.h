@@ -4,6 +4,7 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "conntrack.h"
 
 /* Set by the agent before load (spec.Variables). */
 volatile const __u8 rejudge = 1; /* re-judge flows when the policy revision changes */
@@ -59,11 +60,11 @@ static __always_inline struct ct_entry *ct_find(const struct flow *p, __u8 dir, 
 	struct ct_entry *ct;
 
 	ct_key_forward(key, p, dir);
-	ct = bpf_map_lookup_elem(&pal_ct, key);
+	ct = ct_lookup(key);
 	if (ct && ct->ifindex == ifindex && ct->expires > now)
 		return ct;
 	ct_key_reply(key, p, dir);
-	ct = bpf_map_lookup_elem(&pal_ct, key);
+	ct = ct_lookup(key);
 	if (ct && ct->ifindex == ifindex && ct->expires > now)
 		return ct;
 	return 0;

@@ -33,6 +33,10 @@ type Config struct {
 	FlowSampleRate uint32
 	// EventRateLimit bounds verdict events per second per CPU.
 	EventRateLimit uint32
+	// ConntrackTCP and ConntrackOther size the conntrack tables; 0 sizes
+	// them from ConntrackMemoryPercent of the node's memory.
+	ConntrackTCP, ConntrackOther uint32
+	ConntrackMemoryPercent       float64
 }
 
 func parseFlags(args []string) (Config, error) {
@@ -50,6 +54,11 @@ func parseFlags(args []string) (Config, error) {
 	fs.StringVar(&cfg.CNICacheDir, "cni-cache-dir", "/var/lib/cni", "the container runtime's libcni cache, read to adopt pods started before the agent")
 	sample := fs.Uint("flow-sample-rate", 0, "report one allowed flow in N to palisadectl flows (0: none, 1: all); drops are always reported")
 	rate := fs.Uint("event-rate-limit", bpf.DefaultEventRateLimit, "most verdict events a CPU reports per second; the rest are counted, not reported")
+	ctTCP := fs.Uint("conntrack-tcp-max", 0, "entries of the TCP conntrack table (0: from --conntrack-memory-percent)")
+	ctOther := fs.Uint("conntrack-other-max", 0, "entries of the conntrack table of every other protocol (0: from --conntrack-memory-percent)")
+	fs.Float64Var(&cfg.ConntrackMemoryPercent, "conntrack-memory-percent", 1,
+		fmt.Sprintf("share of the node's memory for both conntrack tables (%d bytes an entry), two thirds for TCP; at most %d TCP and %d other entries",
+			bpf.ConntrackEntryBytes, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther))
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
@@ -60,6 +69,10 @@ func parseFlags(args []string) (Config, error) {
 	cfg.FlowSampleRate, cfg.EventRateLimit = uint32(min(*sample, 1<<31)), uint32(min(*rate, 1<<31))
 	if *rate == 0 {
 		errs = append(errs, errors.New("--event-rate-limit must be at least 1"))
+	}
+	cfg.ConntrackTCP, cfg.ConntrackOther = uint32(min(*ctTCP, 1<<31)), uint32(min(*ctOther, 1<<31))
+	if cfg.ConntrackMemoryPercent <= 0 || cfg.ConntrackMemoryPercent > 100 {
+		errs = append(errs, fmt.Errorf("--conntrack-memory-percent %v: use a share above 0 and at most 100", cfg.ConntrackMemoryPercent))
 	}
 	if cfg.AttachMode, err = bpf.ParseAttachMode(*mode); err != nil {
 		errs = append(errs, err)

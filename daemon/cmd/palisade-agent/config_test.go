@@ -23,6 +23,13 @@ func TestParseFlags(t *testing.T) {
 		{"an unknown attach mode names the choices", []string{"--node-name=n", "--attach-mode=xdp"}, "use auto, tcx or tc", nil},
 		{"an unknown log level is refused", []string{"--node-name=n", "--log-level=loud"}, "--log-level", nil},
 		{"an unknown flag lists the flags", []string{"--node-name=n", "--frobnicate"}, "-bpf-root", nil},
+		{"conntrack is sized from 1 % of memory unless told", []string{"--node-name=n"}, "", func(c Config) bool {
+			return c.ConntrackMemoryPercent == 1 && c.ConntrackTCP == 0 && c.ConntrackOther == 0
+		}},
+		{"conntrack sizes can be set", []string{"--node-name=n", "--conntrack-tcp-max=1000", "--conntrack-other-max=64"}, "", func(c Config) bool {
+			return c.ConntrackTCP == 1000 && c.ConntrackOther == 64
+		}},
+		{"a memory share of 0 is refused", []string{"--node-name=n", "--conntrack-memory-percent=0"}, "--conntrack-memory-percent", nil},
 		{"rejudge can be switched off", []string{"--node-name=n", "--rejudge=false"}, "", func(c Config) bool { return !c.Rejudge }},
 	}
 	for _, tt := range tests {
@@ -40,6 +47,38 @@ func TestParseFlags(t *testing.T) {
 			}
 			if !tt.check(cfg) {
 				t.Errorf("config %+v", cfg)
+			}
+		})
+	}
+}
+
+func TestConntrackSizes(t *testing.T) {
+	const gib = 1 << 30
+	tests := []struct {
+		name              string
+		mem               uint64
+		percent           float64
+		tcpFlag, otherFlg uint32
+		tcp, other        uint32
+	}{
+		{"a large node gets DESIGN's sizes", 64 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
+		{"from 12 GiB on, 1 % buys DESIGN's sizes", 12 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
+		{"a 4 GiB node gets 1 % of its memory, two thirds for TCP", 4 * gib, 1, 0, 0, 188375, 94187},
+		{"a tiny node gets the floor", 256 << 20, 1, 0, 0, minConntrackTCP, minConntrackOther},
+		{"a larger share grows the tables up to DESIGN's sizes", 4 * gib, 10, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
+		{"flags win, each on its own", 64 * gib, 1, 0, 1024, bpf.DefaultConntrackTCP, 1024},
+		{"flags win over the bounds", 256 << 20, 1, 1 << 21, 100, 1 << 21, 100},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tcp, other := conntrackSizes(tt.mem, tt.percent, tt.tcpFlag, tt.otherFlg)
+			if tcp != tt.tcp || other != tt.other {
+				t.Errorf("sizes %d/%d, want %d/%d", tcp, other, tt.tcp, tt.other)
+			}
+			if tt.tcpFlag == 0 && tt.otherFlg == 0 && tt.tcp < bpf.DefaultConntrackTCP && tt.tcp > minConntrackTCP {
+				if bytes := uint64(tcp+other) * bpf.ConntrackEntryBytes; bytes > uint64(float64(tt.mem)*tt.percent/100) {
+					t.Errorf("the tables cost %d bytes, more than %v %% of %d", bytes, tt.percent, tt.mem)
+				}
 			}
 		})
 	}

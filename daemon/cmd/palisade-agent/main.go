@@ -85,12 +85,17 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}
-	objs, err := bpf.Load(bpf.LoadOptions{Root: cfg.BPFRoot, Rejudge: cfg.Rejudge,
-		AllowSampleRate: cfg.FlowSampleRate, EventRateLimit: cfg.EventRateLimit})
+	opts := bpf.LoadOptions{Root: cfg.BPFRoot, Rejudge: cfg.Rejudge,
+		AllowSampleRate: cfg.FlowSampleRate, EventRateLimit: cfg.EventRateLimit}
+	if err := conntrackOptions(cfg, &opts); err != nil {
+		return err
+	}
+	objs, err := bpf.Load(opts)
 	if err != nil {
 		return err
 	}
 	defer objs.Close()
+	logConntrack(log, objs, opts)
 	writer, err := datapath.New(objs)
 	if err != nil {
 		return err

@@ -204,17 +204,6 @@ func (s *nodePortScene) eventually(t *testing.T, checks ...nodePortCheck) {
 	}
 }
 
-func (s *nodePortScene) createPolicy(t *testing.T, pol *networkingv1.NetworkPolicy) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), nodePortSettle)
-	defer cancel()
-	policies := s.c.Client.NetworkingV1().NetworkPolicies(pol.Namespace)
-	if _, err := policies.Create(ctx, pol, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create networkpolicy %s/%s: %v", pol.Namespace, pol.Name, err)
-	}
-	t.Cleanup(func() { _ = policies.Delete(context.Background(), pol.Name, metav1.DeleteOptions{}) })
-}
-
 // TestPrivilegedNodePortIsNotTheNode: a pod that reaches a backend through
 // a node address on a NodePort, an externalIP or a load-balancer IP is
 // judged as if it had used the ClusterIP. kube-proxy forwards those
@@ -244,13 +233,13 @@ func TestPrivilegedNodePortIsNotTheNode(t *testing.T) {
 			s.eventually(t, append(baseline(s.open, "db"), baseline(s.attacker, "pub")...)...)
 
 			tcp := corev1.ProtocolTCP
-			s.createPolicy(t, &networkingv1.NetworkPolicy{
+			apply(t, s.c.ControlPlane, &networkingv1.NetworkPolicy{
 				ObjectMeta: metav1.ObjectMeta{Namespace: "attacker", Name: "default-deny"},
 				Spec: networkingv1.NetworkPolicySpec{
 					PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
 				},
 			})
-			s.createPolicy(t, &networkingv1.NetworkPolicy{
+			apply(t, s.c.ControlPlane, &networkingv1.NetworkPolicy{
 				ObjectMeta: metav1.ObjectMeta{Namespace: "victim", Name: "db-from-friends"},
 				Spec: networkingv1.NetworkPolicySpec{
 					PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},

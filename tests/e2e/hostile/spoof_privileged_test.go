@@ -29,7 +29,6 @@ import (
 const (
 	dbPort     = 5432 // db's responder: answers a TCP connection with "db"
 	listenPort = 9999 // the test's own UDP listener in db's sandbox
-	settle     = 10 * time.Second
 	// spoofs is how many datagrams each spoofed source sends: one lost
 	// datagram must not make the test pass.
 	spoofs = 5
@@ -57,11 +56,11 @@ func spoofedSourceGetsNothing(t *testing.T, mode testbed.ProxyMode) {
 	friend := c.RunPod(t, testbed.MakePod("victim", "friend", map[string]string{"app": "friend"}))
 	mallory := c.RunPod(t, testbed.MakePod("attacker", "mallory", map[string]string{"app": "mallory"}))
 	node := c.Nodes[0]
-	createPolicy(t, c.ControlPlane, onlyFriend())
+	apply(t, c.ControlPlane, onlyFriend())
 
 	// The policy is in force: friend connects, mallory does not.
-	waitOutcome(t, friend, db.IP(), testbed.Connected)
-	waitOutcome(t, mallory, db.IP(), testbed.TimedOut)
+	probeUntil(t, friend, db.IP(), dbPort, corev1.ProtocolTCP, testbed.Connected)
+	probeUntil(t, mallory, db.IP(), dbPort, corev1.ProtocolTCP, testbed.TimedOut)
 
 	inbox := listen(t, db)
 	sendUDP(t, friend, friend.IP(), db.IP(), "from-friend")
@@ -107,34 +106,6 @@ func onlyFriend() *networkingv1.NetworkPolicy {
 				From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "friend"}}}},
 			}},
 		},
-	}
-}
-
-func createPolicy(t *testing.T, cp *testbed.ControlPlane, pol *networkingv1.NetworkPolicy) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := cp.Client.NetworkingV1().NetworkPolicies(pol.Namespace).Create(ctx, pol, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create networkpolicy: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cp.Client.NetworkingV1().NetworkPolicies(pol.Namespace).Delete(context.Background(), pol.Name, metav1.DeleteOptions{})
-	})
-}
-
-// waitOutcome probes from's TCP connection to db until it gets want.
-func waitOutcome(t *testing.T, from *testbed.Pod, to netip.Addr, want testbed.Outcome) {
-	t.Helper()
-	deadline := time.Now().Add(settle)
-	for {
-		v := testbed.Probe(context.Background(), from, to, dbPort, corev1.ProtocolTCP)
-		if v.Outcome == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s -> %s tcp/%d: %s, want %s", from, to, dbPort, v, want)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
