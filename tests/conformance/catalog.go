@@ -1,5 +1,5 @@
 // Package conformance replays NetworkPolicy conformance catalogs (the format
-// of ../shared/conformance: a model.json of namespaces, pods and Services and
+// of tests/conformance/upstream: a model.json of namespaces, pods and Services and
 // a cases.json of steps and expected reachability tables) on the testbed, and
 // reports each case as PASS, FAIL or SKIP.
 //

@@ -82,13 +82,14 @@ func TestMain(m *testing.M) {
 // catalogSpec names a catalog's files.
 type catalogSpec struct{ name, model, cases string }
 
-// defaultCatalogs are what `go test` replays: the upstream suite from the
-// shared folder (PALISADE_CONFORMANCE_UPSTREAM overrides where), and ours.
+// defaultCatalogs are what `go test` replays: the upstream suite
+// (tests/conformance/upstream; PALISADE_CONFORMANCE_UPSTREAM overrides
+// where), and ours.
 func defaultCatalogs(t *testing.T) []catalogSpec {
 	root := testbed.ModuleRoot(t)
 	upstream := os.Getenv("PALISADE_CONFORMANCE_UPSTREAM")
 	if upstream == "" {
-		upstream = filepath.Join(root, "..", "shared", "conformance", "upstream-netpol")
+		upstream = filepath.Join(root, "tests", "conformance", "upstream")
 	}
 	return []catalogSpec{
 		{"upstream-netpol", filepath.Join(upstream, "model.json"), filepath.Join(upstream, "cases.json")},

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes Palisade's own conformance catalog (model.json, cases.json) in the
-format of ../shared/conformance/upstream-netpol, for what the upstream suite
+format of tests/conformance/upstream (the upstream suite as a catalog), for what the upstream suite
 does not probe. Run: python3 gen.py (stdlib only; the output is committed).
 
 Expectations are written by hand, as upstream writes them, with calls that
