@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -26,7 +27,11 @@ func TestPrivilegedConntrackFloodSparesEstablishedTCP(t *testing.T) {
 	// The victim accepts nothing new: the replies of its own connection
 	// pass only as long as conntrack remembers it.
 	f.isolate(t, FlagIngressIsolated, 1, nil, nil)
-	if err := f.objs.SetEndpoint(flooder, EndpointInfo{Revision: 1, Identity: otherID, RuleSet: 9}); err != nil {
+	flooderInfo := EndpointInfo{Revision: 1, Identity: otherID, RuleSet: 9}
+	if err := flooderInfo.SetAddrs([]netip.Addr{otherIP}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.objs.SetEndpoint(flooder, flooderInfo); err != nil {
 		t.Fatal(err)
 	}
 	open := pkt{Src: subjectIP, Dst: peerIP, Proto: tcp, SrcPort: 45000, DstPort: 80, TCPFlags: syn}
