@@ -165,17 +165,28 @@ func writeAtomic(path string, data []byte, perm os.FileMode) error {
 
 func listConf(dir string) ([]string, error) { return libcni.ConfFiles(dir, confExtensions) }
 
-// Watch runs Install every interval until ctx ends. A main CNI may rewrite
-// its conflist at any time (Flannel's install-cni copies it afresh whenever
-// its pod restarts), dropping Palisade from the chain; Watch puts it back
-// within one interval. Errors are logged and retried, never fatal: the
-// pods already running stay protected meanwhile.
+// Watch keeps palisade chained until ctx ends. A main CNI may rewrite its
+// conflist at any time (Flannel's install-cni copies it afresh whenever its
+// pod restarts), dropping Palisade from the chain, and every pod the runtime
+// starts meanwhile runs unprotected: so Watch re-chains as soon as the
+// configuration directory changes (inotify), and also every interval, in
+// case an event was missed or the binary was removed. Errors are logged and
+// retried, never fatal: the pods already running stay protected meanwhile.
 func Watch(ctx context.Context, log *slog.Logger, cfg Config, every time.Duration) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
+	changed, err := watchDir(ctx, cfg.ConfDir)
+	if err != nil {
+		log.Warn("Cannot watch the CNI configuration directory; checking every interval only", "dir", cfg.ConfDir, "interval", every, "error", err)
+	}
+	// One look right after the watch is in place: a rewrite since the
+	// caller's install, before the watch, sends no event.
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			case <-time.After(every):
+			}
 		}
 		res, err := Install(cfg)
 		switch {

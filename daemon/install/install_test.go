@@ -206,3 +206,58 @@ func TestWaitInstallWaitsForTheMainCNI(t *testing.T) {
 		t.Errorf("WaitInstall on an empty directory: %v, want ErrNoConfig after giving up", err)
 	}
 }
+
+// TestWatchRechainsOnRewrite: the main CNI rewrites its conflist without
+// palisade (as Flannel's init container does on every restart); Watch
+// chains it again at once, not at its next interval, which is an hour here.
+func TestWatchRechainsOnRewrite(t *testing.T) {
+	flannel, err := os.ReadFile(filepath.Join("testdata", "10-flannel.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNode(t, map[string]string{"10-flannel.conflist": string(flannel)})
+	conf := filepath.Join(n.cfg.ConfDir, "10-flannel.conflist")
+	if _, err := Install(n.cfg); err != nil {
+		t.Fatal(err)
+	}
+	chained, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		Watch(ctx, slog.New(slog.DiscardHandler), n.cfg, time.Hour)
+		close(done)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+
+	// Rewrite it the way installers do: a new file renamed over the old,
+	// and, a second time, written in place.
+	rewrites := map[string]func() error{
+		"renamed over": func() error {
+			tmp := conf + ".tmp"
+			if err := os.WriteFile(tmp, flannel, 0o644); err != nil {
+				return err
+			}
+			return os.Rename(tmp, conf)
+		},
+		"written in place": func() error { return os.WriteFile(conf, flannel, 0o644) },
+	}
+	for name, rewrite := range rewrites {
+		if err := rewrite(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got, err := os.ReadFile(conf)
+			if err == nil && string(got) == string(chained) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("conflist %s without palisade: not chained again within 10 s (an hour's interval); now:\n%s", name, got)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}

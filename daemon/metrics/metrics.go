@@ -37,17 +37,18 @@ type State struct {
 
 // Metrics are the agent's metrics.
 type Metrics struct {
-	log      *slog.Logger
-	dp       Datapath
-	state    func() State
-	compile  prometheus.Histogram
-	apply    prometheus.Histogram
-	add      *prometheus.HistogramVec
-	flows    *prometheus.CounterVec
-	apiErrs  *prometheus.CounterVec
-	api      apiHealth
-	descs    map[string]*prometheus.Desc
-	fillOnce sync.Mutex
+	log       *slog.Logger
+	dp        Datapath
+	state     func() State
+	compile   prometheus.Histogram
+	apply     prometheus.Histogram
+	add       *prometheus.HistogramVec
+	flows     *prometheus.CounterVec
+	apiErrs   *prometheus.CounterVec
+	unmanaged prometheus.Gauge
+	api       apiHealth
+	descs     map[string]*prometheus.Desc
+	fillOnce  sync.Mutex
 	// reclaimed is the last count reported per conntrack table, under
 	// fillOnce: a scrape that computes less (flows created while it
 	// walked) reports it again, so the counter never goes back.
@@ -77,6 +78,9 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		apiErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "palisade_api_errors_total", Help: "Failed requests (including list and watch) to the Kubernetes API server, by HTTP method and code (\"<error>\" when no answer came).",
 		}, []string{"method", "code"}),
+		unmanaged: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "palisade_unmanaged_pods", Help: "Pods of this node running on the pod network without a Palisade endpoint past the grace period, after the agent tried to adopt them: unprotected until they restart.",
+		}),
 		descs: map[string]*prometheus.Desc{
 			"verdicts": prometheus.NewDesc("palisade_verdicts_total", "Datapath verdicts by direction (of the pod) and reason: reason=\"allowed\" counts flows admitted by policy, every other reason dropped packets.", []string{"direction", "reason"}, nil),
 			"lost":     prometheus.NewDesc("palisade_events_lost_total", "Verdict events not delivered to the agent, by cause: rate-limit (over the per-CPU budget) or ringbuf-full (the agent lagged).", []string{"cause"}, nil),
@@ -93,7 +97,7 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		},
 	}
 	m.api.errs = m.apiErrs
-	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m)
+	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m)
 	return m
 }
 
@@ -109,6 +113,9 @@ func (m *Metrics) ObserveSync(compile, apply time.Duration, changed bool) {
 func (m *Metrics) ObserveAdd(how string, d time.Duration) {
 	m.add.WithLabelValues(how).Observe(d.Seconds())
 }
+
+// SetUnmanaged records how many local pods run without an endpoint.
+func (m *Metrics) SetUnmanaged(n int) { m.unmanaged.Set(float64(n)) }
 
 // ObserveFlow counts one decoded verdict event.
 func (m *Metrics) ObserveFlow(f *agentapi.Flow) { m.flows.WithLabelValues(f.Verdict).Inc() }

@@ -41,6 +41,14 @@ var version = "dev"
 
 func main() { os.Exit(run()) }
 
+// How often the agent looks for local pods running without an endpoint,
+// and how long one may before it counts: longer than an informer's lag
+// behind a pod's status, short next to how long a pod lives.
+const (
+	unmanagedEvery = 2 * time.Second
+	unmanagedGrace = 5 * time.Second
+)
+
 func run() int {
 	// install-cni and uninstall: see subcommands.go.
 	if len(os.Args) > 1 {
@@ -166,13 +174,18 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	reattach(log, cfg, registry)
 	// Adopt pods that were running before the agent (daemon/adopt). The
 	// agent reports ready only afterwards, so a rollout waits for it.
-	if _, err := adopt.Run(ctx, adopt.Config{
+	adoption := adopt.Config{
 		Log: log, NodeName: cfg.NodeName, CacheDir: cfg.CNICacheDir, BPFRoot: cfg.BPFRoot,
 		AttachMode: cfg.AttachMode, Registry: registry, Pods: cluster.Pods, Controller: ctrl,
-	}); err != nil {
+	}
+	if _, err := adopt.Run(ctx, adoption); err != nil {
 		log.Error("Adoption incomplete", "error", err)
 	}
 	close(synced)
+	// Pods started later through a chain without palisade (the main CNI
+	// rewrote its conflist before install-cni put palisade back) are
+	// adopted the same way.
+	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.metrics.SetUnmanaged}).Run(ctx)
 	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
 
 	select {

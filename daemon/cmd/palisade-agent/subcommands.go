@@ -48,7 +48,7 @@ func runInstall(args []string) int {
 	fs.StringVar(&cfg.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "CNI configuration directory")
 	accept := fs.String("accept-main-plugin", "", "comma-separated main plugin types to accept as veth-based besides flannel, bridge, ptp and weave-net")
 	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the main CNI to write its configuration")
-	watch := fs.Duration("watch", 0, "after installing, check every this often that palisade is still chained (0: exit)")
+	watch := fs.Duration("watch", 0, "after installing, keep palisade chained: again on every change in the conf dir, and every this often (0: exit)")
 	if err := fs.Parse(args); err != nil {
 		fmt.Fprintf(os.Stderr, "palisade-agent install-cni: %v\nflags:\n%s", err, usage(fs))
 		return 2
