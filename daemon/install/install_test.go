@@ -90,8 +90,17 @@ func TestFindConflist(t *testing.T) {
 	}
 }
 
+// TestInstall chains the conflist each Flannel distribution writes: the
+// kube-flannel manifests' file and the one k3s writes into
+// /var/lib/rancher/k3s/agent/etc/cni/net.d (its template, byte for byte).
 func TestInstall(t *testing.T) {
-	flannel := string(readTestdata(t, "10-flannel.conflist"))
+	for _, dir := range []string{".", "k3s"} {
+		t.Run(dir, func(t *testing.T) { testInstall(t, dir) })
+	}
+}
+
+func testInstall(t *testing.T, dir string) {
+	flannel := string(readTestdata(t, filepath.Join(dir, "10-flannel.conflist")))
 	n := newNode(t, map[string]string{"10-flannel.conflist": flannel, "99-loopback.conf": `{"type": "loopback"}`})
 	res, err := Install(n.cfg)
 	if err != nil {
@@ -102,7 +111,7 @@ func TestInstall(t *testing.T) {
 	}
 	want := map[string]string{
 		"bin/palisade":                             "#!plugin v1",
-		"net.d/10-flannel.conflist":                string(readTestdata(t, "10-flannel.conflist.want")),
+		"net.d/10-flannel.conflist":                string(readTestdata(t, filepath.Join(dir, "10-flannel.conflist.want"))),
 		"net.d/10-flannel.conflist" + BackupSuffix: flannel,
 		"net.d/99-loopback.conf":                   `{"type": "loopback"}`,
 	}
