@@ -45,7 +45,10 @@ static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow f = {}, inner = {};
-	struct frag_state fs;
+	/* Zeroed: without CAP_PERFMON (the DaemonSet grants BPF and NET_ADMIN
+	 * only) the verifier refuses a read of stack it cannot prove written,
+	 * and it cannot tie frag_admit's FRAG_FIRST to frag_begin's. */
+	struct frag_state fs = {};
 	struct endpoint_info *ep;
 	struct ct_entry *ct, entry = {};
 	struct ct_key key;
