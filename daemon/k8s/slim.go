@@ -51,11 +51,13 @@ func slimPod(p *corev1.Pod) *corev1.Pod {
 	return out
 }
 
-// slimNode keeps the node's addresses, which are the host identity.
+// slimNode keeps the node's addresses and pod CIDRs: both name the node (a
+// pod CIDR's first address is Flannel's VXLAN address of the node).
 func slimNode(n *corev1.Node) *corev1.Node {
 	return &corev1.Node{
 		TypeMeta:   n.TypeMeta,
 		ObjectMeta: slimMeta(n.ObjectMeta),
+		Spec:       corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
 		Status:     corev1.NodeStatus{Addresses: n.Status.Addresses},
 	}
 }
