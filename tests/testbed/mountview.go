@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,26 +25,65 @@ type mountView struct {
 	fd *os.File // keeps the namespace alive; /proc/thread-self/ns/mnt of its creator
 }
 
-// newMountView creates the namespace on a thread of its own, which ends
-// with it: a thread that unshared its mount namespace must never run other
-// goroutines.
+// newMountView creates the namespace on a locked thread and brings the
+// thread back (see onThreadIn).
 func newMountView(root string) (*mountView, error) {
-	type result struct {
-		fd  *os.File
-		err error
+	var fd *os.File
+	err := onThreadIn(func() error {
+		var err error
+		fd, err = setupMountView(root)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node mount namespace: %w", err)
 	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: the runtime ends the thread with the goroutine.
-		fd, err := setupMountView(root)
-		done <- result{fd, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		return nil, fmt.Errorf("node mount namespace: %w", r.err)
+	return &mountView{fd: fd}, nil
+}
+
+// onThreadIn runs fn on a locked thread with fs attributes of its own, then
+// puts the thread back in the process's mount namespace and working
+// directory before unlocking it. The thread must not simply end, as a
+// locked goroutine's thread does when it exits: the runtime may have forked
+// a long-lived child (kube-apiserver, flanneld) from that very thread, with
+// Pdeathsig set, and it would die with it. The thread keeps an fs_struct of
+// its own, equal to everyone's; nothing in the tests changes directory.
+func onThreadIn(fn func() error) error {
+	// A goroutine of its own, so that a thread that cannot be brought
+	// back ends with it rather than staying locked to the caller.
+	done := make(chan error, 1)
+	go func() { done <- lockedIn(fn) }()
+	return <-done
+}
+
+func lockedIn(fn func() error) error {
+	runtime.LockOSThread()
+	cwd, err := os.Getwd()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get working directory: %w", err)
 	}
-	return &mountView{fd: r.fd}, nil
+	home, err := os.Open("/proc/thread-self/ns/mnt")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open own mount namespace: %w", err)
+	}
+	defer home.Close()
+	// setns into a mount namespace refuses a thread sharing its fs
+	// attributes (cwd, root) with others, as all Go threads do.
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("unshare fs attributes: %w", err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNS); err != nil {
+		// Stay locked: the runtime ends the thread with the goroutine.
+		return errors.Join(ferr, fmt.Errorf("return to the process's mount namespace: %w", err))
+	}
+	if err := unix.Chdir(cwd); err != nil {
+		return errors.Join(ferr, fmt.Errorf("return to %s: %w", cwd, err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }
 
 func setupMountView(root string) (*os.File, error) {
@@ -146,32 +186,29 @@ func restoreEntry(orig, at string, mode os.FileMode) error {
 	return nil
 }
 
-// do runs fn on a new thread inside the view and netns, and lets the thread
-// end with it (a thread that left the process's mount namespace must never
-// run other goroutines). Only short-lived children may be started from fn:
-// the CNI plugins libcni runs and waits for.
+// do runs fn inside the view and netns. Only short-lived children may be
+// started from fn: the CNI plugins libcni runs and waits for.
 func (v *mountView) do(netns *NetNS, fn func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		done <- v.enter(netns, fn)
-	}()
-	return <-done
-}
-
-func (v *mountView) enter(netns *NetNS, fn func() error) error {
-	// setns into a mount namespace refuses a thread sharing its fs
-	// attributes (cwd, root) with others, as all Go threads do.
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		return fmt.Errorf("unshare fs attributes: %w", err)
-	}
-	if err := unix.Setns(int(v.fd.Fd()), unix.CLONE_NEWNS); err != nil {
-		return fmt.Errorf("enter node mount namespace: %w", err)
-	}
-	if err := unix.Setns(int(netns.ns.Fd()), unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("enter netns %s: %w", netns.Name(), err)
-	}
-	return fn()
+	return onThreadIn(func() error {
+		if err := unix.Setns(int(v.fd.Fd()), unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("enter node mount namespace: %w", err)
+		}
+		// On this thread: NetNS.Do would run fn on another one, outside
+		// the view.
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			return fmt.Errorf("open own netns: %w", err)
+		}
+		defer home.Close()
+		if err := unix.Setns(int(netns.ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("enter netns %s: %w", netns.Name(), err)
+		}
+		ferr := fn()
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
+			return errors.Join(ferr, fmt.Errorf("return to own netns: %w", err))
+		}
+		return ferr
+	})
 }
 
 func (v *mountView) close() error { return v.fd.Close() }

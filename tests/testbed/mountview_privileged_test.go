@@ -35,6 +35,9 @@ func TestPrivilegedMountView(t *testing.T) {
 		}
 		nodes[name] = n
 	}
+	// A long-lived child dies with the thread that forked it
+	// (Pdeathsig): entering views must never end a thread.
+	sleeper := StartProcess(t, nodes["a"].NetNS, "sleeper", "sleep", "600")
 	sandbox := NewNetNS(t, "pal-view-late")
 	for name, n := range nodes {
 		err := n.doCNI(func() error {
@@ -53,6 +56,16 @@ func TestPrivilegedMountView(t *testing.T) {
 		if err != nil {
 			t.Errorf("node %s: %v", name, err)
 		}
+	}
+	for range 200 {
+		if err := nodes["b"].doCNI(func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-sleeper.Exited():
+		t.Errorf("a process started before the views were entered died: %v", sleeper.ExitErr())
+	default:
 	}
 	for i, dir := range nodeViewDirs {
 		_, err := os.Stat(filepath.Join(dir, "owner"))

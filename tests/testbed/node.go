@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -67,6 +68,13 @@ func (cp *ControlPlane) AddNetworkNode(tb TB, name string, index int, network Po
 		dir:     tb.TempDir(),
 	}
 	if network.Flannel() {
+		// A node's /opt/cni/bin and /etc/cni/net.d exist before any
+		// DaemonSet runs; the installers expect them.
+		for _, dir := range []string{n.CNIBinDir(), n.CNIConfDir()} {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				tb.Fatalf("add node %s: %v", name, err)
+			}
+		}
 		v, err := newMountView(n.dir)
 		if err != nil {
 			tb.Fatalf("add node %s: %v", name, err)

@@ -168,3 +168,9 @@ func ProbeMatrix(ctx context.Context, probes []ProbeSpec) []Verdict {
 	wg.Wait()
 	return out
 }
+
+// Probe connects from the node's own network namespace (its host network,
+// where a kubelet's probes and hostNetwork pods run) to to:port; see Probe.
+func (n *Node) Probe(ctx context.Context, to netip.Addr, port int, proto corev1.Protocol) Verdict {
+	return probeFrom(ctx, n.NetNS, to, port, proto)
+}
