@@ -18,8 +18,8 @@ type ClusterOptions struct {
 	WithoutPalisade bool
 	// Agent tunes each node's palisade-agent.
 	Agent AgentOptions
-	// Network connects the pods: FlannelVXLAN, FlannelHostGW, or
-	// BridgeChain (the default) for CNI 1.x and dual stack.
+	// Network connects the pods: FlannelVXLAN (the default),
+	// FlannelHostGW, or BridgeChain for CNI 1.x and dual stack.
 	Network PodNetwork
 }
 
@@ -49,7 +49,7 @@ func StartCluster(tb TB, opts ClusterOptions) *Cluster {
 		opts.ProxyMode = ProxyIPTables
 	}
 	if opts.Network == "" {
-		opts.Network = BridgeChain
+		opts.Network = FlannelVXLAN
 	}
 	c := &Cluster{ControlPlane: StartControlPlane(tb), Options: opts}
 	c.StartControllerManager(tb)
