@@ -204,22 +204,8 @@ func (n *Node) InstallCNI(tb TB, extra ...string) string {
 	return n.runAgentCommand(tb, args...)
 }
 
-// UninstallCNI runs `palisade-agent uninstall` for the node's CNI
-// directories; the agent's own state is the Agent's to remove.
-func (n *Node) UninstallCNI(tb TB, extra ...string) string {
-	tb.Helper()
-	args := append([]string{"uninstall",
-		"--cni-bin-dir=" + n.CNIBinDir(),
-		"--cni-conf-dir=" + n.CNIConfDir(),
-	}, extra...)
-	return n.runAgentCommand(tb, args...)
-}
-
 func (n *Node) runAgentCommand(tb TB, args ...string) string {
 	tb.Helper()
-	if err := os.MkdirAll(n.CNIBinDir(), 0o755); err != nil {
-		tb.Fatalf("node %s: create CNI bin dir: %v", n.Name, err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, Binaries(tb).Agent(tb), args...).CombinedOutput()
