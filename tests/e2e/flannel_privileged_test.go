@@ -19,15 +19,22 @@ import (
 )
 
 // TestPrivilegedFlannelInstallUninstall is the whole life of Palisade on a
-// Flannel cluster: two nodes running flanneld (VXLAN) with kube-flannel's
-// conflist in place; the DaemonSet's install-cni command chains palisade
-// into it; pods start through the installed file; a default deny cuts a
-// probe that connected before, while the pod's own node still reaches it and
-// another node's host, arriving from its flannel.1 address, is judged as
-// that node; the uninstall manifest's command gives Flannel's bytes back.
+// Flannel cluster, with each backend: two nodes running flanneld with
+// kube-flannel's conflist in place; the DaemonSet's install-cni command
+// chains palisade into it; pods start through the installed file; a default
+// deny cuts a probe that connected before, while the pod's own node still
+// reaches it and another node's host, arriving from its flannel.1 address
+// (VXLAN) or its InternalIP (host-gw), is judged as that node; the uninstall
+// manifest's command gives Flannel's bytes back.
 func TestPrivilegedFlannelInstallUninstall(t *testing.T) {
 	privileged.Require(t)
-	c := testbed.StartCluster(t, testbed.ClusterOptions{Nodes: 2, Network: testbed.FlannelVXLAN, WithoutPalisade: true})
+	for _, network := range []testbed.PodNetwork{testbed.FlannelVXLAN, testbed.FlannelHostGW} {
+		t.Run(string(network), func(t *testing.T) { flannelInstallUninstall(t, network) })
+	}
+}
+
+func flannelInstallUninstall(t *testing.T, network testbed.PodNetwork) {
+	c := testbed.StartCluster(t, testbed.ClusterOptions{Nodes: 2, Network: network, WithoutPalisade: true})
 	root := testbed.ModuleRoot(t)
 	flannel := readFile(t, filepath.Join(root, "conf", "10-flannel.conflist"))
 	installed := readFile(t, filepath.Join(root, "daemon", "install", "testdata", "10-flannel.conflist.want"))
@@ -77,19 +84,24 @@ func TestPrivilegedFlannelInstallUninstall(t *testing.T) {
 	// known as that node although it sends from flannel.1 (10.244.2.0).
 	nodeProbes(t, server, map[*testbed.Node]testbed.Outcome{local: testbed.Connected, remote: testbed.TimedOut})
 	// The agent gives flannel.1's address the identity of the node's
-	// InternalIP, and the datapath dropped the probe under it.
+	// InternalIP, and the datapath dropped the probe under it: sent from
+	// flannel.1 over VXLAN, from the InternalIP with host-gw.
 	vtep := remote.PodCIDR.Addr().String()
 	asVTEP, asNode := explainFrom(t, agents[0], vtep), explainFrom(t, agents[0], remote.IP.String())
 	if asVTEP.Identity != asNode.Identity || asVTEP.Identity == identity.World || asVTEP.Description != asNode.Description {
 		t.Errorf("%s is %+v, %s is %+v: want the same node identity", vtep, asVTEP, remote.IP, asNode)
 	}
+	src := vtep
+	if network == testbed.FlannelHostGW {
+		src = remote.IP.String()
+	}
 	var seen []agentapi.Flow
 	deadline := time.Now().Add(settle)
 	for !slices.ContainsFunc(seen, func(f agentapi.Flow) bool {
-		return f.Verdict == agentapi.FlowDropped && f.Source.IP == vtep && f.Source.Identity == asNode.Identity
+		return f.Verdict == agentapi.FlowDropped && f.Source.IP == src && f.Source.Identity == asNode.Identity
 	}) {
 		if time.Now().After(deadline) {
-			t.Fatalf("no drop of %s as node %s (identity %d) in server's flows:\n%+v", vtep, remote.Name, asNode.Identity, seen)
+			t.Fatalf("no drop of %s as node %s (identity %d) in server's flows:\n%+v", src, remote.Name, asNode.Identity, seen)
 		}
 		time.Sleep(100 * time.Millisecond)
 		seen = flows(t, agents[0], "prod/server")
