@@ -149,7 +149,7 @@ func TestPrivilegedLoadUnpinsRetiredMaps(t *testing.T) {
 			t.Errorf("retired map still pinned: stat: %v", err)
 		}
 	}
-	for _, kept := range []string{"pal_set_rules", "pal_ep_info", "pal_ipcache"} {
+	for _, kept := range []string{"pal_set_rules", "pal_ep", "pal_ipcache"} {
 		if _, err := os.Stat(filepath.Join(f.objs.Root(), "maps", kept)); err != nil {
 			t.Errorf("map %s lost its pin: %v", kept, err)
 		}

@@ -76,6 +76,14 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 	est.TCPFlags = packet.ACK
 	fresh := syn // a flow no case opens
 	fresh.SrcPort = 50000
+	// What the subject sends in the flow syn opened: it also looks up the
+	// Service table and, on a miss, the node-address set.
+	sent := packet.Packet{Src: subject, Dst: peer, Proto: packet.TCP, SrcPort: 80, DstPort: 40000, TCPFlags: packet.ACK}
+	for i := range 100 {
+		if err := objs.AddNodeAddr(netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(1 + i%250)})); err != nil {
+			b.Fatal(err)
+		}
+	}
 
 	cases := []struct {
 		name  string
@@ -84,13 +92,15 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 		warm  *packet.Packet // sent once first, to open the flow
 		pkt   packet.Packet
 		want  uint32
+		sends bool // the subject sends pkt (FromPod), rather than receives it
 	}{
-		{"no policy selects the pod", 0, nil, &syn, est, VerdictPass},
-		{"established flow, 1000 rules", FlagIngressIsolated, rules(1000, true), &syn, est, VerdictPass},
-		{"established flow, 10000 rules", FlagIngressIsolated, rules(10000, true), &syn, est, VerdictPass},
-		{"new flow dropped, 100 rules", FlagIngressIsolated, rules(100, false), nil, fresh, VerdictDrop},
-		{"new flow dropped, 1000 rules", FlagIngressIsolated, rules(1000, false), nil, fresh, VerdictDrop},
-		{"new flow dropped, 10000 rules", FlagIngressIsolated, rules(10000, false), nil, fresh, VerdictDrop},
+		{"no policy selects the pod", 0, nil, &syn, est, VerdictPass, false},
+		{"established flow, 1000 rules", FlagIngressIsolated, rules(1000, true), &syn, est, VerdictPass, false},
+		{"established flow, 10000 rules", FlagIngressIsolated, rules(10000, true), &syn, est, VerdictPass, false},
+		{"new flow dropped, 100 rules", FlagIngressIsolated, rules(100, false), nil, fresh, VerdictDrop, false},
+		{"new flow dropped, 1000 rules", FlagIngressIsolated, rules(1000, false), nil, fresh, VerdictDrop, false},
+		{"new flow dropped, 10000 rules", FlagIngressIsolated, rules(10000, false), nil, fresh, VerdictDrop, false},
+		{"established flow, sent by the pod, 100 node addresses", FlagIngressIsolated, rules(1000, true), &syn, sent, VerdictPass, true},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
@@ -108,7 +118,11 @@ func BenchmarkPrivilegedPacket(b *testing.B) {
 				if _, base, err = passAll.Benchmark(c.pkt.Frame(), b.N, b.ResetTimer); err != nil {
 					return err
 				}
-				verdict, ours, err = objs.program(ToPod).Benchmark(c.pkt.Frame(), b.N, b.ResetTimer)
+				dir := ToPod
+				if c.sends {
+					dir = FromPod
+				}
+				verdict, ours, err = objs.program(dir).Benchmark(c.pkt.Frame(), b.N, b.ResetTimer)
 				return err
 			})
 			if err != nil {

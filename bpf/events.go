@@ -134,7 +134,7 @@ func (o *Objects) MapFill() ([]MapFill, error) {
 		name string
 		m    *ebpf.Map
 	}{
-		{"endpoints", o.objs.PalEpInfo},
+		{"endpoints", o.objs.PalEp},
 		{"ipcache", o.objs.PalIpcache},
 		{"conntrack", o.objs.PalCt},
 		{"rules", o.objs.PalSetRules},
@@ -188,6 +188,8 @@ func ReasonName(reason int) string {
 		return "malformed"
 	case ReasonNAT:
 		return "nat"
+	case ReasonSpoofed:
+		return "spoofed"
 	}
 	return fmt.Sprintf("reason-%d", reason)
 }

@@ -35,6 +35,44 @@ const (
 	FlagEgressIsolated  uint32 = 1 << 1
 )
 
+// MaxEndpointAddrs is how many addresses an endpoint entry holds (maps.h
+// EP_MAX_ADDRS): the only sources its pod may send from.
+const MaxEndpointAddrs = len(EndpointInfo{}.Addrs)
+
+// CheckEndpointAddrs refuses more addresses than an endpoint entry holds:
+// the pod could not send from the others, and registering it anyway would
+// hide why.
+func CheckEndpointAddrs(addrs []netip.Addr) error {
+	if len(addrs) > MaxEndpointAddrs {
+		return fmt.Errorf("%d addresses (%v), more than the %d the datapath checks a pod's sources against",
+			len(addrs), addrs, MaxEndpointAddrs)
+	}
+	return nil
+}
+
+// SetAddrs makes addrs the addresses the endpoint may send from
+// (CheckEndpointAddrs).
+func (e *EndpointInfo) SetAddrs(addrs []netip.Addr) error {
+	if err := CheckEndpointAddrs(addrs); err != nil {
+		return err
+	}
+	e.Addrs = [MaxEndpointAddrs][16]uint8{}
+	for i, a := range addrs {
+		e.Addrs[i] = a.As16() // IPv4 IPv4-mapped, as the programs see it
+	}
+	e.Naddrs = uint32(len(addrs))
+	return nil
+}
+
+// Addresses returns the addresses the endpoint may send from.
+func (e *EndpointInfo) Addresses() []netip.Addr {
+	out := make([]netip.Addr, 0, e.Naddrs)
+	for i := 0; i < int(e.Naddrs) && i < MaxEndpointAddrs; i++ {
+		out = append(out, netip.AddrFrom16(e.Addrs[i]).Unmap())
+	}
+	return out
+}
+
 // Drop reasons (maps.h REASON_*).
 const (
 	ReasonAllowed         = 0
@@ -43,6 +81,9 @@ const (
 	ReasonRejudged        = 3
 	ReasonMalformed       = 4
 	ReasonNAT             = 5
+	ReasonSpoofed         = 6
+	// ReasonLast is the highest reason the programs use.
+	ReasonLast = ReasonSpoofed
 	// ReasonMax is the number of reason slots (maps.h REASON_MAX).
 	ReasonMax = 8
 )

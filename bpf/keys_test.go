@@ -112,11 +112,32 @@ func TestLayoutSizes(t *testing.T) {
 		"policy_key":    {unsafe.Sizeof(PolicyKey{}), 20},
 		"ipcache_key":   {unsafe.Sizeof(IPCacheKey{}), 20},
 		"ct_key":        {unsafe.Sizeof(CTKey{}), 40},
-		"endpoint_info": {unsafe.Sizeof(EndpointInfo{}), 24},
+		"endpoint_info": {unsafe.Sizeof(EndpointInfo{}), 24 + 16*4},
 	}
 	for name, s := range sizes {
 		if s[0] != s[1] {
 			t.Errorf("%s is %d bytes, want %d", name, s[0], s[1])
 		}
+	}
+}
+
+func TestEndpointAddrsRoundTrip(t *testing.T) {
+	addrs := []netip.Addr{subjectIP, subject6}
+	var info EndpointInfo
+	if err := info.SetAddrs(addrs); err != nil {
+		t.Fatal(err)
+	}
+	if got := info.Addresses(); !cmp.Equal(got, addrs, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })) {
+		t.Errorf("addresses %v, want %v", got, addrs)
+	}
+	if info.Addrs[0] != netip.AddrFrom16(subjectIP.As16()).As16() || info.Addrs[0][10] != 0xff {
+		t.Errorf("IPv4 stored as %x, want IPv4-mapped", info.Addrs[0])
+	}
+	tooMany := make([]netip.Addr, MaxEndpointAddrs+1)
+	for i := range tooMany {
+		tooMany[i] = netip.AddrFrom4([4]byte{10, 244, 1, byte(i + 1)})
+	}
+	if err := info.SetAddrs(tooMany); err == nil {
+		t.Errorf("%d addresses accepted, want an error", len(tooMany))
 	}
 }

@@ -11,7 +11,7 @@ import (
 // SetEndpoint writes the endpoint entry of the host-side ifindex. Write it
 // after the rules of its set: the flags and the set take effect at once.
 func (o *Objects) SetEndpoint(ifindex int, info EndpointInfo) error {
-	if err := o.objs.PalEpInfo.Put(uint32(ifindex), info); err != nil {
+	if err := o.objs.PalEp.Put(uint32(ifindex), info); err != nil {
 		return fmt.Errorf("write endpoint of ifindex %d: %w", ifindex, err)
 	}
 	return nil
@@ -20,7 +20,7 @@ func (o *Objects) SetEndpoint(ifindex int, info EndpointInfo) error {
 // Endpoint reads the endpoint entry of ifindex.
 func (o *Objects) Endpoint(ifindex int) (EndpointInfo, error) {
 	var info EndpointInfo
-	if err := o.objs.PalEpInfo.Lookup(uint32(ifindex), &info); err != nil {
+	if err := o.objs.PalEp.Lookup(uint32(ifindex), &info); err != nil {
 		return info, fmt.Errorf("read endpoint of ifindex %d: %w", ifindex, err)
 	}
 	return info, nil
@@ -31,7 +31,7 @@ func (o *Objects) Endpoints() (map[int]EndpointInfo, error) {
 	out := map[int]EndpointInfo{}
 	var k uint32
 	var v EndpointInfo
-	it := o.objs.PalEpInfo.Iterate()
+	it := o.objs.PalEp.Iterate()
 	for it.Next(&k, &v) {
 		out[int(k)] = v
 	}
@@ -45,7 +45,7 @@ func (o *Objects) Endpoints() (map[int]EndpointInfo, error) {
 // interface drops everything. Its rule set stays: other endpoints may
 // follow it. A missing entry counts as removed.
 func (o *Objects) DeleteEndpoint(ifindex int) error {
-	if err := o.objs.PalEpInfo.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := o.objs.PalEp.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete endpoint of ifindex %d: %w", ifindex, err)
 	}
 	return nil

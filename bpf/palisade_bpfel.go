@@ -68,7 +68,8 @@ type palisadeEndpointInfo struct {
 	Identity uint32
 	Flags    uint32
 	RuleSet  uint32
-	Pad      uint32
+	Naddrs   uint32
+	Addrs    [4][16]uint8
 }
 
 type palisadeEventBudget struct {
@@ -145,11 +146,12 @@ const (
 	palisadeMapPalBackends        = "pal_backends"
 	palisadeMapPalCt              = "pal_ct"
 	palisadeMapPalDrops           = "pal_drops"
-	palisadeMapPalEpInfo          = "pal_ep_info"
+	palisadeMapPalEp              = "pal_ep"
 	palisadeMapPalEventBudget     = "pal_event_budget"
 	palisadeMapPalEventStats      = "pal_event_stats"
 	palisadeMapPalEvents          = "pal_events"
 	palisadeMapPalIpcache         = "pal_ipcache"
+	palisadeMapPalNodeAddrs       = "pal_node_addrs"
 	palisadeMapPalServices        = "pal_services"
 	palisadeMapPalSetRules        = "pal_set_rules"
 	palisadeMapPalVerdicts        = "pal_verdicts"
@@ -215,11 +217,12 @@ type palisadeMapSpecs struct {
 	PalBackends    *ebpf.MapSpec `ebpf:"pal_backends"`
 	PalCt          *ebpf.MapSpec `ebpf:"pal_ct"`
 	PalDrops       *ebpf.MapSpec `ebpf:"pal_drops"`
-	PalEpInfo      *ebpf.MapSpec `ebpf:"pal_ep_info"`
+	PalEp          *ebpf.MapSpec `ebpf:"pal_ep"`
 	PalEventBudget *ebpf.MapSpec `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.MapSpec `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.MapSpec `ebpf:"pal_events"`
 	PalIpcache     *ebpf.MapSpec `ebpf:"pal_ipcache"`
+	PalNodeAddrs   *ebpf.MapSpec `ebpf:"pal_node_addrs"`
 	PalServices    *ebpf.MapSpec `ebpf:"pal_services"`
 	PalSetRules    *ebpf.MapSpec `ebpf:"pal_set_rules"`
 	PalVerdicts    *ebpf.MapSpec `ebpf:"pal_verdicts"`
@@ -259,11 +262,12 @@ type palisadeMaps struct {
 	PalBackends    *ebpf.Map `ebpf:"pal_backends"`
 	PalCt          *ebpf.Map `ebpf:"pal_ct"`
 	PalDrops       *ebpf.Map `ebpf:"pal_drops"`
-	PalEpInfo      *ebpf.Map `ebpf:"pal_ep_info"`
+	PalEp          *ebpf.Map `ebpf:"pal_ep"`
 	PalEventBudget *ebpf.Map `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.Map `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.Map `ebpf:"pal_events"`
 	PalIpcache     *ebpf.Map `ebpf:"pal_ipcache"`
+	PalNodeAddrs   *ebpf.Map `ebpf:"pal_node_addrs"`
 	PalServices    *ebpf.Map `ebpf:"pal_services"`
 	PalSetRules    *ebpf.Map `ebpf:"pal_set_rules"`
 	PalVerdicts    *ebpf.Map `ebpf:"pal_verdicts"`
@@ -275,11 +279,12 @@ func (m *palisadeMaps) Close() error {
 		m.PalBackends,
 		m.PalCt,
 		m.PalDrops,
-		m.PalEpInfo,
+		m.PalEp,
 		m.PalEventBudget,
 		m.PalEventStats,
 		m.PalEvents,
 		m.PalIpcache,
+		m.PalNodeAddrs,
 		m.PalServices,
 		m.PalSetRules,
 		m.PalVerdicts,

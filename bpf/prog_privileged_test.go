@@ -79,7 +79,11 @@ func (f *fixture) isolate(t *testing.T, flags uint32, revision uint64, ingress, 
 	if err := f.objs.SetPolicy(f.set(), FromPod, egress); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.objs.SetEndpoint(f.ifindex, EndpointInfo{Revision: revision, Identity: 299, Flags: flags, RuleSet: f.set()}); err != nil {
+	info := EndpointInfo{Revision: revision, Identity: 299, Flags: flags, RuleSet: f.set()}
+	if err := info.SetAddrs([]netip.Addr{subjectIP, subject6}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.objs.SetEndpoint(f.ifindex, info); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/palisade-cni/palisade/tests/packet"
@@ -165,5 +166,134 @@ func TestPrivilegedServiceAffinityKeepsTheBackend(t *testing.T) {
 		} else if got != first {
 			t.Fatalf("flow %d went to %s, flow 0 to %s: ClientIP affinity broken", i, got, first)
 		}
+	}
+}
+
+// TestPrivilegedServiceNodePort sends to node addresses on a NodePort: the
+// flow is translated like one to the ClusterIP and judged against the
+// backend, instead of against the node, which is always admitted.
+func TestPrivilegedServiceNodePort(t *testing.T) {
+	node6 := netip.MustParseAddr("fd00:198:18::12")
+	remoteNode := netip.MustParseAddr("198.18.0.12")
+	const nodePort, sctpPort = 30080, 30132
+	type step struct {
+		name string
+		p    pkt
+		want uint32
+		// dst and dstPort are where the packet must be sent, when passed.
+		dst     netip.Addr
+		dstPort uint16
+	}
+	tests := []struct {
+		name   string
+		egress func(t *testing.T) []PolicyEntry
+		steps  []step
+	}{
+		{"egress that admits the backend's target port admits the NodePort on every node address",
+			func(t *testing.T) []PolicyEntry {
+				return append(allow(t, peerID, tcp, PortRange{8080, 8080}), allow(t, peerID, udp, PortRange{5353, 5353})...)
+			},
+			[]step{
+				{"own node, TCP", pkt{Src: subjectIP, Dst: nodeIP, Proto: tcp, SrcPort: 40000, DstPort: nodePort, TCPFlags: syn}, tcActOK, peerIP, 8080},
+				{"another node, TCP", pkt{Src: subjectIP, Dst: remoteNode, Proto: tcp, SrcPort: 40001, DstPort: nodePort, TCPFlags: syn}, tcActOK, peerIP, 8080},
+				{"own node, UDP", pkt{Src: subjectIP, Dst: nodeIP, Proto: udp, SrcPort: 40002, DstPort: nodePort}, tcActOK, peerIP, 5353},
+				{"IPv6 node address", pkt{Src: subject6, Dst: node6, Proto: tcp, SrcPort: 40003, DstPort: nodePort, TCPFlags: syn}, tcActOK, peer6, 8080},
+			}},
+		{"egress that admits another pod only cuts the NodePort, though the node is always admitted",
+			func(t *testing.T) []PolicyEntry { return allow(t, otherID, tcp, PortRange{8080, 8080}) },
+			[]step{
+				{"own node", pkt{Src: subjectIP, Dst: nodeIP, Proto: tcp, SrcPort: 40010, DstPort: nodePort, TCPFlags: syn}, tcActShot, netip.Addr{}, 0},
+				{"another node", pkt{Src: subjectIP, Dst: remoteNode, Proto: tcp, SrcPort: 40011, DstPort: nodePort, TCPFlags: syn}, tcActShot, netip.Addr{}, 0},
+				{"IPv6 node address", pkt{Src: subject6, Dst: node6, Proto: tcp, SrcPort: 40012, DstPort: nodePort, TCPFlags: syn}, tcActShot, netip.Addr{}, 0},
+				{"the own node on a port that is no NodePort is the node, admitted and untouched",
+					pkt{Src: subjectIP, Dst: nodeIP, Proto: tcp, SrcPort: 40013, DstPort: 10250, TCPFlags: syn}, tcActOK, nodeIP, 10250},
+				{"an address that is no node's is not translated on the NodePort",
+					pkt{Src: subjectIP, Dst: worldIP, Proto: tcp, SrcPort: 40014, DstPort: nodePort, TCPFlags: syn}, tcActShot, netip.Addr{}, 0},
+				{"SCTP to a NodePort that cannot be translated is dropped, not left to kube-proxy's masquerade",
+					pkt{Src: subjectIP, Dst: nodeIP, Proto: packet.SCTP, SrcPort: 40015, DstPort: sctpPort}, tcActShot, netip.Addr{}, 0},
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			for a, id := range map[netip.Addr]uint32{peer6: peerID, subject6: 299} {
+				if err := f.objs.UpsertIPCache(netip.PrefixFrom(a, 128), id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, a := range []netip.Addr{nodeIP, remoteNode, node6} {
+				if err := f.objs.AddNodeAddr(a); err != nil {
+					t.Fatal(err)
+				}
+			}
+			any4, any6 := netip.IPv4Unspecified(), netip.IPv6Unspecified()
+			services := []struct {
+				key      ServiceKey
+				backends []Backend
+			}{
+				{NewServiceKey(any4, nodePort, tcp), []Backend{{peerIP, 8080}}},
+				{NewServiceKey(any4, nodePort, udp), []Backend{{peerIP, 5353}}},
+				{NewServiceKey(any6, nodePort, tcp), []Backend{{peer6, 8080}}},
+				{NewServiceKey(any4, sctpPort, packet.SCTP), []Backend{{peerIP, 132}}},
+			}
+			for i, s := range services {
+				if err := f.objs.SetService(s.key, uint32(i+1), 0, s.backends, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.isolate(t, FlagEgressIsolated, 1, nil, tt.egress(t))
+			for _, s := range tt.steps {
+				verdict, data := f.runOut(t, FromPod, s.p.Frame())
+				if verdict != s.want {
+					t.Errorf("%s: verdict %d, want %d", s.name, verdict, s.want)
+					continue
+				}
+				if verdict != tcActOK {
+					continue
+				}
+				got := packet.Decode(data)
+				if got.Dst != s.dst || got.DstPort != s.dstPort || !got.ChecksumsOK {
+					t.Errorf("%s: sent to %s:%d (checksums ok %v), want %s:%d", s.name, got.Dst, got.DstPort, got.ChecksumsOK, s.dst, s.dstPort)
+				}
+				if got.Dst == s.p.Dst {
+					continue
+				}
+				// The reply comes back from the node address the pod used.
+				reply := pkt{Src: got.Dst, Dst: s.p.Src, Proto: s.p.Proto, SrcPort: got.DstPort, DstPort: s.p.SrcPort, TCPFlags: syn | ack}
+				verdict, data = f.runOut(t, ToPod, reply.Frame())
+				back := packet.Decode(data)
+				if verdict != tcActOK || back.Src != s.p.Dst || back.SrcPort != s.p.DstPort || !back.ChecksumsOK {
+					t.Errorf("%s: reply verdict %d from %s:%d, want pass from %s:%d", s.name, verdict, back.Src, back.SrcPort, s.p.Dst, s.p.DstPort)
+				}
+			}
+		})
+	}
+}
+
+// TestPrivilegedNodeAddrs writes, lists and deletes node addresses.
+func TestPrivilegedNodeAddrs(t *testing.T) {
+	f := newFixture(t)
+	want := []netip.Addr{netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("fd00::11")}
+	for _, a := range want {
+		if err := f.objs.AddNodeAddr(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := f.objs.NodeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(got, netip.Addr.Compare)
+	if !slices.Equal(got, want) {
+		t.Fatalf("node addresses %v, want %v", got, want)
+	}
+	if err := f.objs.DeleteNodeAddr(want[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.objs.DeleteNodeAddr(want[0]); err != nil {
+		t.Errorf("deleting an absent address: %v", err)
+	}
+	if got, _ := f.objs.NodeAddrs(); !slices.Equal(got, want[1:]) {
+		t.Errorf("after delete: %v, want %v", got, want[1:])
 	}
 }

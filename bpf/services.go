@@ -83,3 +83,36 @@ func (o *Objects) Services() (map[ServiceKey]ServiceValue, error) {
 	}
 	return out, nil
 }
+
+// AddNodeAddr marks addr as a node's: a flow to it on a NodePort is
+// translated like one to the Service's ClusterIP.
+func (o *Objects) AddNodeAddr(addr netip.Addr) error {
+	if err := o.objs.PalNodeAddrs.Put(addr.Unmap().As16(), uint8(1)); err != nil {
+		return fmt.Errorf("add node address %s: %w", addr, err)
+	}
+	return nil
+}
+
+// DeleteNodeAddr forgets a node address.
+func (o *Objects) DeleteNodeAddr(addr netip.Addr) error {
+	err := o.objs.PalNodeAddrs.Delete(addr.Unmap().As16())
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete node address %s: %w", addr, err)
+	}
+	return nil
+}
+
+// NodeAddrs reads the set of node addresses.
+func (o *Objects) NodeAddrs() ([]netip.Addr, error) {
+	var out []netip.Addr
+	var k [16]byte
+	var v uint8
+	it := o.objs.PalNodeAddrs.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, netip.AddrFrom16(k).Unmap())
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list node addresses: %w", err)
+	}
+	return out, nil
+}

@@ -40,25 +40,10 @@ var logLevels = map[string]slog.Level{
 // validates, and converts prevResult, when there is one, to the current
 // result type. Verbs never read stdin again.
 func parseConfig(stdin []byte) (*Conf, *current.Result, error) {
-	conf := &Conf{}
-	if err := json.Unmarshal(stdin, conf); err != nil {
-		return nil, nil, &configError{msg: "parse palisade netconf from stdin", err: err}
+	conf, err := parseNetconf(stdin)
+	if err != nil {
+		return nil, nil, err
 	}
-	if conf.AgentSocket == "" {
-		conf.AgentSocket = agentapi.DefaultSocket
-	}
-	if !filepath.IsAbs(conf.AgentSocket) {
-		return nil, nil, &configError{msg: fmt.Sprintf("agentSocket %q must be an absolute path", conf.AgentSocket)}
-	}
-	if conf.LogLevel == "" {
-		conf.LogLevel = defaultLogLevel
-	}
-	level, ok := logLevels[conf.LogLevel]
-	if !ok {
-		return nil, nil, &configError{msg: fmt.Sprintf("unknown logLevel %q: use debug, info, warn or error", conf.LogLevel)}
-	}
-	conf.level = level
-
 	if conf.RawPrevResult == nil {
 		return conf, nil, nil
 	}
@@ -70,6 +55,30 @@ func parseConfig(stdin []byte) (*Conf, *current.Result, error) {
 		return nil, nil, &configError{msg: fmt.Sprintf("convert prevResult from CNI version %s", conf.CNIVersion), err: err}
 	}
 	return conf, prev, nil
+}
+
+// parseNetconf is parseConfig without prevResult, which DEL never needs:
+// a DEL must not fail on a result it would not read.
+func parseNetconf(stdin []byte) (*Conf, error) {
+	conf := &Conf{}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		return nil, &configError{msg: "parse palisade netconf from stdin", err: err}
+	}
+	if conf.AgentSocket == "" {
+		conf.AgentSocket = agentapi.DefaultSocket
+	}
+	if !filepath.IsAbs(conf.AgentSocket) {
+		return nil, &configError{msg: fmt.Sprintf("agentSocket %q must be an absolute path", conf.AgentSocket)}
+	}
+	if conf.LogLevel == "" {
+		conf.LogLevel = defaultLogLevel
+	}
+	level, ok := logLevels[conf.LogLevel]
+	if !ok {
+		return nil, &configError{msg: fmt.Sprintf("unknown logLevel %q: use debug, info, warn or error", conf.LogLevel)}
+	}
+	conf.level = level
+	return conf, nil
 }
 
 // podArgs is the pod identity the kubelet's runtime passes in CNI_ARGS.

@@ -20,7 +20,11 @@ import (
 
 // cniVersions are the versions palisade supports; every netconf test runs
 // over all of them.
-var cniVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
+var cniVersions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
+// checkVersions are those whose configs allow CHECK (skel refuses it for
+// 0.3.x before palisade's code runs; TestVersionGates shows that).
+var checkVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
 
 // testSandbox is the pod netns path in fixtures that never enter it.
 const testSandbox = "/var/run/netns/pod"

@@ -13,7 +13,7 @@ import (
 // cmdDel forgets the endpoint. The agent, which owns every kernel object,
 // detaches the programs and removes the pins. prevResult is optional on DEL.
 func cmdDel(args *skel.CmdArgs) error {
-	conf, _, err := parseConfig(args.StdinData)
+	conf, err := parseNetconf(args.StdinData)
 	if err != nil {
 		return cniError(verbDel, "", err)
 	}

@@ -12,7 +12,7 @@ import (
 // cmdGC tells the agent which attachments the runtime still has; the agent
 // forgets every other endpoint and removes its programs and pins.
 func cmdGC(args *skel.CmdArgs) error {
-	conf, _, err := parseConfig(args.StdinData)
+	conf, err := parseNetconf(args.StdinData)
 	if err != nil {
 		return cniError(verbGC, "", err)
 	}

@@ -12,7 +12,7 @@ import (
 // cmdStatus reports whether the plugin can serve ADD: the agent must answer
 // and be ready. Both failures are code 50, "plugin not available".
 func cmdStatus(args *skel.CmdArgs) error {
-	conf, _, err := parseConfig(args.StdinData)
+	conf, err := parseNetconf(args.StdinData)
 	if err != nil {
 		return cniError(verbStatus, "", err)
 	}

@@ -320,30 +320,30 @@ func TestPrivilegedVerbs(t *testing.T) {
 			tweaks: []func(map[string]any){without("prevResult")},
 		},
 		{
-			name: "CHECK with the agent down is try again later", cmd: cmdCheck,
+			name: "CHECK with the agent down is try again later", versions: checkVersions, cmd: cmdCheck,
 			wantCode: types.ErrTryAgainLater, wantMsg: []string{"{socket}"},
 		},
 		{
-			name: "CHECK of an endpoint the agent does not know is unknown container", status: ready, cmd: cmdCheck,
+			name: "CHECK of an endpoint the agent does not know is unknown container", status: ready, versions: checkVersions, cmd: cmdCheck,
 			wantCode: types.ErrUnknownContainer,
 		},
 		{
-			name: "CHECK of an endpoint whose policy is behind fails", status: ready, cmd: cmdCheck,
+			name: "CHECK of an endpoint whose policy is behind fails", status: ready, versions: checkVersions, cmd: cmdCheck,
 			endpoint: func(ep *agentapi.Endpoint) { ep.Current = false },
 			wantCode: types.ErrInternal, wantMsg: []string{"newer one is not programmed"},
 		},
 		{
-			name: "CHECK of an endpoint with other IPs than prevResult fails", status: ready, cmd: cmdCheck,
+			name: "CHECK of an endpoint with other IPs than prevResult fails", status: ready, versions: checkVersions, cmd: cmdCheck,
 			endpoint: func(ep *agentapi.Endpoint) { ep.IPs = []netip.Addr{netip.MustParseAddr("10.244.1.6")} },
 			wantCode: types.ErrInternal, wantMsg: []string{"10.244.1.6", "10.244.1.5"},
 		},
 		{
-			name: "CHECK of an endpoint registered on another interface fails", status: ready, cmd: cmdCheck,
+			name: "CHECK of an endpoint registered on another interface fails", status: ready, versions: checkVersions, cmd: cmdCheck,
 			endpoint: func(ep *agentapi.Endpoint) { ep.HostIfIndex = 9999 },
 			wantCode: types.ErrInternal, wantMsg: []string{"ifindex 9999", "vethpal0"},
 		},
 		{
-			name: "CHECK without programs on the host veth fails naming it", status: ready, cmd: cmdCheck,
+			name: "CHECK without programs on the host veth fails naming it", status: ready, versions: checkVersions, cmd: cmdCheck,
 			endpoint: func(*agentapi.Endpoint) {},
 			wantCode: types.ErrInternal, wantMsg: []string{"vethpal0", bpf.ErrNotAttached.Error()},
 		},

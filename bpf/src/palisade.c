@@ -13,6 +13,7 @@
 #include "verdict.h"
 #include "service.h"
 #include "events.h"
+#include "source.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -49,18 +50,33 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u32 ifindex = skb->ifindex, peer, rule;
 	__u8 vip[16];
 	__be16 vport = 0;
-	int ret, lb = LB_NONE;
+	int ret, arp, lb = LB_NONE;
 	__u64 now;
 
 	ret = parse_packet(skb, &f, &inner);
-	if (ret == PARSE_NOT_IP)
+	arp = ret == PARSE_NOT_IP && dir == DIR_EGRESS && from_pod_is_arp(skb);
+	if (ret == PARSE_NOT_IP && !arp)
 		return TC_ACT_OK;
-	ep = bpf_map_lookup_elem(&pal_ep_info, &ifindex);
+	ep = bpf_map_lookup_elem(&pal_ep, &ifindex);
 	if (!ep)
 		return drop(skb, &f, dir, REASON_UNKNOWN_ENDPOINT, 0);
 	if (ret == PARSE_MALFORMED)
 		return drop(skb, &f, dir, REASON_MALFORMED, 0);
-	/* Neighbour discovery is the IPv6 equivalent of ARP. */
+	/* What the pod sends must be its own to send, before policy judges
+	 * it by its source; what it receives as ND must come from its link
+	 * (source.h). */
+	if (dir == DIR_EGRESS)
+		ret = arp ? check_arp(skb, ep, &f) : check_source(skb, ep, &f);
+	else
+		ret = f.nd ? check_nd_routed(skb, &f) : SOURCE_OK;
+	if (ret == SOURCE_SPOOFED)
+		return drop(skb, &f, dir, REASON_SPOOFED, 0);
+	if (ret == SOURCE_MALFORMED)
+		return drop(skb, &f, dir, REASON_MALFORMED, 0);
+	if (arp)
+		return TC_ACT_OK;
+	/* Neighbour discovery is the IPv6 equivalent of ARP: link-scoped, and
+	 * the pod's checked above, it is not policy's to judge. */
 	if (f.nd)
 		return TC_ACT_OK;
 

@@ -256,6 +256,9 @@ func matchOne(c cached, pods corelisters.PodLister, node string, reg *endpoint.R
 	if !slices.Equal(ips, podIPs) {
 		return candidate{}, fmt.Sprintf("cached IPs %v are not the pod's %v (stale sandbox)", ips, podIPs)
 	}
+	if err := bpf.CheckEndpointAddrs(ips); err != nil {
+		return candidate{}, err.Error()
+	}
 	var hostIfs []string
 	for _, itf := range res.Interfaces {
 		if itf.Sandbox == "" && itf.Name != "" {

@@ -3,6 +3,7 @@ package adopt
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -82,6 +83,21 @@ func TestMatch(t *testing.T) {
 				c.Result = json.RawMessage(`{"cniVersion":"1.0.0","ips":[{"address":"10.244.1.5/24"}]}`)
 			}),
 			wantReason: "no host-side interface",
+		},
+		{
+			name: "a pod with more addresses than the datapath checks sources against is not adopted",
+			pod: makePod(func(p *corev1.Pod) {
+				p.Status.PodIPs = nil
+				for i := range 5 {
+					p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: fmt.Sprintf("10.244.1.%d", 5+i)})
+				}
+			}),
+			entry: makeEntry(func(c *cached) {
+				c.Result = json.RawMessage(`{"cniVersion":"1.0.0","interfaces":[{"name":"veth1234"},{"name":"eth0","sandbox":"/x"}],"ips":[` +
+					`{"interface":1,"address":"10.244.1.5/24"},{"interface":1,"address":"10.244.1.6/24"},{"interface":1,"address":"10.244.1.7/24"},` +
+					`{"interface":1,"address":"10.244.1.8/24"},{"interface":1,"address":"10.244.1.9/24"}]}`)
+			}),
+			wantReason: "more than the 4",
 		},
 		{
 			name: "an older CNI version result is converted", pod: makePod(),

@@ -128,7 +128,7 @@ type Flow struct {
 	Time    time.Time `json:"time"`
 	Verdict string    `json:"verdict"` // FlowAllowed or FlowDropped
 	// Reason is why a packet was dropped: policy, unknown-endpoint,
-	// rejudged, malformed or nat; "allowed" for an allowed flow.
+	// rejudged, malformed, nat or spoofed; "allowed" for an allowed flow.
 	Reason string `json:"reason"`
 	// Direction is from Pod's point of view: ingress or egress.
 	Direction   string   `json:"direction"`

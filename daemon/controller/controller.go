@@ -39,6 +39,7 @@ type Datapath interface {
 	Remove(ifindex int) error
 	Prune(keep map[int]bool) error
 	ApplyServices(entries []service.Entry) error
+	ApplyNodeAddrs(addrs []netip.Addr) error
 }
 
 // Controller keeps the datapath equal to what the cluster asks for.
@@ -73,6 +74,7 @@ type Controller struct {
 	programmed map[string]uint64
 	last       *policy.Result
 	services   []service.Entry
+	nodeAddrs  []netip.Addr
 	changed    chan struct{} // closed and replaced after every sync
 }
 
@@ -268,7 +270,8 @@ func (c *Controller) Last() *policy.Result {
 func (c *Controller) Cluster() *k8s.Cluster { return c.cluster }
 
 // syncServices mirrors Services and EndpointSlices into the translation
-// maps when they changed.
+// maps, and the nodes' addresses into the set NodePorts apply to, when they
+// changed. The addresses go first, so that a new NodePort entry finds them.
 func (c *Controller) syncServices() error {
 	svcs, err := c.cluster.Services.List(labels.Everything())
 	if err != nil {
@@ -278,10 +281,24 @@ func (c *Controller) syncServices() error {
 	if err != nil {
 		return fmt.Errorf("list endpointslices: %w", err)
 	}
+	addrs, err := c.listNodeAddrs()
+	if err != nil {
+		return err
+	}
 	entries := service.Compile(svcs, slices, c.node)
 	c.mu.Lock()
+	sameAddrs := c.nodeAddrs != nil && reflect.DeepEqual(c.nodeAddrs, addrs)
 	same := c.services != nil && reflect.DeepEqual(c.services, entries)
 	c.mu.Unlock()
+	if !sameAddrs {
+		if err := c.dp.ApplyNodeAddrs(addrs); err != nil {
+			return fmt.Errorf("write node addresses: %w", err)
+		}
+		c.mu.Lock()
+		c.nodeAddrs = append([]netip.Addr{}, addrs...)
+		c.mu.Unlock()
+		c.log.Info("Node addresses programmed", "addresses", len(addrs))
+	}
 	if same {
 		return nil
 	}
@@ -296,6 +313,23 @@ func (c *Controller) syncServices() error {
 	c.mu.Unlock()
 	c.log.Info("Services programmed", "entries", len(entries))
 	return nil
+}
+
+// listNodeAddrs lists the addresses by which pods reach a node.
+func (c *Controller) listNodeAddrs() ([]netip.Addr, error) {
+	nodes, err := c.cluster.Nodes.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	pods, err := c.cluster.Pods.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	own, err := c.nodeIPs()
+	if err != nil {
+		return nil, fmt.Errorf("list node addresses: %w", err)
+	}
+	return service.NodeAddrs(nodes, pods, own), nil
 }
 
 // state gathers the compiler's input from the caches and the registry.

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"errors"
+	"net/netip"
 	"slices"
 
 	"github.com/palisade-cni/palisade/bpf"
@@ -29,7 +30,45 @@ func (w *Writer) loadServices() error {
 		w.services[k] = serviceState{id: v.Id, affinity: v.AffinitySec, count: v.Count}
 		w.nextServiceID = max(w.nextServiceID, v.Id+1)
 	}
+	addrs, err := w.objs.NodeAddrs()
+	if err != nil {
+		return err
+	}
+	w.nodeAddrs = map[netip.Addr]bool{}
+	for _, a := range addrs {
+		w.nodeAddrs[a] = true
+	}
 	return nil
+}
+
+// ApplyNodeAddrs makes the node-address set, which NodePort entries apply
+// to, equal addrs: new addresses first, stale ones last.
+func (w *Writer) ApplyNodeAddrs(addrs []netip.Addr) error {
+	var errs []error
+	want := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		a = a.Unmap()
+		want[a] = true
+		if w.nodeAddrs[a] {
+			continue
+		}
+		if err := w.objs.AddNodeAddr(a); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		w.nodeAddrs[a] = true
+	}
+	for a := range w.nodeAddrs {
+		if want[a] {
+			continue
+		}
+		if err := w.objs.DeleteNodeAddr(a); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(w.nodeAddrs, a)
+	}
+	return errors.Join(errs...)
 }
 
 // ApplyServices makes the service maps equal entries: new and changed

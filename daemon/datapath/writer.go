@@ -30,6 +30,8 @@ type Writer struct {
 	endpoints     map[int]endpointState
 	services      map[bpf.ServiceKey]serviceState
 	nextServiceID uint32
+	// nodeAddrs is the set pal_node_addrs holds.
+	nodeAddrs map[netip.Addr]bool
 }
 
 // ruleSet is one set's rules as the map holds them, each direction sorted
@@ -371,10 +373,13 @@ func (w *Writer) unindex(set *ruleSet) {
 	}
 }
 
-// follow points the endpoint entry of ep at set, with ep's flags and the
-// revision.
+// follow points the endpoint entry of ep at set, with ep's flags, its
+// addresses and the revision.
 func (w *Writer) follow(ep policy.EndpointPolicy, set *ruleSet, revision uint64) error {
 	info := bpf.EndpointInfo{Revision: revision, Identity: ep.Identity, RuleSet: set.id}
+	if err := info.SetAddrs(ep.IPs); err != nil {
+		return fmt.Errorf("addresses of endpoint %s: %w", ep.ID, err)
+	}
 	if ep.IngressIsolated {
 		info.Flags |= bpf.FlagIngressIsolated
 	}

@@ -316,3 +316,84 @@ func TestPrivilegedEndpointsAlikeShareOneSet(t *testing.T) {
 		t.Errorf("rules left after the last endpoint went: %v, %v", all, err)
 	}
 }
+
+// TestPrivilegedApplyNodeAddrs diffs the node-address set, also against
+// what a previous agent left.
+func TestPrivilegedApplyNodeAddrs(t *testing.T) {
+	objs := load(t)
+	addrs := func(s ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, a := range s {
+			out = append(out, netip.MustParseAddr(a))
+		}
+		return out
+	}
+	w, err := New(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.ApplyNodeAddrs(addrs("198.18.0.11", "198.18.0.12", "fd00::11")); err != nil {
+		t.Fatal(err)
+	}
+	// A restarted agent learns the set and removes what is gone.
+	w, err = New(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := addrs("198.18.0.12", "10.244.2.1")
+	if err := w.ApplyNodeAddrs(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := objs.NodeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(got, netip.Addr.Compare)
+	slices.SortFunc(want, netip.Addr.Compare)
+	if !slices.Equal(got, want) {
+		t.Errorf("node addresses %v, want %v", got, want)
+	}
+}
+
+// The endpoint entry carries the endpoint's addresses, the only sources the
+// datapath lets it send from, on both write paths; an endpoint with more
+// than the entry holds is refused rather than left unable to send from some.
+func TestPrivilegedEndpointEntryHoldsItsAddresses(t *testing.T) {
+	objs := load(t)
+	w, err := New(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dual := []netip.Addr{netip.MustParseAddr("10.244.1.2"), netip.MustParseAddr("fd00:10:244:1::2")}
+	single := []netip.Addr{netip.MustParseAddr("10.244.1.3")}
+	res := &policy.Result{Endpoints: map[string]policy.EndpointPolicy{
+		"a": {ID: "a", Ifindex: 10, Identity: 300, IPs: dual},
+	}}
+	if err := w.Apply(res, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.ApplyEndpoint(policy.EndpointPolicy{ID: "b", Ifindex: 11, Identity: 301, IPs: single}, nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	for ifindex, want := range map[int][]netip.Addr{10: dual, 11: single} {
+		info, err := objs.Endpoint(ifindex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.Addresses(); !slices.Equal(got, want) {
+			t.Errorf("endpoint of ifindex %d: addresses %v, want %v", ifindex, got, want)
+		}
+	}
+
+	var many []netip.Addr
+	for i := range bpf.MaxEndpointAddrs + 1 {
+		many = append(many, netip.AddrFrom4([4]byte{10, 244, 1, byte(10 + i)}))
+	}
+	err = w.ApplyEndpoint(policy.EndpointPolicy{ID: "c", Ifindex: 12, Identity: 302, IPs: many}, nil, 1)
+	if err == nil {
+		t.Fatal("an endpoint with too many addresses was written")
+	}
+	if _, err := objs.Endpoint(12); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("endpoint with too many addresses has an entry: %v", err)
+	}
+}

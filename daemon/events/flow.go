@@ -50,7 +50,9 @@ func Decode(ev *bpf.VerdictEvent, v *inspect.View, boot time.Time) agentapi.Flow
 		}
 		if ep, ok := v.EndpointByIfindex(int(ev.Ifindex)); ok {
 			f.Pod = ep.PodNamespace + "/" + ep.PodName
-			if pol, ok := v.Result.Endpoints[ep.ID]; ok {
+			// A spoofed packet's source is not the pod's: its identity
+			// would name the sender under another's address.
+			if pol, ok := v.Result.Endpoints[ep.ID]; ok && ev.Reason != bpf.ReasonSpoofed {
 				self.Identity = pol.Identity
 			}
 		}
@@ -85,6 +87,8 @@ func summary(f *agentapi.Flow, ev *bpf.VerdictEvent) string {
 		return "malformed packet"
 	case bpf.ReasonNAT:
 		return "Service translation failed"
+	case bpf.ReasonSpoofed:
+		return "the pod sent what is not its own to send: another source address or ARP sender, or neighbour discovery beyond its link"
 	}
 	return f.Reason
 }

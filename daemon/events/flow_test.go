@@ -81,6 +81,16 @@ func TestDecode(t *testing.T) {
 			},
 		},
 		{
+			name: "a spoofed packet is named so",
+			ev:   event(bpf.ReasonSpoofed, 0, 0, 0),
+			want: agentapi.Flow{
+				Time: boot.Add(2 * time.Second), Verdict: "dropped", Reason: "spoofed", Direction: "egress", Pod: "prod/server",
+				Source:      agentapi.FlowPeer{IP: "10.244.1.11", Port: 12345, Pod: "prod/client"},
+				Destination: agentapi.FlowPeer{IP: "10.244.1.10", Port: 6379, Pod: "prod/server"},
+				Protocol:    "TCP", Summary: "the pod sent what is not its own to send: another source address or ARP sender, or neighbour discovery beyond its link",
+			},
+		},
+		{
 			name: "traffic with the node",
 			ev:   event(bpf.ReasonAllowed, 1, 0, identity.Host),
 			want: agentapi.Flow{

@@ -51,8 +51,9 @@ func slimPod(p *corev1.Pod) *corev1.Pod {
 	return out
 }
 
-// slimNode keeps the node's addresses and pod CIDRs: both name the node (a
-// pod CIDR's first address is Flannel's VXLAN address of the node).
+// slimNode keeps the node's addresses, which are the host identity, and
+// its pod CIDRs: their gateway addresses route to it (service.NodeAddrs)
+// and their first address is its Flannel VXLAN address (controller).
 func slimNode(n *corev1.Node) *corev1.Node {
 	return &corev1.Node{
 		TypeMeta:   n.TypeMeta,

@@ -45,7 +45,7 @@ func kubeletPod() *corev1.Pod {
 func TestSlimKeepsWhatPolicyReads(t *testing.T) {
 	fatNode := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "node-1", ResourceVersion: "7", Labels: map[string]string{"zone": "a"}},
-		Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24"}, ProviderID: "cloud://node-1"},
+		Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24"}, ProviderID: "cloud://i-1"},
 		Status: corev1.NodeStatus{
 			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}},
 			Images:    []corev1.ContainerImage{{Names: []string{"registry.example/very/long/name:tag"}}},

@@ -119,7 +119,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		m.log.Warn("Verdict counters not read", "error", err)
 	} else {
 		for _, v := range vs {
-			if v.Reason > bpf.ReasonNAT { // slots no reason uses yet
+			if v.Reason > bpf.ReasonLast { // slots no reason uses yet
 				continue
 			}
 			ch <- prometheus.MustNewConstMetric(m.descs["verdicts"], prometheus.CounterValue, float64(v.Count),

@@ -111,6 +111,7 @@ func TestScrape(t *testing.T) {
 		{"palisade_verdicts_total", map[string]string{"direction": "ingress", "reason": "policy"}, 12},
 		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "allowed"}, 0},
 		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "nat"}, 5},
+		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "spoofed"}, 6},
 		{"palisade_events_lost_total", map[string]string{"cause": "rate-limit"}, 7},
 		{"palisade_events_lost_total", map[string]string{"cause": "ringbuf-full"}, 1},
 		{"palisade_map_entries", map[string]string{"map": "ipcache"}, 12},
@@ -131,8 +132,8 @@ func TestScrape(t *testing.T) {
 		}
 	}
 	// Reason slots no reason uses are not exported.
-	if n := len(fams["palisade_verdicts_total"].GetMetric()); n != 2*(bpf.ReasonNAT+1) {
-		t.Errorf("%d verdict series, want %d", n, 2*(bpf.ReasonNAT+1))
+	if n := len(fams["palisade_verdicts_total"].GetMetric()); n != 2*(bpf.ReasonLast+1) {
+		t.Errorf("%d verdict series, want %d", n, 2*(bpf.ReasonLast+1))
 	}
 	if ok, why := m.APIConnected(); ok || why == "" {
 		t.Errorf("APIConnected after a failed request = %v %q, want false and the failure", ok, why)

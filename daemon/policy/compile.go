@@ -70,9 +70,12 @@ type Rule struct {
 
 // EndpointPolicy is one endpoint's compiled policy.
 type EndpointPolicy struct {
-	ID              string
-	Ifindex         int
-	Identity        uint32
+	ID       string
+	Ifindex  int
+	Identity uint32
+	// IPs are the endpoint's addresses, the only sources the datapath
+	// lets it send from.
+	IPs             []netip.Addr
 	IngressIsolated bool
 	EgressIsolated  bool
 	Ingress         []Rule

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	gocmp "github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,6 +26,9 @@ var (
 	outsideIP = netip.MustParseAddr("192.0.2.50")
 	exceptIP  = netip.MustParseAddr("192.0.2.7")
 )
+
+// equateAddrs compares netip.Addr values (an EndpointPolicy's IPs) by value.
+var equateAddrs = cmpopts.EquateComparable(netip.Addr{})
 
 func ns(name string, lbl map[string]string) *corev1.Namespace {
 	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: lbl}}
@@ -305,7 +309,7 @@ func TestRuleNumbersAreStableAcrossCompiles(t *testing.T) {
 	dev := s.Pods[3]
 	s.Endpoints = append([]Endpoint{{ID: "dev-client", Ifindex: 8, Pod: dev, IPs: []netip.Addr{devIP}}}, s.Endpoints...)
 	after := Compile(s, alloc)
-	if d := gocmp.Diff(before.Endpoints["server"], after.Endpoints["server"]); d != "" {
+	if d := gocmp.Diff(before.Endpoints["server"], after.Endpoints["server"], equateAddrs); d != "" {
 		t.Errorf("server's policy changed with a new endpoint in another namespace (-before +after):\n%s", d)
 	}
 	for _, res := range []Result{before, after} {
@@ -347,7 +351,7 @@ func TestCompileIgnoresListingOrder(t *testing.T) {
 			first = res
 			continue
 		}
-		if d := gocmp.Diff(first.Endpoints, res.Endpoints); d != "" {
+		if d := gocmp.Diff(first.Endpoints, res.Endpoints, equateAddrs); d != "" {
 			t.Errorf("policies in order %v (-first +now):\n%s", order, d)
 		}
 	}

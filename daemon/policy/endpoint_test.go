@@ -61,7 +61,7 @@ func TestCompileEndpointAgreesWithCompile(t *testing.T) {
 					rules[i].Ref = numberOf(t, want.Refs, last.comp.refs[r.Ref])
 				}
 			}
-			if d := gocmp.Diff(wantEP, renumber(got, 0, 0)); d != "" {
+			if d := gocmp.Diff(wantEP, renumber(got, 0, 0), equateAddrs); d != "" {
 				t.Errorf("endpoint policy (-whole compile +CompileEndpoint):\n%s", d)
 			}
 			res := Result{IPCache: maps.Clone(last.IPCache), Endpoints: map[string]EndpointPolicy{ep.ID: got}}

@@ -118,7 +118,7 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 			}
 			// Rule numbers the reused rules name stay allocated.
 			again := Compile(next, alloc)
-			if d := gocmp.Diff(got.Endpoints, again.Endpoints); d != "" {
+			if d := gocmp.Diff(got.Endpoints, again.Endpoints, equateAddrs); d != "" {
 				t.Errorf("endpoints renumbered in the compile after (-then +now):\n%s", d)
 			}
 		})
@@ -183,7 +183,7 @@ func compileAfresh(t *testing.T, s State, alloc *identity.Allocator, got Result)
 	t.Helper()
 	s.Previous = nil
 	fresh := Compile(s, alloc)
-	if d := gocmp.Diff(fresh.Endpoints, got.Endpoints); d != "" {
+	if d := gocmp.Diff(fresh.Endpoints, got.Endpoints, equateAddrs); d != "" {
 		t.Errorf("endpoints (-from scratch +with the previous Result):\n%s", d)
 	}
 	if d := gocmp.Diff(fresh.IPCache, got.IPCache); d != "" {

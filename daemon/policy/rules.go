@@ -31,7 +31,7 @@ func (c *compiler) endpoint(ep Endpoint) EndpointPolicy {
 	}
 	c.shapes[key] = sh
 	out := sh.policy
-	out.ID, out.Ifindex = ep.ID, ep.Ifindex
+	out.ID, out.Ifindex, out.IPs = ep.ID, ep.Ifindex, ep.IPs
 	if len(ep.IPs) > 0 {
 		a := ep.IPs[0]
 		out.Identity = c.ipcache[netip.PrefixFrom(a, a.BitLen())]

@@ -172,6 +172,9 @@ func validate(req *agentapi.AddRequest) string {
 	case len(req.IPs) == 0:
 		return "at least one IP is required"
 	}
+	if err := bpf.CheckEndpointAddrs(req.IPs); err != nil {
+		return "pod has " + err.Error()
+	}
 	return ""
 }
 

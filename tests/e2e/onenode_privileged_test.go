@@ -195,7 +195,7 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 		if _, err := client.Get(ctx, id); err != nil {
 			t.Fatalf("endpoint after ADD: %v", err)
 		}
-		if !pinnedHas(t, env.agent, "pal_ep_info", uint32(ifindex)) {
+		if !pinnedHas(t, env.agent, "pal_ep", uint32(ifindex)) {
 			t.Fatal("no endpoint map entry after ADD")
 		}
 		if !pinnedHas(t, env.agent, "pal_ipcache", bpf.NewIPCacheKey(netip.PrefixFrom(p.IP(), 32))) {
@@ -207,7 +207,7 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 		if _, err := client.Get(ctx, id); !errors.Is(err, agentapi.ErrEndpointNotFound) {
 			t.Errorf("endpoint after DEL: %v, want not found", err)
 		}
-		if pinnedHas(t, env.agent, "pal_ep_info", uint32(ifindex)) {
+		if pinnedHas(t, env.agent, "pal_ep", uint32(ifindex)) {
 			t.Error("endpoint map entry survived DEL")
 		}
 		waitFor(t, "the pod's ipcache entry to go", func() bool {

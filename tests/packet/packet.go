@@ -39,6 +39,42 @@ type Packet struct {
 	// HopByHop puts an IPv6 hop-by-hop options header (Router Alert, as
 	// MLD sends) before the transport header.
 	HopByHop bool
+	// HopLimit is the IPv4 TTL or IPv6 hop limit; 0 means 64.
+	HopLimit uint8
+}
+
+// ARP operations.
+const (
+	ARPRequest uint16 = 1
+	ARPReply   uint16 = 2
+)
+
+// ARP returns an ARP frame for IPv4 over Ethernet from senderMAC, claiming
+// senderIP (0.0.0.0 for a probe) and asking for or answering targetIP.
+func ARP(op uint16, senderMAC [6]byte, senderIP, targetIP netip.Addr) []byte {
+	f := make([]byte, 14+28)
+	for i := range 6 {
+		f[i] = 0xff
+	}
+	copy(f[6:], senderMAC[:])
+	binary.BigEndian.PutUint16(f[12:], 0x0806)
+	a := f[14:]
+	binary.BigEndian.PutUint16(a[0:], 1)      // Ethernet
+	binary.BigEndian.PutUint16(a[2:], 0x0800) // IPv4
+	a[4], a[5] = 6, 4
+	binary.BigEndian.PutUint16(a[6:], op)
+	copy(a[8:], senderMAC[:])
+	s, t := senderIP.As4(), targetIP.As4()
+	copy(a[14:], s[:])
+	copy(a[24:], t[:])
+	return f
+}
+
+func (p Packet) hopLimit() uint8 {
+	if p.HopLimit == 0 {
+		return 64
+	}
+	return p.HopLimit
 }
 
 // Frame returns the packet as an Ethernet frame.
@@ -59,7 +95,7 @@ func (p Packet) IP() []byte {
 		ip := make([]byte, 20)
 		ip[0] = 0x45
 		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
-		ip[8] = 64
+		ip[8] = p.hopLimit()
 		ip[9] = p.Proto
 		s, d := p.Src.As4(), p.Dst.As4()
 		copy(ip[12:], s[:])
@@ -71,7 +107,7 @@ func (p Packet) IP() []byte {
 	ip := make([]byte, 40)
 	ip[0] = 0x60
 	ip[6] = p.Proto
-	ip[7] = 64
+	ip[7] = p.hopLimit()
 	s, d := p.Src.As16(), p.Dst.As16()
 	copy(ip[8:], s[:])
 	copy(ip[24:], d[:])

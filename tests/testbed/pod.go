@@ -47,6 +47,7 @@ type Pod struct {
 	mu          sync.Mutex
 	listening   bool
 	result      *current.Result
+	resultVer   string // the version the chain answered ADD in
 	ip          netip.Addr
 	hostIfName  string
 	hostIfIndex int
@@ -156,7 +157,15 @@ func (p *Pod) IP() netip.Addr {
 	return p.ip
 }
 
-// Result is the chain's result of the last successful ADD.
+// ResultVersion is the CNI version the chain answered the last ADD in.
+func (p *Pod) ResultVersion() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.resultVer
+}
+
+// Result is the chain's result of the last successful ADD, converted to
+// the current version.
 func (p *Pod) Result() *current.Result {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -16,11 +16,13 @@ import (
 // a Flannel node, in its mount view (see doCNI).
 func (p *Pod) CNIAdd(ctx context.Context) error {
 	var res *current.Result
+	var ver string
 	err := p.Node.doCNI(func() error {
 		r, err := p.cni.AddNetworkList(ctx, p.list, p.rt)
 		if err != nil {
 			return err
 		}
+		ver = r.Version()
 		res, err = current.NewResultFromResult(r)
 		return err
 	})
@@ -37,7 +39,7 @@ func (p *Pod) CNIAdd(ctx context.Context) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.result, p.ip, p.hostIfName, p.hostIfIndex = res, ip, name, index
+	p.result, p.resultVer, p.ip, p.hostIfName, p.hostIfIndex = res, ver, ip, name, index
 	return nil
 }
 

@@ -67,6 +67,12 @@ func Probe(ctx context.Context, from *Pod, to netip.Addr, port int, proto corev1
 	return probeFrom(ctx, from.NetNS, to, port, proto)
 }
 
+// Probe connects from the node's own namespace, as the kubelet's probes
+// and node-local agents do; see Probe.
+func (n *Node) Probe(ctx context.Context, to netip.Addr, port int, proto corev1.Protocol) Verdict {
+	return probeFrom(ctx, n.NetNS, to, port, proto)
+}
+
 func probeFrom(ctx context.Context, netns *NetNS, to netip.Addr, port int, proto corev1.Protocol) Verdict {
 	ctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
 	defer cancel()
@@ -167,10 +173,4 @@ func ProbeMatrix(ctx context.Context, probes []ProbeSpec) []Verdict {
 	}
 	wg.Wait()
 	return out
-}
-
-// Probe connects from the node's own network namespace (its host network,
-// where a kubelet's probes and hostNetwork pods run) to to:port; see Probe.
-func (n *Node) Probe(ctx context.Context, to netip.Addr, port int, proto corev1.Protocol) Verdict {
-	return probeFrom(ctx, n.NetNS, to, port, proto)
 }

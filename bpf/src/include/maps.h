@@ -27,21 +27,28 @@
 #define DIR_INGRESS 1 /* pal_to_pod: what the pod receives */
 #define DIR_SERVICE 2 /* pal_ct only: a flow to a Service, before translation */
 
-/* pal_ep_info: host-side ifindex -> endpoint.
+/* pal_ep: host-side ifindex -> endpoint.
  * Written by the agent after the endpoint's rule set; read by both
  * programs for every packet. A packet on an interface with no entry is
  * dropped: an endpoint is never unprotected while it is being set up.
- * (pal_endpoints, its predecessor, had no rule set: a new name lets an
- * upgraded agent load beside programs still using the old layout.) */
+ * The entry holds the endpoint's addresses: pal_from_pod drops what the pod
+ * sends from any other (source.h). Each change of layout takes a new name
+ * (pal_endpoints had no rule set, pal_ep_info no addresses), so that an
+ * upgraded agent loads beside programs still using the old layout. */
 #define EP_F_INGRESS_ISOLATED (1 << 0)
 #define EP_F_EGRESS_ISOLATED (1 << 1)
+
+/* Addresses an endpoint may send from. Kubernetes gives a pod at most one
+ * per family; the agent refuses an endpoint with more than this. */
+#define EP_MAX_ADDRS 4
 
 struct endpoint_info {
 	__u64 revision; /* agent revision of the policy in the maps */
 	__u32 identity;
 	__u32 flags;    /* EP_F_* */
 	__u32 rule_set; /* the rules of pal_set_rules the endpoint follows */
-	__u32 pad;
+	__u32 naddrs;   /* addresses used in addrs */
+	__u8 addrs[EP_MAX_ADDRS][16];
 };
 
 struct {
@@ -50,7 +57,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct endpoint_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pal_ep_info SEC(".maps");
+} pal_ep SEC(".maps");
 
 /* pal_ipcache: address prefix -> identity.
  * Written by the agent (pod IPs, node IPs, ipBlock prefixes); read by both
@@ -155,6 +162,7 @@ struct {
 #define REASON_REJUDGED 3         /* policy changed; flow no longer allowed */
 #define REASON_MALFORMED 4        /* truncated header */
 #define REASON_NAT 5              /* Service translation failed */
+#define REASON_SPOOFED 6          /* the pod sent what is not its own to send (source.h) */
 #define REASON_MAX 8
 
 /* pal_drops: per-CPU packet counters by reason; read by the agent. */

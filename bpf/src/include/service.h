@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Service translation before judging. A pod that sends to a Service's
- * ClusterIP:port has its packet rewritten, on its own veth, to a backend
- * pod's address and port, so that its egress policy is judged against the
+ * ClusterIP:port (or externalIP, load-balancer IP or a node address on its
+ * NodePort) has its packet rewritten, on its own veth, to a backend pod's
+ * address and port, so that its egress policy is judged against the
  * backend, as the API defines policy on pod addresses and target ports.
  * kube-proxy then sees a pod address and leaves the packet alone. Replies
  * get their source rewritten back to the Service address. */
@@ -18,10 +19,13 @@
 
 #define MAX_SERVICES 65536
 #define MAX_BACKENDS 262144
+#define MAX_NODE_ADDRS 16384
 
-/* pal_services: (ClusterIP, port, protocol) -> service.
- * Written by the agent from Services and EndpointSlices; read by
- * pal_from_pod for the first packet of a flow to a Service. */
+/* pal_services: (ClusterIP, port, protocol) -> service. A NodePort is
+ * keyed by the unspecified address of its family (::ffff:0.0.0.0 or ::):
+ * it answers on every node address. Written by the agent from Services and
+ * EndpointSlices; read by pal_from_pod for the first packet of a flow to a
+ * Service. */
 struct service_key {
 	__u8 addr[16];
 	__be16 port_net;
@@ -43,6 +47,19 @@ struct {
 	__type(value, struct service_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pal_services SEC(".maps");
+
+/* pal_node_addrs: every address of every node, this one's included, as
+ * the NodePort entries apply to. Left to kube-proxy, a flow to a node
+ * address on a NodePort is forwarded masqueraded as a node, which policy
+ * always admits. Written by the agent from Node objects and its own
+ * interfaces; read by pal_from_pod when no Service entry matches. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_NODE_ADDRS);
+	__type(key, __u8[16]);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pal_node_addrs SEC(".maps");
 
 /* pal_backends: (service id, slot) -> backend. Written by the agent before
  * the service entry that counts it; read by pal_from_pod. */
@@ -200,11 +217,20 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 	struct ct_key key;
 	struct backend_value *be;
 	__u32 slot;
+	int nodeport = 0;
 
 	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP && f->proto != IPPROTO_SCTP)
 		return LB_NONE;
 	__builtin_memcpy(sk.addr, f->daddr, 16);
 	svc = bpf_map_lookup_elem(&pal_services, &sk);
+	if (!svc && bpf_map_lookup_elem(&pal_node_addrs, sk.addr)) {
+		/* A node address: the port's NodePort entry, if any. */
+		nodeport = 1;
+		__builtin_memset(sk.addr + 12, 0, 4);
+		if (f->ipv6)
+			__builtin_memset(sk.addr, 0, 12);
+		svc = bpf_map_lookup_elem(&pal_services, &sk);
+	}
 	if (!svc || svc->count == 0)
 		return LB_NONE;
 
@@ -227,9 +253,11 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 	if (addr_eq(ne.nat_addr, f->saddr))
 		return LB_SELF;
 	/* SCTP's checksum covers its ports: only a port-preserving
-	 * translation can be done without recomputing it. */
+	 * translation can be done without recomputing it. A NodePort flow
+	 * left to kube-proxy would reach the backend masqueraded as a node,
+	 * past its policy: it is dropped instead. */
 	if (f->proto == IPPROTO_SCTP && ne.nat_port != f->dport)
-		return LB_NONE;
+		return nodeport ? LB_ERROR : LB_NONE;
 	__builtin_memcpy(vip, f->daddr, 16);
 	*vport = f->dport;
 	if (nat_rewrite(skb, f, 1, ne.nat_addr, ne.nat_port) < 0)
