@@ -10,7 +10,7 @@ CLANG    ?= clang-19
 STRIP    ?= llvm-strip-19
 ARCH_INC := /usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build generate test test-unit demo deps kube clean
+.PHONY: all build generate test test-unit demo deps kube flannel clean
 
 all: build
 
@@ -29,23 +29,28 @@ deps:
 kube: deps
 	scripts/kube-build >/dev/null
 
+# The testbed's pod network: Flannel's CNI plugin and flanneld, built from
+# the module proxy into a cache (scripts/flannel-build).
+flannel: deps
+	scripts/flannel-build >/dev/null
+
 # Everything: pure, privileged kernel, integration and end-to-end tests.
 # Privileged tests fail instead of skipping (PALISADE_REQUIRE_PRIVILEGED).
-test: kube
+test: kube flannel
 	PALISADE_REQUIRE_PRIVILEGED=1 $(GO) test -count=1 -timeout 30m ./...
 
 # NetworkPolicy conformance: the upstream e2e suite's catalog and ours,
 # replayed on a two-node testbed, with the report (README "Conformance").
 # `make test` runs the same cases as TestPrivilegedConformance.
 .PHONY: conformance
-conformance: kube
+conformance: kube flannel
 	scripts/conformance
 
 # The performance benchmark on the testbed against a no-Palisade baseline
 # (README "Performance"); minutes long, so not part of `make test`.
 # ARGS passes flags through, e.g. ARGS='-rounds=3 -rules=0,1000'.
 .PHONY: bench
-bench: kube
+bench: kube flannel
 	scripts/bench $(ARGS)
 
 # The tests that need neither root nor a control plane.
@@ -59,7 +64,7 @@ image: build
 	LDFLAGS='$(LDFLAGS)' scripts/image
 
 # KEEP=1 leaves the demo's testbed up until ^C, for kubectl.
-demo: kube build
+demo: kube flannel build
 	scripts/demo $(if $(KEEP),--keep)
 
 clean:

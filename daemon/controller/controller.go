@@ -349,19 +349,7 @@ func (c *Controller) state() (policy.State, error) {
 	if err != nil {
 		return s, fmt.Errorf("list nodes: %w", err)
 	}
-	for _, n := range nodes {
-		for _, a := range n.Status.Addresses {
-			ip, err := netip.ParseAddr(a.Address)
-			if err != nil {
-				continue
-			}
-			if n.Name == c.node {
-				s.NodeIPs = append(s.NodeIPs, ip)
-			} else {
-				s.RemoteNodeIPs = append(s.RemoteNodeIPs, ip)
-			}
-		}
-	}
+	s.NodeIPs, s.RemoteNodeIPs = nodeAddresses(nodes, c.node)
 	own, err := c.nodeIPs()
 	if err != nil {
 		return s, fmt.Errorf("list node addresses: %w", err)

@@ -52,7 +52,8 @@ func slimPod(p *corev1.Pod) *corev1.Pod {
 }
 
 // slimNode keeps the node's addresses, which are the host identity, and
-// its pod CIDRs, whose gateway addresses route to it (service.NodeAddrs).
+// its pod CIDRs: their gateway addresses route to it (service.NodeAddrs)
+// and their first address is its Flannel VXLAN address (controller).
 func slimNode(n *corev1.Node) *corev1.Node {
 	return &corev1.Node{
 		TypeMeta:   n.TypeMeta,

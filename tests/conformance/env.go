@@ -72,13 +72,17 @@ func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
 	if kubeProxy {
 		e.CP.StartControllerManager(tb)
 	}
+	// Real Flannel (VXLAN), with palisade chained by install-cni into
+	// kube-flannel's own conflist: the pods run what a Flannel cluster runs.
 	for i := 1; i <= nodes; i++ {
-		n := e.CP.AddNode(tb, fmt.Sprintf("node-%d", i), i)
+		e.Nodes = append(e.Nodes, e.CP.AddNetworkNode(tb, fmt.Sprintf("node-%d", i), i, testbed.FlannelVXLAN))
+	}
+	testbed.StartFlannel(tb, e.Nodes, true)
+	for _, n := range e.Nodes {
 		n.StartAgent(tb, testbed.AgentOptions{})
 		if kubeProxy {
 			n.StartKubeProxy(tb, testbed.ProxyIPTables)
 		}
-		e.Nodes = append(e.Nodes, n)
 	}
 	for _, ns := range m.Namespaces {
 		e.ensureNamespace(tb, ns)

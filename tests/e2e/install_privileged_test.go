@@ -251,10 +251,8 @@ func bpfRoot(t *testing.T) string {
 }
 
 // cniCacheDir is where the testbed's runtime (libcni) caches the node's
-// results: next to the node's agent socket.
-func cniCacheDir(n *testbed.Node) string {
-	return filepath.Join(filepath.Dir(n.AgentSocket()), "cni-cache")
-}
+// results.
+func cniCacheDir(n *testbed.Node) string { return n.CNICacheDir() }
 
 // TestPrivilegedDaemonSetOnTestbed runs the DaemonSet's own commands on a
 // testbed node: the installer against a Flannel conflist, the agent with

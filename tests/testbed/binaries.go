@@ -143,18 +143,41 @@ func (b *Bins) buildAs(name, pkg string) error {
 // script builds them only when tests/kube/go.mod changed, so this is cheap.
 func KubeBinDir(tb TB) string {
 	tb.Helper()
+	return cachedBuild(tb, "kube-build")
+}
+
+// FlannelBinDir runs scripts/flannel-build and returns the directory holding
+// the Flannel CNI plugin (flannel) and flanneld, built from tests/flannel.
+func FlannelBinDir(tb TB) string {
+	tb.Helper()
+	return cachedBuild(tb, "flannel-build")
+}
+
+// builtDirs memoizes cachedBuild per script: the pod runner asks for
+// Flannel's directory on every sandbox.
+var builtDirs sync.Map
+
+// cachedBuild runs a build script that prints its cache directory, once per
+// test process when it succeeds.
+func cachedBuild(tb TB, script string) string {
+	tb.Helper()
+	if dir, ok := builtDirs.Load(script); ok {
+		return dir.(string)
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(root, "scripts", "kube-build"))
+	cmd := exec.Command(filepath.Join(root, "scripts", script))
 	cmd.Dir = root
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
-		tb.Fatalf("scripts/kube-build: %v", err)
+		tb.Fatalf("scripts/%s: %v", script, err)
 	}
-	return strings.TrimSpace(string(out))
+	dir := strings.TrimSpace(string(out))
+	builtDirs.Store(script, dir)
+	return dir
 }
 
 // ModuleRoot is the directory of Palisade's go.mod.

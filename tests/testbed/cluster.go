@@ -18,18 +18,23 @@ type ClusterOptions struct {
 	WithoutPalisade bool
 	// Agent tunes each node's palisade-agent.
 	Agent AgentOptions
+	// Network connects the pods: FlannelVXLAN (the default),
+	// FlannelHostGW, or BridgeChain for CNI 1.x and dual stack.
+	Network PodNetwork
 }
 
 // Cluster is a whole testbed: control plane (etcd, kube-apiserver,
-// kube-controller-manager, a scheduler) and nodes each running kube-proxy,
-// palisade-agent and a pod runner.
+// kube-controller-manager, a scheduler) and nodes each running flanneld,
+// kube-proxy, palisade-agent and a pod runner.
 type Cluster struct {
 	*ControlPlane
 	Nodes  []*Node
 	Agents []*Agent // by node; empty WithoutPalisade
 	// Proxies are the nodes' kube-proxy processes.
 	Proxies []*Process
-	Options ClusterOptions
+	// Flanneld are the nodes' flanneld processes; empty on BridgeChain.
+	Flanneld []*Process
+	Options  ClusterOptions
 }
 
 // StartCluster brings a cluster up. Nodes come up in parallel: each waits
@@ -43,11 +48,17 @@ func StartCluster(tb TB, opts ClusterOptions) *Cluster {
 	if opts.ProxyMode == "" {
 		opts.ProxyMode = ProxyIPTables
 	}
+	if opts.Network == "" {
+		opts.Network = FlannelVXLAN
+	}
 	c := &Cluster{ControlPlane: StartControlPlane(tb), Options: opts}
 	c.StartControllerManager(tb)
 	c.StartScheduler(tb)
 	for i := range opts.Nodes {
-		c.Nodes = append(c.Nodes, c.AddNode(tb, fmt.Sprintf("node-%d", i+1), i+1))
+		c.Nodes = append(c.Nodes, c.AddNetworkNode(tb, fmt.Sprintf("node-%d", i+1), i+1, opts.Network))
+	}
+	if opts.Network.Flannel() {
+		c.Flanneld = StartFlannel(tb, c.Nodes, !opts.WithoutPalisade)
 	}
 	c.Proxies = make([]*Process, opts.Nodes)
 	if !opts.WithoutPalisade {
@@ -77,13 +88,13 @@ func StartCluster(tb TB, opts ClusterOptions) *Cluster {
 		}
 	}
 	var cni []CNIOption
-	if opts.WithoutPalisade {
+	if opts.WithoutPalisade && !opts.Network.Flannel() {
 		cni = append(cni, WithoutPalisade())
 	}
 	for _, n := range c.Nodes {
 		n.StartPodRunner(tb, cni...)
 	}
-	tb.Logf("cluster of %d nodes (kube-proxy %s, palisade %v) up in %v", opts.Nodes, opts.ProxyMode, !opts.WithoutPalisade, time.Since(start).Round(time.Millisecond))
+	tb.Logf("cluster of %d nodes (%s, kube-proxy %s, palisade %v) up in %v", opts.Nodes, opts.Network, opts.ProxyMode, !opts.WithoutPalisade, time.Since(start).Round(time.Millisecond))
 	return c
 }
 

@@ -11,8 +11,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 )
 
-// conflistPath is the chain the testbed runs, relative to the module root:
-// Flannel's bridge delegate settings, then portmap, then palisade.
+// conflistPath is the bridge chain (BridgeChain), relative to the module
+// root: Flannel's bridge delegate settings, then portmap, then palisade.
 const conflistPath = "conf/testbed.conflist"
 
 // CNIOption changes the conflist a node runs for a pod or a node-wide verb.
@@ -53,6 +53,9 @@ func buildCNIOptions(opts []CNIOption) cniOptions {
 // CHECK and DEL, as a runtime does).
 func (n *Node) cni(tb TB, o cniOptions) (*libcni.CNIConfig, *libcni.NetworkConfigList) {
 	tb.Helper()
+	if n.Network.Flannel() {
+		return n.flannelCNI(tb, o)
+	}
 	b := Binaries(tb)
 	if o.last == "palisade" {
 		b.Plugin(tb)
@@ -61,7 +64,7 @@ func (n *Node) cni(tb TB, o cniOptions) (*libcni.CNIConfig, *libcni.NetworkConfi
 	if err != nil {
 		tb.Fatalf("node %s: %v", n.Name, err)
 	}
-	return libcni.NewCNIConfigWithCacheDir([]string{b.Dir}, filepath.Join(n.dir, "cni-cache"), nil), list
+	return libcni.NewCNIConfigWithCacheDir([]string{b.Dir}, n.CNICacheDir(), nil), list
 }
 
 // conflist loads conf/testbed.conflist and points it at this node: the
@@ -107,14 +110,8 @@ func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
 			ipam["dataDir"] = filepath.Join(n.dir, "ipam")
 		case "palisade":
 			sawPalisade = true
-			switch o.last {
-			case "":
+			if plugin = lastPluginEntry(o.last, n.AgentSocket()); plugin == nil {
 				continue
-			case "sample":
-				// sample refuses to run without this argument.
-				plugin = map[string]any{"type": "sample", "anotherAwesomeArg": "noop"}
-			default:
-				plugin["agentSocket"] = n.AgentSocket()
 			}
 		}
 		kept = append(kept, plugin)
@@ -142,7 +139,7 @@ func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
 func (n *Node) CNIStatus(tb TB, ctx context.Context, opts ...CNIOption) error {
 	tb.Helper()
 	c, list := n.cni(tb, buildCNIOptions(opts))
-	return n.Do(func() error { return c.GetStatusNetworkList(ctx, list) })
+	return n.doCNI(func() error { return c.GetStatusNetworkList(ctx, list) })
 }
 
 // CNIGC runs the chain's GC verb inside the node, naming valid as the
@@ -156,5 +153,5 @@ func (n *Node) CNIGC(tb TB, ctx context.Context, valid []*Pod, opts ...CNIOption
 	for _, p := range valid {
 		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.ContainerID, IfName: PodIfName})
 	}
-	return n.Do(func() error { return c.GCNetworkList(ctx, list, args) })
+	return n.doCNI(func() error { return c.GCNetworkList(ctx, list, args) })
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -21,24 +22,37 @@ const maxNodeIndex = 244
 const nodeUplink = "eth0"
 
 // Node is a namespace standing in for a Kubernetes node: an underlay address,
-// IP forwarding, host-gw routes to every other node's pod CIDR, and a Node
-// object in the API.
+// IP forwarding, routes to every other node's pod CIDR (flanneld's, or the
+// testbed's own host-gw routes on the bridge chain), and a Node object in
+// the API.
 type Node struct {
 	Name    string
 	Index   int
 	IP      netip.Addr
 	PodCIDR netip.Prefix
 	NetNS   *NetNS
+	// Network is what connects its pods; AddNode's nodes run BridgeChain.
+	Network PodNetwork
 
 	cp     *ControlPlane
 	runner *PodRunner
 	dir    string
+	// view is a Flannel node's mount namespace (see mountView), nil on
+	// the bridge chain.
+	view *mountView
 }
 
 // AddNode creates node name with underlay address 198.18.0.(10+index) and pod
-// CIDR 10.244.<index>.0/24. Cleanup deletes the Node object and the namespace
-// (which takes its underlay veth with it).
+// CIDR 10.244.<index>.0/24, on the bridge chain. Cleanup deletes the Node
+// object and the namespace (which takes its underlay veth with it).
 func (cp *ControlPlane) AddNode(tb TB, name string, index int) *Node {
+	tb.Helper()
+	return cp.AddNetworkNode(tb, name, index, BridgeChain)
+}
+
+// AddNetworkNode is AddNode for a node on network. A Flannel node gets its
+// mount view; flanneld is started by StartFlanneld, once every node exists.
+func (cp *ControlPlane) AddNetworkNode(tb TB, name string, index int, network PodNetwork) *Node {
 	tb.Helper()
 	if index < 0 || index > maxNodeIndex {
 		tb.Fatalf("add node %s: index %d outside 0..%d", name, index, maxNodeIndex)
@@ -49,8 +63,28 @@ func (cp *ControlPlane) AddNode(tb TB, name string, index int) *Node {
 		IP:      netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + index)}),
 		PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(index), 0}), 24),
 		NetNS:   NewNetNS(tb, "pal-node"),
+		Network: network,
 		cp:      cp,
 		dir:     tb.TempDir(),
+	}
+	if network.Flannel() {
+		// A node's /opt/cni/bin and /etc/cni/net.d exist before any
+		// DaemonSet runs; the installers expect them.
+		for _, dir := range []string{n.CNIBinDir(), n.CNIConfDir()} {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				tb.Fatalf("add node %s: %v", name, err)
+			}
+		}
+		v, err := newMountView(n.dir)
+		if err != nil {
+			tb.Fatalf("add node %s: %v", name, err)
+		}
+		n.view = v
+		tb.Cleanup(func() {
+			if err := v.close(); err != nil {
+				tb.Errorf("node %s: close mount view: %v", name, err)
+			}
+		})
 	}
 	if err := cp.plugNode(n); err != nil {
 		tb.Fatalf("add node %s: %v", name, err)
@@ -83,9 +117,21 @@ func (cp *ControlPlane) AddNode(tb TB, name string, index int) *Node {
 // Do runs fn inside the node's namespace; see NetNS.Do.
 func (n *Node) Do(fn func() error) error { return n.NetNS.Do(fn) }
 
-// AgentSocket is where this node's palisade-agent listens and where the
-// conflist's palisade entry points, whether or not an agent runs.
-func (n *Node) AgentSocket() string { return filepath.Join(n.dir, "agent.sock") }
+// doCNI runs fn where the node's CNI plugins must run: its network
+// namespace and, on a Flannel node, its mount view, so that kube-flannel's
+// unmodified conflist finds the node's own /run/flannel/subnet.env,
+// /var/lib/cni and /run/palisade/agent.sock.
+func (n *Node) doCNI(fn func() error) error {
+	if n.view != nil {
+		return n.view.do(n.NetNS, fn)
+	}
+	return n.Do(fn)
+}
+
+// AgentSocket is where this node's palisade-agent listens, whether or not an
+// agent runs: the node's /run/palisade/agent.sock, where palisade dials by
+// default on a Flannel node and where the bridge chain's entry points.
+func (n *Node) AgentSocket() string { return filepath.Join(n.dir, "run", "palisade", "agent.sock") }
 
 // plugNode joins the node to ul0 as eth0 with its underlay address.
 func (cp *ControlPlane) plugNode(n *Node) error {
@@ -126,14 +172,18 @@ func (cp *ControlPlane) plugUnderlay(hostEnd string, netns *NetNS, ip netip.Addr
 	})
 }
 
-// routeNodes adds host-gw routes between n and every node already plugged in,
-// as Flannel's host-gw backend does: each pod CIDR via its node's address.
+// routeNodes adds host-gw routes between n and every bridge-chain node
+// already plugged in, as Flannel's host-gw backend does: each pod CIDR via
+// its node's address. A Flannel node gets its routes from flanneld.
 func (cp *ControlPlane) routeNodes(n *Node) error {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	for _, m := range cp.nodes {
 		if m.PodCIDR.Overlaps(n.PodCIDR) {
 			return fmt.Errorf("pod CIDR %s overlaps node %s", n.PodCIDR, m.Name)
+		}
+		if n.Network.Flannel() || m.Network.Flannel() {
+			continue
 		}
 		if err := n.Do(func() error { return addRoute(m.PodCIDR, m.IP) }); err != nil {
 			return err
@@ -181,6 +231,10 @@ func (n *Node) register(ctx context.Context) error {
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   n.Name,
 			Labels: map[string]string{corev1.LabelHostname: n.Name, corev1.LabelOSStable: "linux"},
+			// A kubelet registers its Node with this annotation; flanneld
+			// v0.25.7 writes its own into the map and panics on a Node
+			// that has none.
+			Annotations: map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
 		},
 		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
 	}, metav1.CreateOptions{})

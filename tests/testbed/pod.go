@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -191,3 +192,7 @@ func MakePod(namespace, name string, labels map[string]string, ports ...corev1.C
 		},
 	}
 }
+
+// Conflist is the chain the pod was wired with, as libcni loaded it: on a
+// Flannel node, the bytes of the conf dir's file when the sandbox started.
+func (p *Pod) Conflist() []byte { return slices.Clone(p.list.Bytes) }

@@ -12,11 +12,12 @@ import (
 )
 
 // CNIAdd runs ADD for the sandbox inside the node's namespace, so that the
-// plugins (children of the locked thread) work on the node's links.
+// plugins (children of the locked thread) work on the node's links, and, on
+// a Flannel node, in its mount view (see doCNI).
 func (p *Pod) CNIAdd(ctx context.Context) error {
 	var res *current.Result
 	var ver string
-	err := p.Node.Do(func() error {
+	err := p.Node.doCNI(func() error {
 		r, err := p.cni.AddNetworkList(ctx, p.list, p.rt)
 		if err != nil {
 			return err
@@ -44,7 +45,7 @@ func (p *Pod) CNIAdd(ctx context.Context) error {
 
 // CNICheck runs CHECK against the result cached by the last ADD.
 func (p *Pod) CNICheck(ctx context.Context) error {
-	err := p.Node.Do(func() error { return p.cni.CheckNetworkList(ctx, p.list, p.rt) })
+	err := p.Node.doCNI(func() error { return p.cni.CheckNetworkList(ctx, p.list, p.rt) })
 	if err != nil {
 		return fmt.Errorf("cni check pod %s on node %s: %w", p, p.Node.Name, err)
 	}
@@ -54,7 +55,7 @@ func (p *Pod) CNICheck(ctx context.Context) error {
 // CNIDel runs DEL. The spec makes DEL idempotent, so calling it twice, or
 // after a failed ADD, must succeed.
 func (p *Pod) CNIDel(ctx context.Context) error {
-	err := p.Node.Do(func() error { return p.cni.DelNetworkList(ctx, p.list, p.rt) })
+	err := p.Node.doCNI(func() error { return p.cni.DelNetworkList(ctx, p.list, p.rt) })
 	if err != nil {
 		return fmt.Errorf("cni del pod %s on node %s: %w", p, p.Node.Name, err)
 	}

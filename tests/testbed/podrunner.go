@@ -24,7 +24,8 @@ const runnerWorkers = 4
 // PodRunner stands in for a node's kubelet: it watches the Pods bound to
 // the node and, for each, creates a sandbox namespace, serves every
 // containerPort in it (listening before ADD, so the first packet after ADD
-// finds a socket), runs the node's CNI chain through libcni with a
+// finds a socket), runs the node's CNI chain through libcni (on a Flannel
+// node, the file its conf dir holds at that moment) with a
 // kubelet's CNI_ARGS, and writes the pod's IPs, phase and Ready. When a Pod
 // is deleted it runs CNI DEL, removes the sandbox and confirms the deletion,
 // as a kubelet does at the end of a grace period.
@@ -56,7 +57,15 @@ func (n *Node) StartPodRunner(tb TB, opts ...CNIOption) *PodRunner {
 		pods:  map[string]*runningPod{},
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 5*time.Second)),
 	}
-	r.cni, r.list = n.cni(tb, buildCNIOptions(opts))
+	if n.Network.Flannel() {
+		// A runtime reads the conf dir for every sandbox (containerd
+		// watches it): pods run whatever install-cni left there.
+		if len(opts) > 0 {
+			tb.Fatalf("pod runner on node %s: a Flannel node runs its conf dir's file, not CNI options", n.Name)
+		}
+	} else {
+		r.cni, r.list = n.cni(tb, buildCNIOptions(opts))
+	}
 	factory := informers.NewSharedInformerFactoryWithOptions(n.cp.Client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", n.Name).String()
@@ -191,6 +200,12 @@ func (r *PodRunner) run(obj *corev1.Pod) (p *Pod, stop func(), err error) {
 		cni:         r.cni,
 		list:        r.list,
 		listening:   true,
+	}
+	if r.node.Network.Flannel() {
+		if p.cni, p.list, err = r.node.runtimeChain(r.tb); err != nil {
+			_ = netns.Delete()
+			return nil, nil, fmt.Errorf("pod %s: %w", p, err)
+		}
 	}
 	p.rt = p.runtimeConf()
 	defer func() {

@@ -26,6 +26,7 @@ type Process struct {
 	name    string
 	netns   *NetNS
 	argv    []string
+	env     []string // added to the test's environment
 	logPath string
 	// onStart records each run's PID with the TB (see record).
 	onStart func(pid int)
@@ -70,6 +71,14 @@ func NewProcess(tb TB, netns *NetNS, name string, argv ...string) *Process {
 	return p
 }
 
+// Setenv adds "KEY=value" entries to the environment of the next Start, for
+// programs configured that way, as a DaemonSet's env does.
+func (p *Process) Setenv(kv ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.env = append(p.env, kv...)
+}
+
 // Start starts the process (again, after Stop). The child's network namespace
 // is that of the thread that forks it, so the fork happens inside netns.Do.
 func (p *Process) Start() error {
@@ -85,6 +94,9 @@ func (p *Process) Start() error {
 	defer logf.Close()
 	cmd := exec.Command(p.argv[0], p.argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(p.env) > 0 {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// Its own process group keeps a terminal's ^C from reaching it
 		// before the test's cleanup does.

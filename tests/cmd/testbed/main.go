@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,13 +47,14 @@ func run() int {
 	nodes := fs.Int("nodes", 3, "number of nodes")
 	mode := fs.String("proxy-mode", "iptables", "kube-proxy mode: iptables or nftables")
 	without := fs.Bool("without-palisade", false, "run the pod network alone: no palisade, no agents")
+	network := fs.String("network", string(testbed.FlannelVXLAN), "pod network: flannel-vxlan, flannel-host-gw or bridge")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return 2
 	}
 	var err error
 	switch os.Args[1] {
 	case "up":
-		err = up(*stateDir, testbed.ClusterOptions{Nodes: *nodes, ProxyMode: testbed.ProxyMode(*mode), WithoutPalisade: *without})
+		err = up(*stateDir, testbed.ClusterOptions{Nodes: *nodes, ProxyMode: testbed.ProxyMode(*mode), WithoutPalisade: *without, Network: testbed.PodNetwork(*network)})
 	case "down":
 		err = down(*stateDir)
 	default:
@@ -66,6 +68,9 @@ func run() int {
 }
 
 func up(dir string, opts testbed.ClusterOptions) error {
+	if !slices.Contains([]testbed.PodNetwork{testbed.FlannelVXLAN, testbed.FlannelHostGW, testbed.BridgeChain}, opts.Network) {
+		return fmt.Errorf("network %q: want flannel-vxlan, flannel-host-gw or bridge", opts.Network)
+	}
 	if opts.ProxyMode != testbed.ProxyIPTables && opts.ProxyMode != testbed.ProxyNFTables {
 		return fmt.Errorf("proxy mode %q: want iptables or nftables", opts.ProxyMode)
 	}
