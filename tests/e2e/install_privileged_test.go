@@ -467,7 +467,7 @@ func TestPrivilegedUpgradeKeepsEnforcing(t *testing.T) {
 	// The long-lived flow: frontend -> backend on 6379, through a line echo
 	// the test runs in place of the testbed's one-shot responder.
 	echo := env.node.AddPod(t, testbed.MakePod("prod", "echo", map[string]string{"role": "backend"}, testbed.TCP(6380)))
-	echoServer(t, echo, 6379)
+	echo.ServeEcho(t, 6379)
 	eventually(t, expect{env.other, echo, 6379, corev1.ProtocolTCP, testbed.TimedOut})
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	conn, err := env.frontend.NetNS.DialContext(dctx, "tcp", net.JoinHostPort(echo.IP().String(), "6379"))

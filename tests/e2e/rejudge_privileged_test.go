@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"path/filepath"
 	"testing"
@@ -12,29 +11,6 @@ import (
 
 	"github.com/palisade-cni/palisade/tests/testbed"
 )
-
-// echoServer accepts connections inside pod and echoes lines back until
-// the test ends.
-func echoServer(t *testing.T, pod *testbed.Pod, port int) {
-	t.Helper()
-	l, err := pod.NetNS.Listen("tcp", fmt.Sprintf(":%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-}
 
 // roundTrip sends a line on c and reports whether it came back in time.
 func roundTrip(c net.Conn, r *bufio.Reader, line string) bool {
@@ -56,7 +32,7 @@ func TestPrivilegedPolicyChangeOnOpenConnection(t *testing.T) {
 	}{{true, false}, {false, true}} {
 		t.Run(fmt.Sprintf("rejudge=%v", tt.rejudge), func(t *testing.T) {
 			env := newOneNodeArgs(t, fmt.Sprintf("--rejudge=%v", tt.rejudge))
-			echoServer(t, env.backend, 7000)
+			env.backend.ServeEcho(t, 7000)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			c, err := env.frontend.NetNS.DialContext(ctx, "tcp", fmt.Sprintf("%s:7000", env.backend.IP()))

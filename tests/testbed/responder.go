@@ -229,3 +229,27 @@ func (p *Pod) writeRunning(ctx context.Context) error {
 type closeFunc func()
 
 func (f closeFunc) Close() error { f(); return nil }
+
+// ServeEcho accepts TCP connections inside the pod on port and echoes back
+// what they send until the test ends: a connection a test keeps open to
+// see whether the datapath lets it live.
+func (p *Pod) ServeEcho(tb TB, port int) {
+	tb.Helper()
+	l, err := p.NetNS.Listen("tcp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		tb.Fatalf("pod %s: echo on tcp/%d: %v", p, port, err)
+	}
+	tb.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}

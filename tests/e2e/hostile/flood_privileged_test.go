@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -43,7 +42,7 @@ func TestPrivilegedUDPFloodKeepsOtherPodsTCP(t *testing.T) {
 	server := node.AddPod(t, testbed.MakePod("prod", "server", map[string]string{"role": "server"}, testbed.UDP(80)))
 	victim := node.AddPod(t, testbed.MakePod("prod", "victim", map[string]string{"role": "victim"}))
 	flooder := node.AddPod(t, testbed.MakePod("prod", "flooder", map[string]string{"role": "flooder"}))
-	echoTCP(t, server, echoPort)
+	server.ServeEcho(t, echoPort)
 
 	if got, err := agent.Metric("palisade_map_capacity", map[string]string{"map": "conntrack-other"}); err != nil || got != otherTable {
 		t.Fatalf("capacity of the other conntrack table: %v (%v), want %d from the flag", got, err, otherTable)
@@ -115,29 +114,7 @@ func flood(t *testing.T, pod *testbed.Pod, dst netip.Addr) {
 	}
 }
 
-// echoTCP accepts connections inside pod on port and echoes lines back.
-func echoTCP(t *testing.T, pod *testbed.Pod, port int) {
-	t.Helper()
-	l, err := pod.NetNS.Listen("tcp", fmt.Sprintf(":%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-}
-
-// echoConn is an open connection to an echoTCP server.
+// echoConn is an open connection to a ServeEcho server.
 type echoConn struct {
 	c net.Conn
 	r *bufio.Reader
