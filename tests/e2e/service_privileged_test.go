@@ -8,7 +8,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -16,38 +15,12 @@ import (
 	"github.com/palisade-cni/palisade/tests/testbed"
 )
 
-// svcPort is one port of a test Service: port -> targetPort.
-type svcPort struct {
-	name         string
-	proto        corev1.Protocol
-	port, target int32
+func tcpPort(name string, port, target int32) testbed.ServicePort {
+	return testbed.ServicePort{Name: name, Protocol: corev1.ProtocolTCP, Port: port, Target: intstr.FromInt32(target)}
 }
 
-// createService creates a selector-less ClusterIP Service and an
-// EndpointSlice naming the backend pod, the way the EndpointSlice controller
-// would. It returns the ClusterIP.
-func createService(t *testing.T, cp *testbed.ControlPlane, namespace, name string, backend *testbed.Pod, ports ...svcPort) netip.Addr {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	spec := corev1.ServiceSpec{}
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{backend.IP().String()}}},
-	}
-	for _, p := range ports {
-		spec.Ports = append(spec.Ports, corev1.ServicePort{Name: p.name, Port: p.port, TargetPort: intstr.FromInt32(p.target), Protocol: p.proto})
-		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: &p.name, Port: &p.target, Protocol: &p.proto})
-	}
-	svc, err := cp.Client.CoreV1().Services(namespace).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create service: %v", err)
-	}
-	if _, err := cp.Client.DiscoveryV1().EndpointSlices(namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create endpointslice: %v", err)
-	}
-	return netip.MustParseAddr(svc.Spec.ClusterIP)
+func udpPort(name string, port, target int32) testbed.ServicePort {
+	return testbed.ServicePort{Name: name, Protocol: corev1.ProtocolUDP, Port: port, Target: intstr.FromInt32(target)}
 }
 
 // probeUntil probes until the outcome is want (and, when connected, the
@@ -103,7 +76,7 @@ func egressTo(name, role string, port int32) *networkingv1.NetworkPolicy {
 // egress is judged against the backend pod and its target port.
 func TestPrivilegedServiceTraffic(t *testing.T) {
 	env := newOneNode(t, "")
-	vip := createService(t, env.cp, "prod", "backend", env.backend, svcPort{"web", corev1.ProtocolTCP, 80, 8080})
+	vip := env.cp.CreateServiceTo(t, "prod", "backend", env.backend.IP(), tcpPort("web", 80, 8080))
 	probe := func(t *testing.T, want testbed.Outcome) {
 		t.Helper()
 		probeUntil(t, env.frontend, vip, 80, corev1.ProtocolTCP, want, "backend")
@@ -149,8 +122,8 @@ func TestPrivilegedDNSThroughItsService(t *testing.T) {
 	env := newOneNode(t, "")
 	dns := env.node.AddPod(t, testbed.MakePod("kube-system", "coredns", map[string]string{"k8s-app": "kube-dns"},
 		testbed.UDP(53), testbed.UDP(1053), testbed.TCP(53)))
-	vip := createService(t, env.cp, "kube-system", "kube-dns", dns,
-		svcPort{"dns", corev1.ProtocolUDP, 53, 53}, svcPort{"dns-tcp", corev1.ProtocolTCP, 53, 53}, svcPort{"dns-alt", corev1.ProtocolUDP, 1053, 1053})
+	vip := env.cp.CreateServiceTo(t, "kube-system", "kube-dns", dns.IP(),
+		udpPort("dns", 53, 53), tcpPort("dns-tcp", 53, 53), udpPort("dns-alt", 1053, 1053))
 	web := env.node.AddPod(t, testbed.MakePod("prod", "web", map[string]string{"app": "web"}, testbed.TCP(80)))
 	policy := func(name string) string { return filepath.Join(testbed.ModuleRoot(t), "conf", "policies", name) }
 

@@ -33,20 +33,27 @@ func (cp *ControlPlane) CreateService(tb TB, namespace, name string, selector ma
 	for _, p := range ports {
 		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port, TargetPort: p.Target})
 	}
+	return cp.createService(tb, svc)
+}
+
+// createService creates svc, deleted at cleanup, and returns its ClusterIP.
+func (cp *ControlPlane) createService(tb TB, svc *corev1.Service) netip.Addr {
+	tb.Helper()
+	services := cp.Client.CoreV1().Services(svc.Namespace)
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
-	created, err := cp.Client.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{})
+	created, err := services.Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil {
-		tb.Fatalf("create service %s/%s: %v", namespace, name, err)
+		tb.Fatalf("create service %s/%s: %v", svc.Namespace, svc.Name, err)
 	}
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 		defer cancel()
-		_ = cp.Client.CoreV1().Services(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+		_ = services.Delete(ctx, svc.Name, metav1.DeleteOptions{})
 	})
 	ip, err := netip.ParseAddr(created.Spec.ClusterIP)
 	if err != nil {
-		tb.Fatalf("service %s/%s: clusterIP %q: %v", namespace, name, created.Spec.ClusterIP, err)
+		tb.Fatalf("service %s/%s: clusterIP %q: %v", svc.Namespace, svc.Name, created.Spec.ClusterIP, err)
 	}
 	return ip
 }
@@ -76,25 +83,18 @@ func (cp *ControlPlane) CreateServiceTo(tb TB, namespace, name string, backend n
 		target := p.Target.IntVal
 		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: &p.Name, Port: &target, Protocol: &p.Protocol})
 	}
+	ip := cp.createService(tb, svc)
+	slices := cp.Client.DiscoveryV1().EndpointSlices(namespace)
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
-	created, err := cp.Client.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{})
-	if err != nil {
-		tb.Fatalf("create service %s/%s: %v", namespace, name, err)
+	if _, err := slices.Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		tb.Fatalf("create endpointslice of service %s/%s: %v", namespace, name, err)
 	}
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 		defer cancel()
-		_ = cp.Client.DiscoveryV1().EndpointSlices(namespace).Delete(ctx, slice.Name, metav1.DeleteOptions{})
-		_ = cp.Client.CoreV1().Services(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+		_ = slices.Delete(ctx, slice.Name, metav1.DeleteOptions{})
 	})
-	if _, err := cp.Client.DiscoveryV1().EndpointSlices(namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-		tb.Fatalf("create endpointslice of service %s/%s: %v", namespace, name, err)
-	}
-	ip, err := netip.ParseAddr(created.Spec.ClusterIP)
-	if err != nil {
-		tb.Fatalf("service %s/%s: clusterIP %q: %v", namespace, name, created.Spec.ClusterIP, err)
-	}
 	return ip
 }
 
