@@ -50,11 +50,12 @@ func TestPrivilegedConflistRewrite(t *testing.T) {
 	agent := n.StartAgent(t, testbed.AgentOptions{Args: []string{"--cni-cache-dir=" + n.CNICacheDir()}})
 	watch := testbed.NewProcess(t, n.NetNS, "cni-watch",
 		append(dsCommand(t, container(t, ds.Spec.Template.Spec.Containers, "cni-watch"), bin, dirs), "--plugin-src="+plugin)...)
+	chained := func() bool { return bytes.Equal(readFile(t, path), installed) }
 	startWatch := func() {
 		if err := watch.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "cni-watch to chain palisade", func() bool { return bytes.Equal(readFile(t, path), installed) })
+		waitFor(t, "cni-watch to chain palisade", chained)
 	}
 	startWatch()
 
@@ -96,7 +97,7 @@ func TestPrivilegedConflistRewrite(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	waitFor(t, "cni-watch to re-chain after the last rewrite", func() bool { return bytes.Equal(readFile(t, path), installed) })
+	waitFor(t, "cni-watch to re-chain after the last rewrite", chained)
 
 	waitFor(t, "every pod to have an endpoint and palisade_unmanaged_pods to be 0", func() bool {
 		return managedAll(t, agent, append(pods, client)) && unmanaged(t, agent) == 0
