@@ -50,9 +50,9 @@ const Timeout = 30 * time.Second
 
 // Config wires an adoption run.
 type Config struct {
-	Log        *slog.Logger
-	NodeName   string
-	CacheDir   string
+	Log      *slog.Logger
+	NodeName string
+	CacheDir string
 	// Endpoints registers, programs and attaches what adoption finds.
 	Endpoints *endpoint.Manager
 	Pods      corelisters.PodLister
