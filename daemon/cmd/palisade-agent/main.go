@@ -34,6 +34,7 @@ import (
 	"github.com/palisade-cni/palisade/daemon/identity"
 	"github.com/palisade-cni/palisade/daemon/k8s"
 	"github.com/palisade-cni/palisade/daemon/server"
+	"github.com/palisade-cni/palisade/daemon/statefile"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -93,6 +94,13 @@ func tuneGC() {
 }
 
 func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
+	// Before anything is loaded or pruned: a second agent must touch
+	// nothing of the first's.
+	lock, err := statefile.Lock(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}
