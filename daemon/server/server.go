@@ -34,6 +34,8 @@ type Server struct {
 	Controller *controller.Controller
 	// Ready reports whether the agent accepts endpoints, and why not.
 	Ready func() (bool, string)
+	// Pprof serves /debug/pprof/ (--pprof).
+	Pprof bool
 	// Inspect serves palisadectl's routes (inspect.go); nil serves none.
 	Inspect *Inspect
 	// OnAdd, if set, learns how long each successful ADD took to program
@@ -52,12 +54,14 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/endpoints/{id}", s.delete)
 	mux.HandleFunc("POST /v1/gc", s.gc)
 	s.inspectRoutes(mux)
-	// Profiles are served here, on the root-only socket, and not on the
-	// health port: they expose the agent's memory.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	return mux
+	if s.Pprof {
+		// Profiles expose the agent's memory: served only when asked for,
+		// and only here, on the root-only socket.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	return s.guard(mux, streaming)
 }
 
 // Serve listens on socket until ctx ends. The socket's directory is made
@@ -80,12 +84,17 @@ func (s *Server) Serve(ctx context.Context, socket string) error {
 		l.Close()
 		return fmt.Errorf("restrict socket %s: %w", socket, err)
 	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler: s.Handler(), ConnContext: connContext, MaxHeaderBytes: maxHeaderBytes,
+		ReadHeaderTimeout: headerTimeout, IdleTimeout: idleTimeout,
+	}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = srv.Shutdown(shutdown)
+		if err := srv.Shutdown(shutdown); err != nil {
+			s.Log.Warn("Agent socket not shut down cleanly", "error", err)
+		}
 	}()
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve %s: %w", socket, err)
@@ -107,8 +116,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) add(w http.ResponseWriter, r *http.Request) {
 	var req agentapi.AddRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, "decode request: "+err.Error())
+	if !decode(w, r, &req) {
 		return
 	}
 	if msg := validate(&req); msg != "" {
@@ -214,8 +222,7 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
 	var req agentapi.GCRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, "decode request: "+err.Error())
+	if !decode(w, r, &req) {
 		return
 	}
 	valid := map[string]bool{}
@@ -235,6 +242,23 @@ func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
 	}
 	s.Log.Info("Garbage collected", "removed", resp.Removed)
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// decode reads a request's JSON body into v, answering the error itself
+// when it cannot.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	err := json.NewDecoder(r.Body).Decode(v)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, agentapi.CodeTooLarge,
+			fmt.Sprintf("request body over %d bytes", tooLarge.Limit))
+	default:
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, "decode request: "+err.Error())
+	}
+	return false
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

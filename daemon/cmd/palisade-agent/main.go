@@ -168,7 +168,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	srv := &server.Server{
 		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
-		Endpoints: endpoints, Controller: ctrl, Ready: ready,
+		Endpoints: endpoints, Controller: ctrl, Ready: ready, Pprof: cfg.Pprof,
 		Inspect: obs.inspector(ctx, log, cfg, objs, cluster, registry, ctrl, state),
 		OnAdd:   obs.metrics.ObserveAdd,
 	}
