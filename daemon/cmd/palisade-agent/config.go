@@ -44,6 +44,8 @@ type Config struct {
 	// StatusLeaseDuration is how long the node's status Lease holds; the
 	// agent renews it four times as often.
 	StatusLeaseDuration time.Duration
+	// Pprof serves Go profiles on the agent socket.
+	Pprof bool
 }
 
 func parseFlags(args []string) (Config, error) {
@@ -70,6 +72,7 @@ func parseFlags(args []string) (Config, error) {
 		"the agent's namespace, holding its node's status Lease (default $POD_NAMESPACE, else "+nodestatus.DefaultNamespace+")")
 	fs.DurationVar(&cfg.StatusLeaseDuration, "status-lease-duration", nodestatus.DefaultDuration,
 		"how long the node's status Lease holds without renewal before palisadectl status --all-nodes calls it stale; renewed 4 times as often")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the agent socket (root only; they expose the agent's memory)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {

@@ -190,16 +190,16 @@ func (c *cli) policyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.render(pp, func(wide bool) error {
-				c.printPodPolicy(pp, wide)
+			return c.render(pp, func(bool) error {
+				c.printPodPolicy(pp)
 				return nil
 			})
 		},
 	}
 }
 
-// printPodPolicy shows the rules in words; wide adds the map keys.
-func (c *cli) printPodPolicy(pp *agentapi.PodPolicy, wide bool) {
+// printPodPolicy shows the rules in words, each with the map keys it became.
+func (c *cli) printPodPolicy(pp *agentapi.PodPolicy) {
 	fmt.Fprintf(c.out, "Pod %s (endpoint %s, identity %d, revision %d)\n", pp.Pod, pp.EndpointID, pp.Identity, pp.Revision)
 	for _, d := range []struct {
 		name string
@@ -216,10 +216,6 @@ func (c *cli) printPodPolicy(pp *agentapi.PodPolicy, wide bool) {
 		}
 		for _, r := range d.p.Rules {
 			fmt.Fprintf(c.out, "  %s\n", r.Text)
-			if !wide && len(r.Entries) > 0 {
-				fmt.Fprintf(c.out, "      %d map key(s) (-o wide shows them)\n", len(r.Entries))
-				continue
-			}
 			for _, e := range r.Entries {
 				fmt.Fprintf(c.out, "      map key {identity %d, protocol %d, port %d, prefixlen %d} -> rule %d\n",
 					e.Identity, e.Protocol, e.Port, e.PrefixLen, e.Rule)
