@@ -47,6 +47,7 @@ type Metrics struct {
 	apiErrs   *prometheus.CounterVec
 	unmanaged prometheus.Gauge
 	syncFails prometheus.Counter
+	reclaims  *prometheus.CounterVec
 	api       apiHealth
 	descs     map[string]*prometheus.Desc
 	fillOnce  sync.Mutex
@@ -85,6 +86,9 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		syncFails: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "palisade_sync_failures_total", Help: "Policy syncs that failed or panicked; each is retried with backoff while the maps keep the last revision.",
 		}),
+		reclaims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_endpoints_reclaimed_total", Help: "Endpoints the agent removed on its own (no DEL came), by reason: interface gone or pod finished.",
+		}, []string{"reason"}),
 		descs: map[string]*prometheus.Desc{
 			"verdicts": prometheus.NewDesc("palisade_verdicts_total", "Datapath verdicts by direction (of the pod) and reason: reason=\"allowed\" counts flows admitted by policy, every other reason dropped packets.", []string{"direction", "reason"}, nil),
 			"lost":     prometheus.NewDesc("palisade_events_lost_total", "Verdict events not delivered to the agent, by cause: rate-limit (over the per-CPU budget) or ringbuf-full (the agent lagged).", []string{"cause"}, nil),
@@ -101,7 +105,7 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		},
 	}
 	m.api.errs = m.apiErrs
-	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m.syncFails, m)
+	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m.syncFails, m.reclaims, m)
 	return m
 }
 
@@ -120,6 +124,12 @@ func (m *Metrics) ObserveAdd(how string, d time.Duration) {
 
 // SyncFailed counts a failed or panicked sync.
 func (m *Metrics) SyncFailed(error) { m.syncFails.Inc() }
+
+// EndpointsReclaimed counts endpoints removed for reason by the
+// endpoint reconcile.
+func (m *Metrics) EndpointsReclaimed(reason string, n int) {
+	m.reclaims.WithLabelValues(reason).Add(float64(n))
+}
 
 // SetUnmanaged records how many local pods run without an endpoint.
 func (m *Metrics) SetUnmanaged(n int) { m.unmanaged.Set(float64(n)) }
