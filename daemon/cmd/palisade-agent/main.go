@@ -155,9 +155,12 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Inspect: obs.inspector(ctx, log, cfg, objs, cluster, registry, ctrl, state),
 		OnAdd:   obs.metrics.ObserveAdd,
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
 	go func() { errc <- serveHealth(ctx, cfg.HealthAddr, ready, obs.metricsHandler()) }()
+	if cfg.MetricsAddr != "" {
+		go func() { errc <- serveMetrics(ctx, cfg.MetricsAddr, obs.metricsHandler()) }()
+	}
 
 	cluster.Start(ctx)
 	defer cluster.Shutdown()
@@ -271,6 +274,27 @@ func localAddrs() ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// serveMetrics serves /metrics alone where Prometheus can reach it, apart
+// from the health endpoints, which stay on loopback for the kubelet's
+// probes.
+func serveMetrics(ctx context.Context, addr string, metrics http.Handler) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve metrics on %s: %w", addr, err)
+	}
+	return nil
 }
 
 func serveHealth(ctx context.Context, addr string, ready func() (bool, string), metrics http.Handler) error {
