@@ -124,6 +124,19 @@ func RegisterBuildInfo(reg prometheus.Registerer, version string) {
 	reg.MustRegister(info)
 }
 
+// RegisterReady registers palisade_agent_ready, 1 when /readyz would
+// answer ready: the alert on a node whose new pods cannot start.
+func RegisterReady(reg prometheus.Registerer, ready func() bool) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "palisade_agent_ready", Help: "1 when the agent is ready (datapath loaded, caches synced, first policy programmed), as /readyz says; else 0, and new pods on the node cannot start.",
+	}, func() float64 {
+		if ready() {
+			return 1
+		}
+		return 0
+	}))
+}
+
 // ObserveSync records one controller sync.
 func (m *Metrics) ObserveSync(compile, apply time.Duration, changed bool) {
 	m.compile.Observe(compile.Seconds())

@@ -103,6 +103,7 @@ func TestScrape(t *testing.T) {
 		return State{Endpoints: 3, Identities: 5, Policies: 2, Revision: 9}
 	})
 	RegisterBuildInfo(reg, "v0.2.0-test")
+	RegisterReady(reg, func() bool { return false })
 	m.ObserveSync(2*time.Millisecond, 5*time.Millisecond, true)
 	m.ObserveSync(time.Millisecond, 0, false)
 	m.ObserveFlow(&agentapi.Flow{Verdict: agentapi.FlowDropped})
@@ -131,6 +132,7 @@ func TestScrape(t *testing.T) {
 		{"palisade_packets_dropped_total", map[string]string{"direction": "egress", "reason": "spoofed"}, 6},
 		{"palisade_packets_dropped_total", map[string]string{"direction": "egress", "reason": "fragment"}, 7},
 		{"palisade_build_info", map[string]string{"version": "v0.2.0-test", "goversion": runtime.Version(), "goarch": runtime.GOARCH}, 1},
+		{"palisade_agent_ready", nil, 0},
 		{"palisade_verdicts_total", map[string]string{"direction": "ingress", "reason": "policy"}, 12},
 		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "allowed"}, 0},
 		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "nat"}, 5},

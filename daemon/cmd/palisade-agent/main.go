@@ -33,6 +33,7 @@ import (
 	"github.com/palisade-cni/palisade/daemon/endpoint"
 	"github.com/palisade-cni/palisade/daemon/identity"
 	"github.com/palisade-cni/palisade/daemon/k8s"
+	"github.com/palisade-cni/palisade/daemon/metrics"
 	"github.com/palisade-cni/palisade/daemon/server"
 )
 
@@ -149,6 +150,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return true, ""
 	}
+	metrics.RegisterReady(obs.reg, func() bool { ok, _ := ready(); return ok })
 	srv := &server.Server{
 		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
 		Registry: registry, Controller: ctrl, Ready: ready,
@@ -279,9 +281,9 @@ func localAddrs() ([]netip.Addr, error) {
 // serveMetrics serves /metrics alone where Prometheus can reach it, apart
 // from the health endpoints, which stay on loopback for the kubelet's
 // probes.
-func serveMetrics(ctx context.Context, addr string, metrics http.Handler) error {
+func serveMetrics(ctx context.Context, addr string, handler http.Handler) error {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metrics)
+	mux.Handle("GET /metrics", handler)
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen for metrics on %s: %w", addr, err)
