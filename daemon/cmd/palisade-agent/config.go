@@ -41,6 +41,8 @@ type Config struct {
 	// them from ConntrackMemoryPercent of the node's memory.
 	ConntrackTCP, ConntrackOther uint32
 	ConntrackMemoryPercent       float64
+	// Pprof serves Go profiles on the agent socket.
+	Pprof bool
 }
 
 func parseFlags(args []string) (Config, error) {
@@ -65,6 +67,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.Float64Var(&cfg.ConntrackMemoryPercent, "conntrack-memory-percent", 1,
 		fmt.Sprintf("share of the node's memory for both conntrack tables (%d bytes an entry), two thirds for TCP; at most %d TCP and %d other entries",
 			bpf.ConntrackEntryBytes, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther))
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the agent socket (root only; they expose the agent's memory)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {

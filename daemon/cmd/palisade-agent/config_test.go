@@ -69,11 +69,11 @@ func TestConntrackSizes(t *testing.T) {
 		tcpFlag, otherFlg uint32
 		tcp, other        uint32
 	}{
-		{"a large node gets DESIGN's sizes", 64 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
-		{"from 12 GiB on, 1 % buys DESIGN's sizes", 12 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
+		{"a large node gets the default sizes", 64 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
+		{"from 12 GiB on, 1 % buys the default sizes", 12 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
 		{"a 4 GiB node gets 1 % of its memory, two thirds for TCP", 4 * gib, 1, 0, 0, 188375, 94187},
 		{"a tiny node gets the floor", 256 << 20, 1, 0, 0, minConntrackTCP, minConntrackOther},
-		{"a larger share grows the tables up to DESIGN's sizes", 4 * gib, 10, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
+		{"a larger share grows the tables up to the default sizes", 4 * gib, 10, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
 		{"flags win, each on its own", 64 * gib, 1, 0, 1024, bpf.DefaultConntrackTCP, 1024},
 		{"flags win over the bounds", 256 << 20, 1, 1 << 21, 100, 1 << 21, 100},
 	}

@@ -35,6 +35,7 @@ import (
 	"github.com/palisade-cni/palisade/daemon/k8s"
 	"github.com/palisade-cni/palisade/daemon/metrics"
 	"github.com/palisade-cni/palisade/daemon/server"
+	"github.com/palisade-cni/palisade/daemon/statefile"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -48,6 +49,9 @@ func main() { os.Exit(run()) }
 const (
 	unmanagedEvery = 2 * time.Second
 	unmanagedGrace = 5 * time.Second
+	// reconcileEvery is how often endpoints of vanished interfaces and
+	// finished pods are reclaimed (endpoint.Manager.Reconcile).
+	reconcileEvery = 2 * time.Second
 )
 
 func run() int {
@@ -91,6 +95,13 @@ func tuneGC() {
 }
 
 func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
+	// Before anything is loaded or pruned: a second agent must touch
+	// nothing of the first's.
+	lock, err := statefile.Lock(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}
@@ -136,7 +147,13 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Alloc: alloc, NodeIPs: localAddrs, Persist: func(a *identity.Allocator) error { return a.Save(idPath) },
 		OnSync: func(t controller.SyncTimings) { obs.metrics.ObserveSync(t.Compile, t.Apply, t.Changed) },
 	})
-	restore(log, cfg, registry)
+	endpoints := &endpoint.Manager{
+		Log: log, NodeName: cfg.NodeName, Registry: registry, Program: ctrl, Pods: cluster.Pods,
+		Attach: endpoint.BPFAttacher{Root: cfg.BPFRoot, Mode: cfg.AttachMode}, Alive: endpoint.KernelLinkAlive,
+	}
+	if err := endpoints.Restore(); err != nil {
+		log.Warn("Endpoints of vanished interfaces not all forgotten", "error", err)
+	}
 
 	synced := make(chan struct{})
 	ready := func() (bool, string) {
@@ -153,7 +170,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	metrics.RegisterReady(obs.reg, func() bool { ok, _ := ready(); return ok })
 	srv := &server.Server{
 		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
-		Registry: registry, Controller: ctrl, Ready: ready,
+		Endpoints: endpoints, Controller: ctrl, Ready: ready, Pprof: cfg.Pprof,
 		Inspect: obs.inspector(ctx, log, cfg, objs, cluster, registry, ctrl, state),
 		OnAdd:   obs.metrics.ObserveAdd,
 	}
@@ -176,12 +193,13 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if !waitSynced(ctx, ctrl) {
 		return ctx.Err()
 	}
-	reattach(log, cfg, registry)
+	if err := endpoints.Reattach(); err != nil {
+		log.Error("Programs not re-attached", "error", err)
+	}
 	// Adopt pods that were running before the agent (daemon/adopt). The
 	// agent reports ready only afterwards, so a rollout waits for it.
 	adoption := adopt.Config{
-		Log: log, NodeName: cfg.NodeName, CacheDir: cfg.CNICacheDir, BPFRoot: cfg.BPFRoot,
-		AttachMode: cfg.AttachMode, Registry: registry, Pods: cluster.Pods, Controller: ctrl,
+		Log: log, NodeName: cfg.NodeName, CacheDir: cfg.CNICacheDir, Endpoints: endpoints, Pods: cluster.Pods,
 	}
 	if _, err := adopt.Run(ctx, adoption); err != nil {
 		log.Error("Adoption incomplete", "error", err)
@@ -191,6 +209,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// rewrote its conflist before install-cni put palisade back) are
 	// adopted the same way.
 	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.metrics.SetUnmanaged}).Run(ctx)
+	go endpoints.Run(ctx, reconcileEvery, nil)
 	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
 
 	select {
@@ -198,32 +217,6 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nil
 	case err := <-errc:
 		return err
-	}
-}
-
-// restore forgets the endpoints whose interface is gone since the agent
-// last ran; the others keep their programs until reattach.
-func restore(log *slog.Logger, cfg Config, registry *endpoint.Registry) {
-	for _, ep := range registry.List() {
-		l, err := netlink.LinkByIndex(ep.HostIfIndex)
-		if err == nil && l.Attrs().Name == ep.HostIfName {
-			continue
-		}
-		log.Info("Endpoint interface gone; forgetting it", "endpoint", ep.ID, "ifname", ep.HostIfName)
-		if _, _, err := registry.Delete(ep.ID); err != nil {
-			log.Warn("Endpoint not forgotten", "endpoint", ep.ID, "error", err)
-		}
-		_ = bpf.Detach(cfg.BPFRoot, 0, ep.ID)
-	}
-}
-
-// reattach puts the current programs on every endpoint that survived an
-// agent restart: this is how an upgrade replaces the programs.
-func reattach(log *slog.Logger, cfg Config, registry *endpoint.Registry) {
-	for _, ep := range registry.List() {
-		if _, err := bpf.Attach(cfg.BPFRoot, ep.HostIfIndex, ep.ID, cfg.AttachMode); err != nil {
-			log.Error("Programs not re-attached; the old ones keep enforcing", "endpoint", ep.ID, "error", err)
-		}
 	}
 }
 
