@@ -24,76 +24,19 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	corelisters "k8s.io/client-go/listers/core/v1"
-	discoverylisters "k8s.io/client-go/listers/discovery/v1"
-	netlisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/palisade-cni/palisade/daemon/agentapi"
 	"github.com/palisade-cni/palisade/daemon/controller"
+	"github.com/palisade-cni/palisade/daemon/controller/controllertest"
 	"github.com/palisade-cni/palisade/daemon/endpoint"
 	"github.com/palisade-cni/palisade/daemon/identity"
-	"github.com/palisade-cni/palisade/daemon/k8s"
-	"github.com/palisade-cni/palisade/daemon/policy"
-	"github.com/palisade-cni/palisade/daemon/service"
 )
 
 const node = "node-1"
 
-// fakeDatapath records the controller's map writes, in order.
-type fakeDatapath struct {
-	mu    sync.Mutex
-	calls []string
-}
-
-func (f *fakeDatapath) add(format string, args ...any) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, fmt.Sprintf(format, args...))
-}
-
-func (f *fakeDatapath) get() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.calls)
-}
-
-func (f *fakeDatapath) Apply(res *policy.Result, rev uint64) error {
-	ids := slices.Sorted(func(yield func(string) bool) {
-		for id := range res.Endpoints {
-			if !yield(id) {
-				return
-			}
-		}
-	})
-	f.add("apply %d %v", rev, ids)
-	return nil
-}
-
-func (f *fakeDatapath) ApplyEndpoint(ep policy.EndpointPolicy, _ map[netip.Prefix]uint32, rev uint64) error {
-	f.add("apply-endpoint %d %s", rev, ep.ID)
-	return nil
-}
-
-func (f *fakeDatapath) Remove(ifindex int) error            { f.add("remove %d", ifindex); return nil }
-func (f *fakeDatapath) Prune(map[int]bool) error            { return nil }
-func (f *fakeDatapath) ApplyServices([]service.Entry) error { return nil }
-func (f *fakeDatapath) ApplyNodeAddrs([]netip.Addr) error   { return nil }
-
-type fakeAttacher struct{ dp *fakeDatapath }
-
-func (a fakeAttacher) Attach(ifindex int, id string) error {
-	a.dp.add("attach %d %s", ifindex, id)
-	return nil
-}
-
-func (a fakeAttacher) Detach(ifindex int, id string) error {
-	a.dp.add("detach %d %s", ifindex, id)
-	return nil
-}
-
 type agent struct {
-	dp     *fakeDatapath
+	dp     *controllertest.Datapath
 	pods   cache.Indexer
 	client *agentapi.Client
 	socket string
@@ -104,17 +47,11 @@ type agent struct {
 // datapath, with the cluster fed through informer stores.
 func startAgent(t *testing.T, pprof bool) *agent {
 	t.Helper()
-	a := &agent{dp: &fakeDatapath{}, links: map[int]string{}}
-	idx := func() cache.Indexer { return cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}) }
-	a.pods = idx()
-	nss := idx()
-	if err := nss.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prod"}}); err != nil {
+	a := &agent{dp: &controllertest.Datapath{}, links: map[int]string{}}
+	cluster, stores := controllertest.NewCluster()
+	a.pods = stores.Pods
+	if err := stores.Namespaces.Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prod"}}); err != nil {
 		t.Fatal(err)
-	}
-	cluster := &k8s.Cluster{
-		Pods: corelisters.NewPodLister(a.pods), Namespaces: corelisters.NewNamespaceLister(nss),
-		Policies: netlisters.NewNetworkPolicyLister(idx()), Nodes: corelisters.NewNodeLister(idx()),
-		Services: corelisters.NewServiceLister(idx()), EndpointSlices: discoverylisters.NewEndpointSliceLister(idx()),
 	}
 	reg, err := endpoint.Open(filepath.Join(t.TempDir(), "endpoints.json"))
 	if err != nil {
@@ -128,7 +65,7 @@ func startAgent(t *testing.T, pprof bool) *agent {
 	})
 	var linksMu sync.Mutex
 	mgr := &endpoint.Manager{
-		Log: log, NodeName: node, Registry: reg, Program: ctrl, Attach: fakeAttacher{a.dp}, Pods: cluster.Pods,
+		Log: log, NodeName: node, Registry: reg, Program: ctrl, Attach: a.dp, Pods: cluster.Pods,
 		Alive: func(index int, name string) (bool, error) {
 			linksMu.Lock()
 			defer linksMu.Unlock()
@@ -202,14 +139,14 @@ func TestServerAddWritesBeforeAnswering(t *testing.T) {
 	if !resp.Endpoint.Current || resp.BPFRoot != "/sys/fs/bpf/test" {
 		t.Errorf("answer %+v: want a current endpoint and the bpf root", resp)
 	}
-	answered := a.dp.get()
+	answered := a.dp.Calls()
 	if !slices.Contains(answered, fmt.Sprintf("apply-endpoint %d c-web_eth0", resp.Endpoint.Revision)) {
 		t.Errorf("answered before the endpoint's policy was written: writes %v", answered)
 	}
 	waitFor(t, "the sync after the ADD", func() bool {
-		return slices.ContainsFunc(a.dp.get(), func(c string) bool { return strings.HasPrefix(c, "apply ") && strings.Contains(c, "c-web_eth0") })
+		return slices.ContainsFunc(a.dp.Calls(), func(c string) bool { return strings.HasPrefix(c, "apply ") && strings.Contains(c, "c-web_eth0") })
 	})
-	calls := a.dp.get()
+	calls := a.dp.Calls()
 	own := slices.Index(calls, fmt.Sprintf("apply-endpoint %d c-web_eth0", resp.Endpoint.Revision))
 	sync := slices.IndexFunc(calls, func(c string) bool { return strings.HasPrefix(c, "apply ") && strings.Contains(c, "c-web_eth0") })
 	if own > sync {
@@ -234,7 +171,7 @@ func TestServerAddOfUnknownPodLeavesNothing(t *testing.T) {
 	if len(eps) != 0 {
 		t.Errorf("endpoints after the failed ADD: %v", eps)
 	}
-	calls := a.dp.get()
+	calls := a.dp.Calls()
 	rm, det := slices.Index(calls, "remove 5"), slices.Index(calls, "detach 5 c-ghost_eth0")
 	if rm < 0 || det < 0 || rm > det {
 		t.Errorf("want the maps cleared, then the programs detached: %v", calls)

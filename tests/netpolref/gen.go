@@ -107,9 +107,17 @@ func (g *gen) labels(vocab map[string][]string, name string) map[string]string {
 
 func (g *gen) containerPorts() []corev1.ContainerPort {
 	var out []corev1.ContainerPort
+	// "If specified, this must be an IANA_SVC_NAME and unique within the
+	// pod": each name at most once.
+	used := map[string]bool{}
 	for range g.n(3) {
+		name := portNames[g.n(len(portNames))]
+		if used[name] {
+			continue
+		}
+		used[name] = true
 		out = append(out, corev1.ContainerPort{
-			Name:          portNames[g.n(len(portNames))],
+			Name:          name,
 			ContainerPort: int32(ProbePorts[g.n(len(ProbePorts))]),
 			Protocol:      protocols[g.n(len(protocols))],
 		})

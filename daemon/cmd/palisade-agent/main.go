@@ -31,6 +31,7 @@ import (
 	"github.com/palisade-cni/palisade/daemon/controller"
 	"github.com/palisade-cni/palisade/daemon/datapath"
 	"github.com/palisade-cni/palisade/daemon/endpoint"
+	"github.com/palisade-cni/palisade/daemon/health"
 	"github.com/palisade-cni/palisade/daemon/identity"
 	"github.com/palisade-cni/palisade/daemon/k8s"
 	"github.com/palisade-cni/palisade/daemon/metrics"
@@ -145,7 +146,8 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctrl = controller.New(controller.Config{
 		Log: log, NodeName: cfg.NodeName, Cluster: cluster, Registry: registry, Datapath: writer,
 		Alloc: alloc, NodeIPs: localAddrs, Persist: func(a *identity.Allocator) error { return a.Save(idPath) },
-		OnSync: func(t controller.SyncTimings) { obs.metrics.ObserveSync(t.Compile, t.Apply, t.Changed) },
+		OnSync:    func(t controller.SyncTimings) { obs.metrics.ObserveSync(t.Compile, t.Apply, t.Changed) },
+		OnFailure: obs.metrics.SyncFailed,
 	})
 	endpoints := &endpoint.Manager{
 		Log: log, NodeName: cfg.NodeName, Registry: registry, Program: ctrl, Pods: cluster.Pods,
@@ -176,7 +178,11 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
-	go func() { errc <- serveHealth(ctx, cfg.HealthAddr, ready, obs.metricsHandler()) }()
+	probes := &health.Checker{
+		Stall: health.DefaultStall, APIGrace: health.DefaultAPIGrace,
+		Progress: ctrl.Progress, APIDown: obs.metrics.APIDownSince, Ready: ready,
+	}
+	go func() { errc <- probes.Serve(ctx, cfg.HealthAddr, obs.metricsHandler()) }()
 	if cfg.MetricsAddr != "" {
 		go func() { errc <- serveMetrics(ctx, cfg.MetricsAddr, obs.metricsHandler()) }()
 	}
@@ -288,32 +294,6 @@ func serveMetrics(ctx context.Context, addr string, handler http.Handler) error 
 	}()
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve metrics on %s: %w", addr, err)
-	}
-	return nil
-}
-
-func serveHealth(ctx context.Context, addr string, ready func() (bool, string), metrics http.Handler) error {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metrics)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ok, reason := ready(); !ok {
-			http.Error(w, reason, http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen for health checks on %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve health checks: %w", err)
 	}
 	return nil
 }
