@@ -520,7 +520,18 @@ func (c *compiler) problem(pol *networkingv1.NetworkPolicy, format string, args 
 }
 
 func policyProblem(pol *networkingv1.NetworkPolicy, format string, args ...any) error {
-	return fmt.Errorf("networkpolicy %s/%s: %s", pol.Namespace, pol.Name, fmt.Sprintf(format, args...))
+	return &Problem{Namespace: pol.Namespace, Name: pol.Name, UID: string(pol.UID), Message: fmt.Sprintf(format, args...)}
+}
+
+// Problem is a part of a NetworkPolicy the compiler could not understand:
+// the agent reports it as an Event on the policy (daemon/policyevents).
+type Problem struct {
+	Namespace, Name, UID string
+	Message              string
+}
+
+func (p *Problem) Error() string {
+	return fmt.Sprintf("networkpolicy %s/%s: %s", p.Namespace, p.Name, p.Message)
 }
 
 // dedupeErrors drops repeated messages, keeping the first of each.

@@ -56,16 +56,10 @@ const (
 )
 
 func run() int {
-	// install-cni and uninstall: see subcommands.go.
-	if len(os.Args) > 1 {
-		if sub, ok := subcommands[os.Args[1]]; ok {
-			return sub(os.Args[2:])
-		}
-	}
-	cfg, err := parseFlags(os.Args[1:])
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "palisade-agent: %v\n", err)
-		return 2
+	// install-cni, uninstall, --help and --version: see subcommands.go.
+	cfg, code, done := command(os.Args[1:], os.Stdout, os.Stderr)
+	if done {
+		return code
 	}
 	log := newLogger(cfg)
 	klog.SetSlogLogger(log)
@@ -146,7 +140,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctrl = controller.New(controller.Config{
 		Log: log, NodeName: cfg.NodeName, Cluster: cluster, Registry: registry, Datapath: writer,
 		Alloc: alloc, NodeIPs: localAddrs, Persist: func(a *identity.Allocator) error { return a.Save(idPath) },
-		OnSync:    func(t controller.SyncTimings) { obs.metrics.ObserveSync(t.Compile, t.Apply, t.Changed) },
+		OnSync:    obs.observeSync,
 		OnFailure: obs.metrics.SyncFailed,
 	})
 	endpoints := &endpoint.Manager{
@@ -176,6 +170,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Inspect: obs.inspector(ctx, log, cfg, objs, cluster, registry, ctrl, state),
 		OnAdd:   obs.metrics.ObserveAdd,
 	}
+	obs.reportToCluster(ctx, log, cfg, client, ctrl, ready, state)
 	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
 	probes := &health.Checker{
@@ -214,7 +209,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Pods started later through a chain without palisade (the main CNI
 	// rewrote its conflist before install-cni put palisade back) are
 	// adopted the same way.
-	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.metrics.SetUnmanaged}).Run(ctx)
+	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.setUnmanaged}).Run(ctx)
 	go endpoints.Run(ctx, reconcileEvery, nil)
 	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
 

@@ -27,6 +27,8 @@ type observability struct {
 	reg     *prometheus.Registry
 	metrics *metrics.Metrics
 	hub     *events.Hub
+	// progress feeds the node's Lease (clusterstatus.go).
+	progress progress
 }
 
 // newObservability registers the metrics; call it before any API client
