@@ -48,6 +48,7 @@ type Metrics struct {
 	apiErrs   *prometheus.CounterVec
 	unmanaged prometheus.Gauge
 	syncFails prometheus.Counter
+	reclaims  *prometheus.CounterVec
 	api       apiHealth
 	descs     map[string]*prometheus.Desc
 	fillOnce  sync.Mutex
@@ -86,6 +87,9 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		syncFails: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "palisade_sync_failures_total", Help: "Policy syncs that failed or panicked; each is retried with backoff while the maps keep the last revision.",
 		}),
+		reclaims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_endpoints_reclaimed_total", Help: "Endpoints the agent removed on its own (no DEL came), by reason: interface gone or pod finished.",
+		}, []string{"reason"}),
 		descs: map[string]*prometheus.Desc{
 			// Flows and packets are different units, so they are two
 			// counters: the datapath judges a flow once, on its first
@@ -112,7 +116,7 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		},
 	}
 	m.api.errs = m.apiErrs
-	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m.syncFails, m)
+	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m.syncFails, m.reclaims, m)
 	return m
 }
 
@@ -156,6 +160,12 @@ func (m *Metrics) ObserveAdd(how string, d time.Duration) {
 
 // SyncFailed counts a failed or panicked sync.
 func (m *Metrics) SyncFailed(error) { m.syncFails.Inc() }
+
+// EndpointsReclaimed counts endpoints removed for reason by the
+// endpoint reconcile.
+func (m *Metrics) EndpointsReclaimed(reason string, n int) {
+	m.reclaims.WithLabelValues(reason).Add(float64(n))
+}
 
 // SetUnmanaged records how many local pods run without an endpoint.
 func (m *Metrics) SetUnmanaged(n int) { m.unmanaged.Set(float64(n)) }

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -111,6 +112,9 @@ func TestScrape(t *testing.T) {
 	m.ObserveAdd("own", 4*time.Millisecond)
 	m.ObserveAdd("sync", 40*time.Millisecond)
 	m.api.Increment(context.Background(), "<error>", "GET", "198.18.0.1:6443")
+	m.SyncFailed(errors.New("list pods: boom"))
+	m.SyncFailed(errors.New("sync panicked"))
+	m.EndpointsReclaimed("pod finished", 2)
 
 	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.HTTPErrorOnError}))
 	defer srv.Close()
@@ -153,6 +157,8 @@ func TestScrape(t *testing.T) {
 		{"palisade_api_errors_total", map[string]string{"method": "GET", "code": "<error>"}, 1},
 		{"palisade_conntrack_reclaimed_total", map[string]string{"table": "tcp"}, 0},
 		{"palisade_conntrack_tcp_misses_total", nil, 3},
+		{"palisade_sync_failures_total", nil, 2},
+		{"palisade_endpoints_reclaimed_total", map[string]string{"reason": "pod finished"}, 2},
 	} {
 		if got := value(t, fams, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -176,9 +182,21 @@ func TestScrape(t *testing.T) {
 	if ok, why := m.APIConnected(); ok || why == "" {
 		t.Errorf("APIConnected after a failed request = %v %q, want false and the failure", ok, why)
 	}
+	if since, _ := m.APIDownSince(); since.IsZero() {
+		t.Error("APIDownSince after a request without answer is zero")
+	}
 	m.api.Increment(context.Background(), "200", "GET", "198.18.0.1:6443")
 	if ok, _ := m.APIConnected(); !ok {
 		t.Error("APIConnected after an answered request = false")
+	}
+	// A 4xx is an answer: the API server is reachable.
+	m.api.Increment(context.Background(), "404", "GET", "198.18.0.1:6443")
+	if since, _ := m.APIDownSince(); !since.IsZero() {
+		t.Errorf("APIDownSince after a 404 = %v, want zero", since)
+	}
+	m.api.Increment(context.Background(), "503", "GET", "198.18.0.1:6443")
+	if since, _ := m.APIDownSince(); since.IsZero() {
+		t.Error("APIDownSince after a 503 is zero")
 	}
 }
 

@@ -210,7 +210,11 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// rewrote its conflist before install-cni put palisade back) are
 	// adopted the same way.
 	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.setUnmanaged}).Run(ctx)
-	go endpoints.Run(ctx, reconcileEvery, nil)
+	go endpoints.Run(ctx, reconcileEvery, func(res endpoint.ReconcileResult, _ error) {
+		for reason, n := range res.ByReason {
+			obs.metrics.EndpointsReclaimed(reason, n)
+		}
+	})
 	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
 
 	select {
