@@ -28,6 +28,11 @@ import (
 // apiTimeout bounds one group of API calls made by the runner.
 const apiTimeout = 20 * time.Second
 
+// objectTimeout bounds a step that makes or removes pods or namespaces,
+// and the reset after a case: CNI ADD and DEL for several pods, and the
+// namespace controller emptying a namespace, are slow on a loaded machine.
+const objectTimeout = 2 * time.Minute
+
 // Env is a model brought up on the testbed: a control plane, nodes each
 // running palisade-agent, the model's namespaces, pods spread round-robin
 // over the nodes (or placed by the model's fixed IP plan), and one
