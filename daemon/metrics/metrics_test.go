@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"runtime"
 	"testing"
 	"time"
 
@@ -102,6 +103,8 @@ func TestScrape(t *testing.T) {
 	m := New(reg, slog.New(slog.DiscardHandler), fakeDatapath{}, func() State {
 		return State{Endpoints: 3, Identities: 5, Policies: 2, Revision: 9}
 	})
+	RegisterBuildInfo(reg, "v0.2.0-test")
+	RegisterReady(reg, func() bool { return false })
 	m.ObserveSync(2*time.Millisecond, 5*time.Millisecond, true)
 	m.ObserveSync(time.Millisecond, 0, false)
 	m.ObserveFlow(&agentapi.Flow{Verdict: agentapi.FlowDropped})
@@ -127,6 +130,13 @@ func TestScrape(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
+		{"palisade_flows_allowed_total", map[string]string{"direction": "ingress"}, 10},
+		{"palisade_flows_allowed_total", map[string]string{"direction": "egress"}, 0},
+		{"palisade_packets_dropped_total", map[string]string{"direction": "ingress", "reason": "policy"}, 12},
+		{"palisade_packets_dropped_total", map[string]string{"direction": "egress", "reason": "spoofed"}, 6},
+		{"palisade_packets_dropped_total", map[string]string{"direction": "egress", "reason": "fragment"}, 7},
+		{"palisade_build_info", map[string]string{"version": "v0.2.0-test", "goversion": runtime.Version(), "goarch": runtime.GOARCH}, 1},
+		{"palisade_agent_ready", nil, 0},
 		{"palisade_verdicts_total", map[string]string{"direction": "ingress", "reason": "policy"}, 12},
 		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "allowed"}, 0},
 		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "nat"}, 5},
@@ -153,6 +163,17 @@ func TestScrape(t *testing.T) {
 		if got := value(t, fams, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
+	}
+	// No "allowed" among the drops: flows and packets do not mix.
+	for _, s := range fams["palisade_packets_dropped_total"].GetMetric() {
+		for _, l := range s.GetLabel() {
+			if l.GetName() == "reason" && l.GetValue() == "allowed" {
+				t.Errorf("palisade_packets_dropped_total has reason=allowed")
+			}
+		}
+	}
+	if n := len(fams["palisade_packets_dropped_total"].GetMetric()); n != 2*bpf.ReasonLast {
+		t.Errorf("%d drop series, want %d", n, 2*bpf.ReasonLast)
 	}
 	// Reason slots no reason uses are not exported.
 	if n := len(fams["palisade_verdicts_total"].GetMetric()); n != 2*(bpf.ReasonLast+1) {
