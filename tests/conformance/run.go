@@ -176,7 +176,7 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 		// The catalog's ipBlock assumptions hold for these addresses, or
 		// the probes that follow would test something else.
 		if m, _ := s.IPBlockMembership(); m != nil {
-			if err := e.CheckIPBlocks(m); err != nil {
+			if err := e.CheckIPBlocks(m, s); err != nil {
 				return fail("%s: %v", label, err)
 			}
 		}
