@@ -30,6 +30,14 @@ func TestParseFlags(t *testing.T) {
 			return c.ConntrackTCP == 1000 && c.ConntrackOther == 64
 		}},
 		{"a memory share of 0 is refused", []string{"--node-name=n", "--conntrack-memory-percent=0"}, "--conntrack-memory-percent", nil},
+		{"metrics are served only on the health address unless told", []string{"--node-name=n"}, "", func(c Config) bool { return c.MetricsAddr == "" }},
+		{"metrics on every address", []string{"--node-name=n", "--metrics-addr=all"}, "", func(c Config) bool { return c.MetricsAddr == ":9880" }},
+		{"metrics on the node's IPv4 address and a port", []string{"--node-name=n", "--metrics-addr=192.0.2.7", "--metrics-port=9100"}, "", func(c Config) bool {
+			return c.MetricsAddr == "192.0.2.7:9100"
+		}},
+		{"metrics on an IPv6 node address", []string{"--node-name=n", "--metrics-addr=2001:db8::7"}, "", func(c Config) bool { return c.MetricsAddr == "[2001:db8::7]:9880" }},
+		{"an unexpanded $(HOST_IP) is refused", []string{"--node-name=n", "--metrics-addr=$(HOST_IP)"}, "--metrics-addr", nil},
+		{"port 0 is refused", []string{"--node-name=n", "--metrics-addr=all", "--metrics-port=0"}, "--metrics-port", nil},
 		{"rejudge can be switched off", []string{"--node-name=n", "--rejudge=false"}, "", func(c Config) bool { return !c.Rejudge }},
 	}
 	for _, tt := range tests {
@@ -81,5 +89,55 @@ func TestConntrackSizes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestCommandHelpAndVersion(t *testing.T) {
+	for _, tt := range []struct {
+		args      []string
+		code      int
+		done      bool
+		out, errs []string
+	}{
+		{args: []string{"--help"}, done: true, out: []string{"install-cni", "uninstall", "--version", "-node-name", "-status-lease-duration"}},
+		{args: []string{"-h"}, done: true, out: []string{"install-cni"}},
+		{args: []string{"help"}, done: true, out: []string{"Usage:"}},
+		{args: []string{"--version"}, done: true, out: []string{"palisade-agent dev"}},
+		{args: []string{"--node-name=n", "--frobnicate"}, code: 2, done: true, errs: []string{"flag provided but not defined", "-bpf-root"}},
+		{args: []string{"--node-name=n"}},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Setenv("NODE_NAME", "")
+			var out, errb strings.Builder
+			_, code, done := command(tt.args, &out, &errb)
+			if code != tt.code || done != tt.done {
+				t.Errorf("code %d done %v, want %d %v (stderr %q)", code, done, tt.code, tt.done, errb.String())
+			}
+			for _, s := range tt.out {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("stdout lacks %q:\n%s", s, out.String())
+				}
+			}
+			for _, s := range tt.errs {
+				if !strings.Contains(errb.String(), s) {
+					t.Errorf("stderr lacks %q:\n%s", s, errb.String())
+				}
+			}
+		})
+	}
+}
+
+func TestNamespaceFromEnvironment(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "kube-system")
+	cfg, err := parseFlags([]string{"--node-name=n"})
+	if err != nil || cfg.Namespace != "kube-system" {
+		t.Errorf("namespace %q (%v), want kube-system from $POD_NAMESPACE", cfg.Namespace, err)
+	}
+	t.Setenv("POD_NAMESPACE", "")
+	if cfg, _ := parseFlags([]string{"--node-name=n"}); cfg.Namespace != "palisade-system" {
+		t.Errorf("namespace %q, want palisade-system without $POD_NAMESPACE", cfg.Namespace)
+	}
+	if _, err := parseFlags([]string{"--node-name=n", "--status-lease-duration=1s"}); err == nil {
+		t.Error("a 1s lease duration was accepted")
 	}
 }

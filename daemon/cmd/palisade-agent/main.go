@@ -6,8 +6,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -31,6 +34,7 @@ import (
 	"github.com/palisade-cni/palisade/daemon/health"
 	"github.com/palisade-cni/palisade/daemon/identity"
 	"github.com/palisade-cni/palisade/daemon/k8s"
+	"github.com/palisade-cni/palisade/daemon/metrics"
 	"github.com/palisade-cni/palisade/daemon/server"
 	"github.com/palisade-cni/palisade/daemon/statefile"
 )
@@ -52,16 +56,10 @@ const (
 )
 
 func run() int {
-	// install-cni and uninstall: see subcommands.go.
-	if len(os.Args) > 1 {
-		if sub, ok := subcommands[os.Args[1]]; ok {
-			return sub(os.Args[2:])
-		}
-	}
-	cfg, err := parseFlags(os.Args[1:])
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "palisade-agent: %v\n", err)
-		return 2
+	// install-cni, uninstall, --help and --version: see subcommands.go.
+	cfg, code, done := command(os.Args[1:], os.Stdout, os.Stderr)
+	if done {
+		return code
 	}
 	log := newLogger(cfg)
 	klog.SetSlogLogger(log)
@@ -142,7 +140,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctrl = controller.New(controller.Config{
 		Log: log, NodeName: cfg.NodeName, Cluster: cluster, Registry: registry, Datapath: writer,
 		Alloc: alloc, NodeIPs: localAddrs, Persist: func(a *identity.Allocator) error { return a.Save(idPath) },
-		OnSync:    func(t controller.SyncTimings) { obs.metrics.ObserveSync(t.Compile, t.Apply, t.Changed) },
+		OnSync:    obs.observeSync,
 		OnFailure: obs.metrics.SyncFailed,
 	})
 	endpoints := &endpoint.Manager{
@@ -165,19 +163,24 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return true, ""
 	}
+	metrics.RegisterReady(obs.reg, func() bool { ok, _ := ready(); return ok })
 	srv := &server.Server{
 		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
 		Endpoints: endpoints, Controller: ctrl, Ready: ready, Pprof: cfg.Pprof,
 		Inspect: obs.inspector(ctx, log, cfg, objs, cluster, registry, ctrl, state),
 		OnAdd:   obs.metrics.ObserveAdd,
 	}
-	errc := make(chan error, 2)
+	obs.reportToCluster(ctx, log, cfg, client, ctrl, ready, state)
+	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
 	probes := &health.Checker{
 		Stall: health.DefaultStall, APIGrace: health.DefaultAPIGrace,
 		Progress: ctrl.Progress, APIDown: obs.metrics.APIDownSince, Ready: ready,
 	}
 	go func() { errc <- probes.Serve(ctx, cfg.HealthAddr, obs.metricsHandler()) }()
+	if cfg.MetricsAddr != "" {
+		go func() { errc <- serveMetrics(ctx, cfg.MetricsAddr, obs.metricsHandler()) }()
+	}
 
 	cluster.Start(ctx)
 	defer cluster.Shutdown()
@@ -206,8 +209,12 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Pods started later through a chain without palisade (the main CNI
 	// rewrote its conflist before install-cni put palisade back) are
 	// adopted the same way.
-	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.metrics.SetUnmanaged}).Run(ctx)
-	go endpoints.Run(ctx, reconcileEvery, nil)
+	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.setUnmanaged}).Run(ctx)
+	go endpoints.Run(ctx, reconcileEvery, func(res endpoint.ReconcileResult, _ error) {
+		for reason, n := range res.ByReason {
+			obs.metrics.EndpointsReclaimed(reason, n)
+		}
+	})
 	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
 
 	select {
@@ -267,4 +274,25 @@ func localAddrs() ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// serveMetrics serves /metrics alone where Prometheus can reach it, apart
+// from the health endpoints, which stay on loopback for the kubelet's
+// probes.
+func serveMetrics(ctx context.Context, addr string, handler http.Handler) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", handler)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve metrics on %s: %w", addr, err)
+	}
+	return nil
 }

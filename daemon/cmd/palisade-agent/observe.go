@@ -27,6 +27,8 @@ type observability struct {
 	reg     *prometheus.Registry
 	metrics *metrics.Metrics
 	hub     *events.Hub
+	// progress feeds the node's Lease (clusterstatus.go).
+	progress progress
 }
 
 // newObservability registers the metrics; call it before any API client
@@ -34,6 +36,7 @@ type observability struct {
 func newObservability(log *slog.Logger, objs *bpf.Objects, state func() metrics.State) *observability {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics.RegisterBuildInfo(reg, version)
 	m := metrics.New(reg, log, objs, state)
 	m.HookClientGo()
 	return &observability{reg: reg, metrics: m, hub: events.NewHub(events.DefaultRecent)}
