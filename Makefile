@@ -53,6 +53,22 @@ conformance: kube flannel
 bench: kube flannel
 	scripts/bench $(ARGS)
 
+# Each fuzz target mutated for FUZZTIME (a Go duration), one after
+# another: `go test -fuzz` takes one target per run. Plain `go test`
+# (and so `make test`) replays their seeds and testdata/fuzz corpora.
+# New failing inputs land in the package's testdata/fuzz/<target>/.
+FUZZTIME ?= 2m
+FUZZ_TARGETS := $(shell grep -l '^func Fuzz' $$(find . -name '*_test.go' -not -path './tests/kube/*' -not -path './tests/peers/*') | xargs -n1 dirname | sort -u)
+.PHONY: fuzz
+fuzz:
+	@for pkg in $(FUZZ_TARGETS); do \
+		for target in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$pkg/*_test.go | sed 's/^func //'); do \
+			echo "== $$pkg $$target ($(FUZZTIME))"; \
+			PALISADE_REQUIRE_PRIVILEGED=$${PALISADE_REQUIRE_PRIVILEGED-1} \
+				$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
 # The tests that need neither root nor a control plane.
 test-unit:
 	$(GO) test -count=1 ./bpf/... ./daemon/... ./plugin/...

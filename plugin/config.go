@@ -54,7 +54,28 @@ func parseConfig(stdin []byte) (*Conf, *current.Result, error) {
 	if err != nil {
 		return nil, nil, &configError{msg: fmt.Sprintf("convert prevResult from CNI version %s", conf.CNIVersion), err: err}
 	}
+	if err := checkRequired(prev); err != nil {
+		return nil, nil, err
+	}
 	return conf, prev, nil
+}
+
+// checkRequired rejects a prevResult missing a field the spec requires:
+// "address" in every ips entry, "dst" in every route. One without parses
+// (as "<nil>"), but ADD would hand it on as a result that neither the
+// runtime nor the next plugin can read back (found by FuzzParseConfig).
+func checkRequired(prev *current.Result) error {
+	for i, ipc := range prev.IPs {
+		if ipc == nil || ipc.Address.IP == nil || ipc.Address.Mask == nil {
+			return &configError{msg: fmt.Sprintf("prevResult ips[%d] has no address: the main plugin's result is malformed", i)}
+		}
+	}
+	for i, r := range prev.Routes {
+		if r == nil || r.Dst.IP == nil || r.Dst.Mask == nil {
+			return &configError{msg: fmt.Sprintf("prevResult routes[%d] has no dst: the main plugin's result is malformed", i)}
+		}
+	}
+	return nil
 }
 
 // parseNetconf is parseConfig without prevResult, which DEL never needs:

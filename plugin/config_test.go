@@ -178,6 +178,20 @@ func TestParseConfig(t *testing.T) {
 			})),
 			wantErr: "parse prevResult: ",
 		},
+		{
+			name: "a prevResult IP without an address is rejected, not printed back as <nil>",
+			stdin: netconf(t, "0.4.0", set("prevResult", map[string]any{
+				"cniVersion": "0.4.0", "ips": []any{map[string]any{"version": "4"}},
+			})),
+			wantErr: "prevResult ips[0] has no address",
+		},
+		{
+			name: "a prevResult route without a dst is rejected",
+			stdin: netconf(t, "1.0.0", set("prevResult", map[string]any{
+				"cniVersion": "1.0.0", "routes": []any{map[string]any{}},
+			})),
+			wantErr: "prevResult routes[0] has no dst",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

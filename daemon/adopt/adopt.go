@@ -48,22 +48,14 @@ import (
 // so it must stay well below a DaemonSet's readiness patience.
 const Timeout = 30 * time.Second
 
-// Programmer is the controller as adoption sees it.
-type Programmer interface {
-	Trigger() uint64
-	WaitProgrammed(ctx context.Context, gen uint64, id string) (uint64, error)
-}
-
 // Config wires an adoption run.
 type Config struct {
-	Log        *slog.Logger
-	NodeName   string
-	CacheDir   string
-	BPFRoot    string
-	AttachMode bpf.AttachMode
-	Registry   *endpoint.Registry
-	Pods       corelisters.PodLister
-	Controller Programmer
+	Log      *slog.Logger
+	NodeName string
+	CacheDir string
+	// Endpoints registers, programs and attaches what adoption finds.
+	Endpoints *endpoint.Manager
+	Pods      corelisters.PodLister
 	// LinkByName finds a host interface; nil means netlink in the agent's
 	// own namespace (the node's).
 	LinkByName func(name string) (netlink.Link, error)
@@ -100,56 +92,27 @@ func Run(ctx context.Context, cfg Config) ([]agentapi.Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	cands, skipped := match(entries, cfg.Pods, cfg.NodeName, cfg.Registry)
+	cands, skipped := match(entries, cfg.Pods, cfg.NodeName, cfg.Endpoints)
 	for _, s := range skipped {
 		cfg.Log.Debug("CNI cache entry not adopted", "entry", s.entry, "reason", s.reason)
 	}
 	var ready []agentapi.Endpoint
 	for _, c := range cands {
-		log := cfg.Log.With("endpoint", c.ep.ID, "pod", c.ep.PodNamespace+"/"+c.ep.PodName)
 		name, index, err := hostVeth(cfg.LinkByName, c.hostIfs)
 		if err != nil {
-			log.Warn("Pod not adopted; it stays unprotected until its next sandbox", "error", err)
+			cfg.Log.Warn("Pod not adopted; it stays unprotected until its next sandbox",
+				"endpoint", c.ep.ID, "pod", c.ep.PodNamespace+"/"+c.ep.PodName, "error", err)
 			continue
 		}
 		c.ep.HostIfName, c.ep.HostIfIndex = name, index
-		if err := cfg.Registry.Put(c.ep); err != nil {
-			return nil, fmt.Errorf("register adopted endpoint %s: %w", c.ep.ID, err)
-		}
 		ready = append(ready, c.ep)
 	}
 	if len(ready) == 0 {
 		return nil, nil
 	}
-	// Maps first, programs second: once attached, the pod is judged by its
-	// own policy from the first packet.
 	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
-	gen := cfg.Controller.Trigger()
-	var adopted []agentapi.Endpoint
-	var errs []error
-	for _, ep := range ready {
-		log := cfg.Log.With("endpoint", ep.ID, "pod", ep.PodNamespace+"/"+ep.PodName, "ifname", ep.HostIfName)
-		rev, err := cfg.Controller.WaitProgrammed(ctx, gen, ep.ID)
-		if err == nil {
-			_, err = bpf.Attach(cfg.BPFRoot, ep.HostIfIndex, ep.ID, cfg.AttachMode)
-		}
-		if err != nil {
-			log.Error("Pod not adopted; it stays unprotected until its next sandbox", "error", err)
-			if _, _, derr := cfg.Registry.Delete(ep.ID); derr != nil {
-				errs = append(errs, derr)
-			}
-			continue
-		}
-		log.Info("Pod adopted", "revision", rev, "ips", ep.IPs)
-		adopted = append(adopted, ep)
-	}
-	if len(adopted) > 0 {
-		// The registry changed behind the last sync's back for the ones
-		// dropped above; let the next sync prune their maps.
-		cfg.Controller.Trigger()
-	}
-	return adopted, errors.Join(errs...)
+	return cfg.Endpoints.Adopt(ctx, ready)
 }
 
 // readCache reads every result entry under dir/results; a missing directory
@@ -180,7 +143,7 @@ type skip struct{ entry, reason string }
 // match turns cache entries into candidates: an attachment of a live,
 // non-host-network Pod of this node, whose status IPs are the cached
 // result's, and that the registry does not know yet.
-func match(entries map[string]cached, pods corelisters.PodLister, node string, reg *endpoint.Registry) ([]candidate, []skip) {
+func match(entries map[string]cached, pods corelisters.PodLister, node string, reg *endpoint.Manager) ([]candidate, []skip) {
 	var cands []candidate
 	var skipped []skip
 	names := make([]string, 0, len(entries))
@@ -200,7 +163,7 @@ func match(entries map[string]cached, pods corelisters.PodLister, node string, r
 	return cands, skipped
 }
 
-func matchOne(c cached, pods corelisters.PodLister, node string, reg *endpoint.Registry) (candidate, string) {
+func matchOne(c cached, pods corelisters.PodLister, node string, reg *endpoint.Manager) (candidate, string) {
 	args := map[string]string{}
 	for _, kv := range c.CNIArgs {
 		args[kv[0]] = kv[1]

@@ -122,7 +122,7 @@ func TestMatch(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			cands, skipped := match(map[string]cached{"cbr0-c0ffee-eth0": tc.entry}, corelisters.NewPodLister(idx), node, reg)
+			cands, skipped := match(map[string]cached{"cbr0-c0ffee-eth0": tc.entry}, corelisters.NewPodLister(idx), node, &endpoint.Manager{Registry: reg})
 			if tc.wantReason == "" {
 				if len(cands) != 1 {
 					t.Fatalf("not adopted: %+v", skipped)

@@ -18,7 +18,7 @@ import (
 // without palisade, as happens when the main CNI rewrites its conflist
 // (Flannel does whenever its pod restarts) before install-cni puts
 // palisade back.
-func Unmanaged(pods []*corev1.Pod, node string, reg *endpoint.Registry) []*corev1.Pod {
+func Unmanaged(pods []*corev1.Pod, node string, reg *endpoint.Manager) []*corev1.Pod {
 	held := map[netip.Addr]bool{}
 	for _, ep := range reg.List() {
 		for _, ip := range ep.IPs {
@@ -106,7 +106,7 @@ func (s *Sweeper) due(now time.Time) []*corev1.Pod {
 		s.Log.Error("List pods to find unmanaged ones", "error", err)
 		return nil
 	}
-	unmanaged := Unmanaged(all, s.NodeName, s.Registry)
+	unmanaged := Unmanaged(all, s.NodeName, s.Endpoints)
 	still := make(map[types.UID]time.Time, len(unmanaged))
 	var due []*corev1.Pod
 	for _, p := range unmanaged {

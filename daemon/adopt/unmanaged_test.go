@@ -18,7 +18,7 @@ import (
 	"github.com/palisade-cni/palisade/daemon/endpoint"
 )
 
-func registryWith(t *testing.T, ips ...string) *endpoint.Registry {
+func registryWith(t *testing.T, ips ...string) *endpoint.Manager {
 	t.Helper()
 	reg, err := endpoint.Open(filepath.Join(t.TempDir(), "endpoints.json"))
 	if err != nil {
@@ -30,7 +30,7 @@ func registryWith(t *testing.T, ips ...string) *endpoint.Registry {
 			t.Fatal(err)
 		}
 	}
-	return reg
+	return &endpoint.Manager{Registry: reg}
 }
 
 func TestUnmanaged(t *testing.T) {
@@ -80,7 +80,7 @@ func TestSweeperGrace(t *testing.T) {
 	s := &Sweeper{
 		Config: Config{
 			Log: slog.New(slog.DiscardHandler), NodeName: node, CacheDir: t.TempDir(), // an empty cache: nothing to adopt
-			Registry: reg, Pods: corelisters.NewPodLister(idx),
+			Endpoints: reg, Pods: corelisters.NewPodLister(idx),
 		},
 		Grace: 5 * time.Second,
 	}
@@ -95,7 +95,7 @@ func TestSweeperGrace(t *testing.T) {
 		{at: 4 * time.Second, want: 0}, // inside the grace
 		{at: 5 * time.Second, want: 2}, // past it, and the cache has neither
 		{at: 6 * time.Second, want: 1, before: func() {
-			if err := reg.Put(agentapi.Endpoint{ID: "api", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.6")}}); err != nil {
+			if err := reg.Registry.Put(agentapi.Endpoint{ID: "api", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.6")}}); err != nil {
 				t.Fatal(err)
 			}
 		}},

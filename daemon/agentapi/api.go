@@ -148,4 +148,8 @@ const (
 	CodePodUnknown     ErrorCode = "PodUnknown"
 	CodeTimeout        ErrorCode = "Timeout"
 	CodeInternal       ErrorCode = "Internal"
+	// CodeForbidden: the caller is not root (the socket checks its peer).
+	CodeForbidden ErrorCode = "Forbidden"
+	// CodeTooLarge: the request body is over the socket's limit.
+	CodeTooLarge ErrorCode = "TooLarge"
 )

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,8 +32,13 @@ import (
 // resyncInterval bounds how long a missed signal can leave the maps stale.
 const resyncInterval = time.Minute
 
-// retryInterval is how soon a failed sync is tried again.
-const retryInterval = time.Second
+// retryInterval is how soon a failed sync is tried again; it doubles with
+// each failure in a row, up to maxRetryInterval, so that a sync that keeps
+// panicking or failing does not spin.
+const (
+	retryInterval    = time.Second
+	maxRetryInterval = 30 * time.Second
+)
 
 // Datapath is what the controller writes to.
 type Datapath interface {
@@ -59,6 +65,7 @@ type Controller struct {
 	onSync  func(SyncTimings)
 	// cnpStatus writes the Programmed condition of cluster policies.
 	cnpStatus func(context.Context, *cnpv1.ClusterNetworkPolicy, []string) error
+	onFail    func(error)
 
 	trigger chan struct{}
 
@@ -80,6 +87,11 @@ type Controller struct {
 	services   []service.Entry
 	nodeAddrs  []netip.Addr
 	changed    chan struct{} // closed and replaced after every sync
+	// running is set once Run starts; lastDone is when the last sync
+	// completed (or Run started); failing is the last sync's error.
+	running  bool
+	lastDone time.Time
+	failing  error
 }
 
 // Config wires a Controller.
@@ -97,6 +109,8 @@ type Config struct {
 	// ClusterPolicyStatus, when set, records on each ClusterNetworkPolicy
 	// whether it was programmed whole (problems empty).
 	ClusterPolicyStatus func(ctx context.Context, p *cnpv1.ClusterNetworkPolicy, problems []string) error
+	// OnFailure, when set, learns every failed or panicked sync.
+	OnFailure func(error)
 }
 
 // SyncTimings are the durations of one sync.
@@ -113,7 +127,7 @@ type SyncTimings struct {
 func New(cfg Config) *Controller {
 	return &Controller{
 		log: cfg.Log, node: cfg.NodeName, cluster: cfg.Cluster, registry: cfg.Registry,
-		dp: cfg.Datapath, alloc: cfg.Alloc, nodeIPs: cfg.NodeIPs, persist: cfg.Persist, onSync: cfg.OnSync,
+		dp: cfg.Datapath, alloc: cfg.Alloc, nodeIPs: cfg.NodeIPs, persist: cfg.Persist, onSync: cfg.OnSync, onFail: cfg.OnFailure,
 		cnpStatus:  cfg.ClusterPolicyStatus,
 		trigger:    make(chan struct{}, 1),
 		programmed: map[string]uint64{},
@@ -136,24 +150,68 @@ func (c *Controller) Trigger() uint64 {
 }
 
 // Run syncs on every trigger, after failures and every resyncInterval,
-// until ctx ends.
+// until ctx ends. A sync that panics is recovered and counted like a
+// failed one: the maps keep the last revision meanwhile.
 func (c *Controller) Run(ctx context.Context) {
+	c.mu.Lock()
+	c.running, c.lastDone = true, time.Now()
+	c.mu.Unlock()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	failures := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-c.trigger:
 		case <-timer.C:
+		case <-c.trigger:
 		}
 		next := resyncInterval
-		if err := c.sync(); err != nil {
-			c.log.Warn("Sync failed; retrying", "error", err)
-			next = retryInterval
+		err := c.safeSync()
+		c.mu.Lock()
+		c.failing = err
+		if err == nil {
+			c.lastDone = time.Now()
+		}
+		c.mu.Unlock()
+		if err != nil {
+			failures++
+			next = min(retryInterval<<min(failures-1, 10), maxRetryInterval)
+			c.log.Warn("Sync failed; retrying", "error", err, "failures", failures, "retryIn", next)
+			if c.onFail != nil {
+				c.onFail(err)
+			}
+		} else {
+			failures = 0
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
 		}
 		timer.Reset(next)
 	}
+}
+
+// safeSync is sync with its panics turned into errors.
+func (c *Controller) safeSync() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("sync panicked: %v", r)
+			c.log.Error("Sync panicked; recovered", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	return c.sync()
+}
+
+// Progress tells liveness checks whether the sync loop has work it has
+// not done (a change not yet programmed, or a failing sync) and when it
+// last completed a sync. Before Run, nothing is pending.
+func (c *Controller) Progress() (pending bool, lastDone time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.running && (c.wanted > c.synced || c.failing != nil), c.lastDone
 }
 
 // Synced reports whether a first sync has completed.

@@ -62,3 +62,10 @@ func podCIDRs(n *corev1.Node) []string {
 	}
 	return nil
 }
+
+// NodeAddresses is what the agent of node self counts as its own node's
+// addresses and the other nodes', from the Node objects alone: palisadectl
+// explain --all-nodes judges a flow as that agent would.
+func NodeAddresses(nodes []*corev1.Node, self string) (own, remote []netip.Addr) {
+	return nodeAddresses(nodes, self)
+}

@@ -46,6 +46,7 @@ type Metrics struct {
 	flows     *prometheus.CounterVec
 	apiErrs   *prometheus.CounterVec
 	unmanaged prometheus.Gauge
+	syncFails prometheus.Counter
 	api       apiHealth
 	descs     map[string]*prometheus.Desc
 	fillOnce  sync.Mutex
@@ -81,6 +82,9 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		unmanaged: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "palisade_unmanaged_pods", Help: "Pods of this node running on the pod network without a Palisade endpoint past the grace period, after the agent tried to adopt them: unprotected until they restart.",
 		}),
+		syncFails: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "palisade_sync_failures_total", Help: "Policy syncs that failed or panicked; each is retried with backoff while the maps keep the last revision.",
+		}),
 		descs: map[string]*prometheus.Desc{
 			"verdicts": prometheus.NewDesc("palisade_verdicts_total", "Datapath verdicts by direction (of the pod) and reason: reason=\"allowed\" counts flows admitted by policy, every other reason dropped packets.", []string{"direction", "reason"}, nil),
 			"lost":     prometheus.NewDesc("palisade_events_lost_total", "Verdict events not delivered to the agent, by cause: rate-limit (over the per-CPU budget) or ringbuf-full (the agent lagged).", []string{"cause"}, nil),
@@ -97,7 +101,7 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		},
 	}
 	m.api.errs = m.apiErrs
-	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m)
+	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m.syncFails, m)
 	return m
 }
 
@@ -113,6 +117,9 @@ func (m *Metrics) ObserveSync(compile, apply time.Duration, changed bool) {
 func (m *Metrics) ObserveAdd(how string, d time.Duration) {
 	m.add.WithLabelValues(how).Observe(d.Seconds())
 }
+
+// SyncFailed counts a failed or panicked sync.
+func (m *Metrics) SyncFailed(error) { m.syncFails.Inc() }
 
 // SetUnmanaged records how many local pods run without an endpoint.
 func (m *Metrics) SetUnmanaged(n int) { m.unmanaged.Set(float64(n)) }
@@ -197,6 +204,8 @@ type apiHealth struct {
 	mu      sync.Mutex
 	lastErr string
 	seen    bool
+	// downSince is when requests started failing; zero while they work.
+	downSince time.Time
 }
 
 // Increment implements clientmetrics.ResultMetric.
@@ -207,6 +216,14 @@ func (a *apiHealth) Increment(_ context.Context, code, method, host string) {
 	a.lastErr = ""
 	if !ok {
 		a.lastErr = method + " " + host + ": " + code
+	}
+	// A 4xx is an answer (a Lease not found yet, a watch too old): the
+	// server is there. No answer, or a 5xx, is not.
+	switch {
+	case code != "<error>" && !strings.HasPrefix(code, "5"):
+		a.downSince = time.Time{}
+	case a.downSince.IsZero():
+		a.downSince = time.Now()
 	}
 	a.mu.Unlock()
 	if !ok {
@@ -229,6 +246,14 @@ func (m *Metrics) APIConnected() (bool, string) {
 		return false, "no request answered yet"
 	}
 	return m.api.lastErr == "", m.api.lastErr
+}
+
+// APIDownSince returns since when requests to the API server have been
+// failing, with the last failure; zero while the last one got an answer.
+func (m *Metrics) APIDownSince() (time.Time, string) {
+	m.api.mu.Lock()
+	defer m.api.mu.Unlock()
+	return m.api.downSince, m.api.lastErr
 }
 
 // Fill returns the map fill levels for palisadectl status.

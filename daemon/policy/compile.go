@@ -423,8 +423,20 @@ func (c *compiler) addAddresses() {
 		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = c.identity(key, &ident{blocks: sig, node: true, nodeLabels: lbl})
 	}
 	c.podKeys = make(map[podAddr]podKey, len(c.s.Pods))
-	for pod, ips := range c.podIPs() {
-		for _, a := range ips {
+	owners := c.podIPs()
+	// Two pods may claim one address: a finished pod's endpoint the
+	// runtime has not torn down yet while host-local gave the address to a
+	// new pod, or a stale status. The first claim in claimOrder takes it,
+	// whatever the map's order, so that a peer never gets the identity of
+	// the pod the address used to belong to.
+	pods := slices.SortedFunc(maps.Keys(owners), claimOrder)
+	claimed := make(map[netip.Addr]bool, len(owners))
+	for _, pod := range pods {
+		for _, a := range owners[pod] {
+			if claimed[a] {
+				continue
+			}
+			claimed[a] = true
 			pa := podAddr{pod, a}
 			k, ok := c.prevPodIdentity(pa)
 			if !ok {
@@ -440,6 +452,27 @@ func (c *compiler) addAddresses() {
 	for _, a := range c.s.NodeIPs {
 		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = identity.Host
 	}
+}
+
+// claimOrder orders the pods claiming an address, first the winner: a
+// live pod (not Succeeded nor Failed) before a finished one, then the
+// newest (the pod created last holds what the IPAM handed out last),
+// then by namespace, name and UID, so that the result never depends on
+// the order the pods come in.
+func claimOrder(a, b *corev1.Pod) int {
+	finished := func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	}
+	if fa, fb := finished(a), finished(b); fa != fb {
+		if fa {
+			return 1
+		}
+		return -1
+	}
+	if c := b.CreationTimestamp.Time.Compare(a.CreationTimestamp.Time); c != 0 {
+		return c
+	}
+	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name), strings.Compare(string(a.UID), string(b.UID)))
 }
 
 // podIPs maps each pod with addresses to them. A local endpoint's IPs come
@@ -563,7 +596,18 @@ func (c *compiler) problem(pol *networkingv1.NetworkPolicy, format string, args 
 }
 
 func policyProblem(pol *networkingv1.NetworkPolicy, format string, args ...any) error {
-	return fmt.Errorf("networkpolicy %s/%s: %s", pol.Namespace, pol.Name, fmt.Sprintf(format, args...))
+	return &Problem{Namespace: pol.Namespace, Name: pol.Name, UID: string(pol.UID), Message: fmt.Sprintf(format, args...)}
+}
+
+// Problem is a part of a NetworkPolicy the compiler could not understand:
+// the agent reports it as an Event on the policy (daemon/policyevents).
+type Problem struct {
+	Namespace, Name, UID string
+	Message              string
+}
+
+func (p *Problem) Error() string {
+	return fmt.Sprintf("networkpolicy %s/%s: %s", p.Namespace, p.Name, p.Message)
 }
 
 // dedupeErrors drops repeated messages, keeping the first of each.

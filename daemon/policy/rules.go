@@ -338,8 +338,11 @@ func (c *compiler) namedRules(subject *corev1.Pod, ids []uint32, np namedPort, e
 	}
 	// A wildcard destination stands for every pod declaring the name:
 	// addresses outside the cluster declare no names.
+	// A new slice: ids is the caller's, which its other ports still use
+	// (reusing its array turned a wildcard into one pod's identity for
+	// them; found by FuzzCompilerAgainstReference).
 	if len(ids) == 1 && ids[0] == identity.Any {
-		ids = ids[:0]
+		ids = nil
 		for id, in := range c.identities {
 			if in.pod {
 				ids = append(ids, id)

@@ -86,8 +86,7 @@ func (s *Server) podPolicy(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 	var req agentapi.ExplainRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, "decode request: "+err.Error())
+	if !decode(w, r, &req) {
 		return
 	}
 	v := s.view(w)

@@ -29,10 +29,13 @@ type Server struct {
 	Version    string
 	BPFRoot    string
 	AttachMode bpf.AttachMode
-	Registry   *endpoint.Registry
+	// Endpoints owns every endpoint's life; the server only translates.
+	Endpoints  *endpoint.Manager
 	Controller *controller.Controller
 	// Ready reports whether the agent accepts endpoints, and why not.
 	Ready func() (bool, string)
+	// Pprof serves /debug/pprof/ (--pprof).
+	Pprof bool
 	// Inspect serves palisadectl's routes (inspect.go); nil serves none.
 	Inspect *Inspect
 	// OnAdd, if set, learns how long each successful ADD took to program
@@ -51,12 +54,14 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/endpoints/{id}", s.delete)
 	mux.HandleFunc("POST /v1/gc", s.gc)
 	s.inspectRoutes(mux)
-	// Profiles are served here, on the root-only socket, and not on the
-	// health port: they expose the agent's memory.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	return mux
+	if s.Pprof {
+		// Profiles expose the agent's memory: served only when asked for,
+		// and only here, on the root-only socket.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	return s.guard(mux, streaming)
 }
 
 // Serve listens on socket until ctx ends. The socket's directory is made
@@ -79,12 +84,17 @@ func (s *Server) Serve(ctx context.Context, socket string) error {
 		l.Close()
 		return fmt.Errorf("restrict socket %s: %w", socket, err)
 	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler: s.Handler(), ConnContext: connContext, MaxHeaderBytes: maxHeaderBytes,
+		ReadHeaderTimeout: headerTimeout, IdleTimeout: idleTimeout,
+	}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = srv.Shutdown(shutdown)
+		if err := srv.Shutdown(shutdown); err != nil {
+			s.Log.Warn("Agent socket not shut down cleanly", "error", err)
+		}
 	}()
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve %s: %w", socket, err)
@@ -96,7 +106,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	ready, reason := s.Ready()
 	st := agentapi.Status{
 		Version: s.Version, Ready: ready, Reason: reason, BPFRoot: s.BPFRoot,
-		AttachMode: string(s.AttachMode), Endpoints: len(s.Registry.List()), Revision: s.Controller.Revision(),
+		AttachMode: string(s.AttachMode), Endpoints: len(s.Endpoints.List()), Revision: s.Controller.Revision(),
 	}
 	if r.URL.Query().Get("detail") == "true" {
 		s.statusDetail(&st)
@@ -106,8 +116,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) add(w http.ResponseWriter, r *http.Request) {
 	var req agentapi.AddRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, "decode request: "+err.Error())
+	if !decode(w, r, &req) {
 		return
 	}
 	if msg := validate(&req); msg != "" {
@@ -124,40 +133,35 @@ func (s *Server) add(w http.ResponseWriter, r *http.Request) {
 		HostIfName: req.HostIfName, HostIfIndex: req.HostIfIndex, IPs: req.IPs,
 	}
 	log := s.Log.With("endpoint", ep.ID, "pod", ep.PodNamespace+"/"+ep.PodName, "ifname", ep.HostIfName)
-	if err := s.Registry.Put(ep); err != nil {
-		log.Error("Endpoint not registered", "error", err)
-		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
-		return
-	}
 	ctx, cancel := context.WithTimeout(r.Context(), agentapi.AddTimeout)
 	defer cancel()
-	start, how := time.Now(), "own"
-	rev, done, err := s.Controller.ProgramNew(ep)
+	start := time.Now()
+	ep, how, err := s.Endpoints.Add(ctx, ep)
 	if err != nil {
-		log.Warn("Endpoint not programmed on its own; waiting for a sync", "error", err)
-	}
-	if !done {
-		how = "sync"
-		rev, err = s.Controller.WaitProgrammed(ctx, s.Controller.Trigger(), ep.ID)
-	}
-	if err != nil {
-		// Leave nothing behind: the runtime will call DEL and retry.
-		s.remove(ep)
+		// The manager left nothing behind: the runtime will call DEL and
+		// retry.
 		msg := fmt.Sprintf("policy for pod %s/%s not programmed within %s: %v", ep.PodNamespace, ep.PodName, agentapi.AddTimeout, err)
-		code := agentapi.CodeTimeout
-		if errors.Is(err, controller.ErrPodUnknown) {
+		status, code := http.StatusGatewayTimeout, agentapi.CodeTimeout
+		switch {
+		case how == "":
+			status, code, msg = http.StatusInternalServerError, agentapi.CodeInternal, err.Error()
+		case errors.Is(err, controller.ErrPodUnknown):
 			code = agentapi.CodePodUnknown
 			msg = fmt.Sprintf("pod %s/%s (uid %q) is not in the agent's view of the API server; check that the agent can reach the API server", ep.PodNamespace, ep.PodName, ep.PodUID)
 		}
-		log.Warn("Endpoint not programmed", "error", err)
-		writeError(w, http.StatusGatewayTimeout, code, msg)
+		if errors.Is(err, endpoint.ErrRollback) {
+			// Half state: say so, whatever else went wrong.
+			log.Error("Endpoint not removed after its failed ADD", "error", err)
+		} else {
+			log.Warn("Endpoint not programmed", "error", err)
+		}
+		writeError(w, status, code, msg)
 		return
 	}
-	ep.Revision, ep.Current = rev, true
 	if s.OnAdd != nil {
 		s.OnAdd(how, time.Since(start))
 	}
-	log.Info("Endpoint added", "revision", rev, "ips", ep.IPs, "programmed", how)
+	log.Info("Endpoint added", "revision", ep.Revision, "ips", ep.IPs, "programmed", how)
 	writeJSON(w, http.StatusOK, agentapi.AddResponse{Endpoint: ep, BPFRoot: s.BPFRoot, AttachMode: string(s.AttachMode)})
 }
 
@@ -185,7 +189,7 @@ func (s *Server) withStatus(ep agentapi.Endpoint) agentapi.Endpoint {
 }
 
 func (s *Server) list(w http.ResponseWriter, _ *http.Request) {
-	eps := s.Registry.List()
+	eps := s.Endpoints.List()
 	for i := range eps {
 		eps[i] = s.withStatus(eps[i])
 	}
@@ -193,7 +197,7 @@ func (s *Server) list(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request) {
-	ep, ok := s.Registry.Get(r.PathValue("id"))
+	ep, ok := s.Endpoints.Get(r.PathValue("id"))
 	if !ok {
 		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, "no endpoint "+r.PathValue("id"))
 		return
@@ -202,12 +206,12 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
-	ep, ok := s.Registry.Get(r.PathValue("id"))
+	ep, ok := s.Endpoints.Get(r.PathValue("id"))
 	if !ok {
 		writeError(w, http.StatusNotFound, agentapi.CodeNotFound, "no endpoint "+r.PathValue("id"))
 		return
 	}
-	if err := s.remove(ep); err != nil {
+	if err := s.Endpoints.Remove(ep.ID); err != nil {
 		s.Log.Error("Endpoint not removed", "endpoint", ep.ID, "error", err)
 		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
 		return
@@ -216,50 +220,45 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// remove forgets an endpoint: registry, maps, then the attached programs.
-func (s *Server) remove(ep agentapi.Endpoint) error {
-	var errs []error
-	if _, _, err := s.Registry.Delete(ep.ID); err != nil {
-		errs = append(errs, err)
-	}
-	if err := s.Controller.Forget(ep.HostIfIndex, ep.ID); err != nil {
-		errs = append(errs, err)
-	}
-	if err := bpf.Detach(s.BPFRoot, ep.HostIfIndex, ep.ID); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
 func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
 	var req agentapi.GCRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, "decode request: "+err.Error())
+	if !decode(w, r, &req) {
 		return
 	}
 	valid := map[string]bool{}
 	for _, a := range req.Valid {
 		valid[agentapi.EndpointID(a.ContainerID, a.IfName)] = true
 	}
-	resp := agentapi.GCResponse{Removed: []string{}}
-	var errs []error
-	for _, ep := range s.Registry.List() {
-		if valid[ep.ID] {
-			continue
-		}
-		if err := s.remove(ep); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		resp.Removed = append(resp.Removed, ep.ID)
+	removed, kept, err := s.Endpoints.GC(valid)
+	resp := agentapi.GCResponse{Removed: removed}
+	if len(kept) > 0 {
+		s.Log.Warn("Garbage collection kept endpoints the runtime did not list: their interface exists and their pod runs here",
+			"kept", kept)
 	}
-	if err := errors.Join(errs...); err != nil {
-		s.Log.Error("Garbage collection incomplete", "error", err)
+	if err != nil {
+		s.Log.Error("Garbage collection incomplete", "removed", removed, "error", err)
 		writeError(w, http.StatusInternalServerError, agentapi.CodeInternal, err.Error())
 		return
 	}
 	s.Log.Info("Garbage collected", "removed", resp.Removed)
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// decode reads a request's JSON body into v, answering the error itself
+// when it cannot.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	err := json.NewDecoder(r.Body).Decode(v)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, agentapi.CodeTooLarge,
+			fmt.Sprintf("request body over %d bytes", tooLarge.Limit))
+	default:
+		writeError(w, http.StatusBadRequest, agentapi.CodeInvalidRequest, "decode request: "+err.Error())
+	}
+	return false
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

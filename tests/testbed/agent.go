@@ -74,6 +74,8 @@ func (n *Node) StartAgent(tb TB, opts AgentOptions) *Agent {
 		"--health-addr=" + agentHealthAddr,
 		"--attach-mode=" + mode,
 		"--log-level=debug",
+		// The benchmarks profile the agents.
+		"--pprof",
 	}
 	a.proc = NewProcess(tb, n.NetNS, "palisade-agent-"+n.Name, append(args, opts.Args...)...)
 	if err := a.Start(); err != nil {

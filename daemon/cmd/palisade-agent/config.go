@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/palisade-cni/palisade/bpf"
 	"github.com/palisade-cni/palisade/daemon/agentapi"
+	"github.com/palisade-cni/palisade/daemon/nodestatus"
 )
 
 // Config is the agent's configuration, from flags only.
@@ -37,6 +39,13 @@ type Config struct {
 	// them from ConntrackMemoryPercent of the node's memory.
 	ConntrackTCP, ConntrackOther uint32
 	ConntrackMemoryPercent       float64
+	// Namespace is the agent's own, where it keeps its node's status Lease.
+	Namespace string
+	// StatusLeaseDuration is how long the node's status Lease holds; the
+	// agent renews it four times as often.
+	StatusLeaseDuration time.Duration
+	// Pprof serves Go profiles on the agent socket.
+	Pprof bool
 }
 
 func parseFlags(args []string) (Config, error) {
@@ -59,9 +68,17 @@ func parseFlags(args []string) (Config, error) {
 	fs.Float64Var(&cfg.ConntrackMemoryPercent, "conntrack-memory-percent", 1,
 		fmt.Sprintf("share of the node's memory for both conntrack tables (%d bytes an entry), two thirds for TCP; at most %d TCP and %d other entries",
 			bpf.ConntrackEntryBytes, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther))
+	fs.StringVar(&cfg.Namespace, "namespace", envOr("POD_NAMESPACE", nodestatus.DefaultNamespace),
+		"the agent's namespace, holding its node's status Lease (default $POD_NAMESPACE, else "+nodestatus.DefaultNamespace+")")
+	fs.DurationVar(&cfg.StatusLeaseDuration, "status-lease-duration", nodestatus.DefaultDuration,
+		"how long the node's status Lease holds without renewal before palisadectl status --all-nodes calls it stale; renewed 4 times as often")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the agent socket (root only; they expose the agent's memory)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cfg, &helpError{usage(fs)}
+		}
 		return cfg, fmt.Errorf("%w\nflags:\n%s", err, usage(fs))
 	}
 	var errs []error
@@ -87,10 +104,25 @@ func parseFlags(args []string) (Config, error) {
 	default:
 		errs = append(errs, fmt.Errorf("--log-format %q: use text or json", *format))
 	}
+	if cfg.StatusLeaseDuration < 4*time.Second {
+		errs = append(errs, fmt.Errorf("--status-lease-duration %v: use at least 4s", cfg.StatusLeaseDuration))
+	}
 	if cfg.NodeName == "" {
 		errs = append(errs, errors.New("--node-name (or $NODE_NAME) is required: the agent must know which pods are local"))
 	}
 	return cfg, errors.Join(errs...)
+}
+
+// helpError asks for the usage, with the flags' descriptions.
+type helpError struct{ flags string }
+
+func (e *helpError) Error() string { return "help requested" }
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }
 
 func usage(fs *flag.FlagSet) string {

@@ -61,11 +61,11 @@ func TestConntrackSizes(t *testing.T) {
 		tcpFlag, otherFlg uint32
 		tcp, other        uint32
 	}{
-		{"a large node gets DESIGN's sizes", 64 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
-		{"from 12 GiB on, 1 % buys DESIGN's sizes", 12 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
+		{"a large node gets the default sizes", 64 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
+		{"from 12 GiB on, 1 % buys the default sizes", 12 * gib, 1, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
 		{"a 4 GiB node gets 1 % of its memory, two thirds for TCP", 4 * gib, 1, 0, 0, 188375, 94187},
 		{"a tiny node gets the floor", 256 << 20, 1, 0, 0, minConntrackTCP, minConntrackOther},
-		{"a larger share grows the tables up to DESIGN's sizes", 4 * gib, 10, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
+		{"a larger share grows the tables up to the default sizes", 4 * gib, 10, 0, 0, bpf.DefaultConntrackTCP, bpf.DefaultConntrackOther},
 		{"flags win, each on its own", 64 * gib, 1, 0, 1024, bpf.DefaultConntrackTCP, 1024},
 		{"flags win over the bounds", 256 << 20, 1, 1 << 21, 100, 1 << 21, 100},
 	}
@@ -81,5 +81,55 @@ func TestConntrackSizes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestCommandHelpAndVersion(t *testing.T) {
+	for _, tt := range []struct {
+		args      []string
+		code      int
+		done      bool
+		out, errs []string
+	}{
+		{args: []string{"--help"}, done: true, out: []string{"install-cni", "uninstall", "--version", "-node-name", "-status-lease-duration"}},
+		{args: []string{"-h"}, done: true, out: []string{"install-cni"}},
+		{args: []string{"help"}, done: true, out: []string{"Usage:"}},
+		{args: []string{"--version"}, done: true, out: []string{"palisade-agent dev"}},
+		{args: []string{"--node-name=n", "--frobnicate"}, code: 2, done: true, errs: []string{"flag provided but not defined", "-bpf-root"}},
+		{args: []string{"--node-name=n"}},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Setenv("NODE_NAME", "")
+			var out, errb strings.Builder
+			_, code, done := command(tt.args, &out, &errb)
+			if code != tt.code || done != tt.done {
+				t.Errorf("code %d done %v, want %d %v (stderr %q)", code, done, tt.code, tt.done, errb.String())
+			}
+			for _, s := range tt.out {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("stdout lacks %q:\n%s", s, out.String())
+				}
+			}
+			for _, s := range tt.errs {
+				if !strings.Contains(errb.String(), s) {
+					t.Errorf("stderr lacks %q:\n%s", s, errb.String())
+				}
+			}
+		})
+	}
+}
+
+func TestNamespaceFromEnvironment(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "kube-system")
+	cfg, err := parseFlags([]string{"--node-name=n"})
+	if err != nil || cfg.Namespace != "kube-system" {
+		t.Errorf("namespace %q (%v), want kube-system from $POD_NAMESPACE", cfg.Namespace, err)
+	}
+	t.Setenv("POD_NAMESPACE", "")
+	if cfg, _ := parseFlags([]string{"--node-name=n"}); cfg.Namespace != "palisade-system" {
+		t.Errorf("namespace %q, want palisade-system without $POD_NAMESPACE", cfg.Namespace)
+	}
+	if _, err := parseFlags([]string{"--node-name=n", "--status-lease-duration=1s"}); err == nil {
+		t.Error("a 1s lease duration was accepted")
 	}
 }

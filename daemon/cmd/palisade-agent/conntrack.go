@@ -9,7 +9,7 @@ import (
 	"github.com/palisade-cni/palisade/bpf"
 )
 
-// Bounds of a conntrack table sized from memory: DESIGN's sizes at most
+// Bounds of a conntrack table sized from memory: the default sizes at most
 // (reached from 12 GiB at the default 1 %: ~114 MiB), and enough for a small node's
 // pods at least.
 const (
@@ -18,8 +18,8 @@ const (
 )
 
 // conntrackSizes sizes the TCP and other conntrack tables for a node with
-// mem bytes of memory: percent of it for both, two thirds for TCP (DESIGN's
-// 512k:256k), each bounded by DESIGN's size above and a floor below. A
+// mem bytes of memory: percent of it for both, two thirds for TCP (the defaults'
+// 512k:256k), each bounded by the default size above and a floor below. A
 // size given by flag (not 0) wins over the computed one.
 func conntrackSizes(mem uint64, percent float64, tcpFlag, otherFlag uint32) (tcp, other uint32) {
 	entries := float64(mem) * percent / 100 / bpf.ConntrackEntryBytes

@@ -6,11 +6,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -33,9 +30,11 @@ import (
 	"github.com/palisade-cni/palisade/daemon/controller"
 	"github.com/palisade-cni/palisade/daemon/datapath"
 	"github.com/palisade-cni/palisade/daemon/endpoint"
+	"github.com/palisade-cni/palisade/daemon/health"
 	"github.com/palisade-cni/palisade/daemon/identity"
 	"github.com/palisade-cni/palisade/daemon/k8s"
 	"github.com/palisade-cni/palisade/daemon/server"
+	"github.com/palisade-cni/palisade/daemon/statefile"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -49,19 +48,16 @@ func main() { os.Exit(run()) }
 const (
 	unmanagedEvery = 2 * time.Second
 	unmanagedGrace = 5 * time.Second
+	// reconcileEvery is how often endpoints of vanished interfaces and
+	// finished pods are reclaimed (endpoint.Manager.Reconcile).
+	reconcileEvery = 2 * time.Second
 )
 
 func run() int {
-	// install-cni and uninstall: see subcommands.go.
-	if len(os.Args) > 1 {
-		if sub, ok := subcommands[os.Args[1]]; ok {
-			return sub(os.Args[2:])
-		}
-	}
-	cfg, err := parseFlags(os.Args[1:])
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "palisade-agent: %v\n", err)
-		return 2
+	// install-cni, uninstall, --help and --version: see subcommands.go.
+	cfg, code, done := command(os.Args[1:], os.Stdout, os.Stderr)
+	if done {
+		return code
 	}
 	log := newLogger(cfg)
 	klog.SetSlogLogger(log)
@@ -92,6 +88,13 @@ func tuneGC() {
 }
 
 func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
+	// Before anything is loaded or pruned: a second agent must touch
+	// nothing of the first's.
+	lock, err := statefile.Lock(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}
@@ -143,10 +146,17 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctrl = controller.New(controller.Config{
 		Log: log, NodeName: cfg.NodeName, Cluster: cluster, Registry: registry, Datapath: writer,
 		Alloc: alloc, NodeIPs: localAddrs, Persist: func(a *identity.Allocator) error { return a.Save(idPath) },
-		OnSync:              func(t controller.SyncTimings) { obs.metrics.ObserveSync(t.Compile, t.Apply, t.Changed) },
+		OnSync:              obs.observeSync,
+		OnFailure:           obs.metrics.SyncFailed,
 		ClusterPolicyStatus: cnpStatus,
 	})
-	restore(log, cfg, registry)
+	endpoints := &endpoint.Manager{
+		Log: log, NodeName: cfg.NodeName, Registry: registry, Program: ctrl, Pods: cluster.Pods,
+		Attach: endpoint.BPFAttacher{Root: cfg.BPFRoot, Mode: cfg.AttachMode}, Alive: endpoint.KernelLinkAlive,
+	}
+	if err := endpoints.Restore(); err != nil {
+		log.Warn("Endpoints of vanished interfaces not all forgotten", "error", err)
+	}
 
 	synced := make(chan struct{})
 	ready := func() (bool, string) {
@@ -162,13 +172,18 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	srv := &server.Server{
 		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
-		Registry: registry, Controller: ctrl, Ready: ready,
+		Endpoints: endpoints, Controller: ctrl, Ready: ready, Pprof: cfg.Pprof,
 		Inspect: obs.inspector(ctx, log, cfg, objs, cluster, registry, ctrl, state),
 		OnAdd:   obs.metrics.ObserveAdd,
 	}
+	obs.reportToCluster(ctx, log, cfg, client, ctrl, ready, state)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
-	go func() { errc <- serveHealth(ctx, cfg.HealthAddr, ready, obs.metricsHandler()) }()
+	probes := &health.Checker{
+		Stall: health.DefaultStall, APIGrace: health.DefaultAPIGrace,
+		Progress: ctrl.Progress, APIDown: obs.metrics.APIDownSince, Ready: ready,
+	}
+	go func() { errc <- probes.Serve(ctx, cfg.HealthAddr, obs.metricsHandler()) }()
 
 	cluster.Start(ctx)
 	defer cluster.Shutdown()
@@ -182,12 +197,13 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if !waitSynced(ctx, ctrl) {
 		return ctx.Err()
 	}
-	reattach(log, cfg, registry)
+	if err := endpoints.Reattach(); err != nil {
+		log.Error("Programs not re-attached", "error", err)
+	}
 	// Adopt pods that were running before the agent (daemon/adopt). The
 	// agent reports ready only afterwards, so a rollout waits for it.
 	adoption := adopt.Config{
-		Log: log, NodeName: cfg.NodeName, CacheDir: cfg.CNICacheDir, BPFRoot: cfg.BPFRoot,
-		AttachMode: cfg.AttachMode, Registry: registry, Pods: cluster.Pods, Controller: ctrl,
+		Log: log, NodeName: cfg.NodeName, CacheDir: cfg.CNICacheDir, Endpoints: endpoints, Pods: cluster.Pods,
 	}
 	if _, err := adopt.Run(ctx, adoption); err != nil {
 		log.Error("Adoption incomplete", "error", err)
@@ -196,7 +212,8 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Pods started later through a chain without palisade (the main CNI
 	// rewrote its conflist before install-cni put palisade back) are
 	// adopted the same way.
-	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.metrics.SetUnmanaged}).Run(ctx)
+	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.setUnmanaged}).Run(ctx)
+	go endpoints.Run(ctx, reconcileEvery, nil)
 	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
 
 	select {
@@ -204,32 +221,6 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nil
 	case err := <-errc:
 		return err
-	}
-}
-
-// restore forgets the endpoints whose interface is gone since the agent
-// last ran; the others keep their programs until reattach.
-func restore(log *slog.Logger, cfg Config, registry *endpoint.Registry) {
-	for _, ep := range registry.List() {
-		l, err := netlink.LinkByIndex(ep.HostIfIndex)
-		if err == nil && l.Attrs().Name == ep.HostIfName {
-			continue
-		}
-		log.Info("Endpoint interface gone; forgetting it", "endpoint", ep.ID, "ifname", ep.HostIfName)
-		if _, _, err := registry.Delete(ep.ID); err != nil {
-			log.Warn("Endpoint not forgotten", "endpoint", ep.ID, "error", err)
-		}
-		_ = bpf.Detach(cfg.BPFRoot, 0, ep.ID)
-	}
-}
-
-// reattach puts the current programs on every endpoint that survived an
-// agent restart: this is how an upgrade replaces the programs.
-func reattach(log *slog.Logger, cfg Config, registry *endpoint.Registry) {
-	for _, ep := range registry.List() {
-		if _, err := bpf.Attach(cfg.BPFRoot, ep.HostIfIndex, ep.ID, cfg.AttachMode); err != nil {
-			log.Error("Programs not re-attached; the old ones keep enforcing", "endpoint", ep.ID, "error", err)
-		}
 	}
 }
 
@@ -311,30 +302,4 @@ func localAddrs() ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
-}
-
-func serveHealth(ctx context.Context, addr string, ready func() (bool, string), metrics http.Handler) error {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metrics)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ok, reason := ready(); !ok {
-			http.Error(w, reason, http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen for health checks on %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve health checks: %w", err)
-	}
-	return nil
 }

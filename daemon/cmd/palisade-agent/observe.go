@@ -27,6 +27,8 @@ type observability struct {
 	reg     *prometheus.Registry
 	metrics *metrics.Metrics
 	hub     *events.Hub
+	// progress feeds the node's Lease (clusterstatus.go).
+	progress progress
 }
 
 // newObservability registers the metrics; call it before any API client
@@ -51,8 +53,16 @@ func (o *observability) inspector(ctx context.Context, log *slog.Logger, cfg Con
 	snaps := &inspect.Snapshots{
 		Result: ctrl.Last,
 		Build: func(res *policy.Result) *inspect.View {
-			pods, _ := cluster.Pods.List(labels.Everything())
-			pols, _ := cluster.Policies.List(labels.Everything())
+			// A lister reads a local cache and fails only on a selector
+			// error, impossible with Everything; say so if it ever does.
+			pods, err := cluster.Pods.List(labels.Everything())
+			if err != nil {
+				log.Warn("Pods not listed for palisadectl's view", "error", err)
+			}
+			pols, err := cluster.Policies.List(labels.Everything())
+			if err != nil {
+				log.Warn("Policies not listed for palisadectl's view", "error", err)
+			}
 			return inspect.NewView(res, pods, pols, registry.List(), cfg.NodeName)
 		},
 	}

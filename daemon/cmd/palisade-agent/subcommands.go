@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +27,49 @@ import (
 var subcommands = map[string]func(args []string) int{
 	"install-cni": runInstall,
 	"uninstall":   runUninstall,
+}
+
+const agentUsage = `palisade-agent is Palisade's node agent: it loads the eBPF datapath and keeps
+every local pod's policy maps equal to the cluster's NetworkPolicies.
+
+Usage:
+  palisade-agent [flags]                 run the agent (as the DaemonSet does)
+  palisade-agent install-cni [flags]     put the palisade plugin into the node's CNI chain
+  palisade-agent uninstall [flags]       take it out again, and remove the agent's pins and state
+  palisade-agent --version               print the version
+
+Run palisade-agent SUBCOMMAND --help for a subcommand's flags.
+
+Flags:
+`
+
+// command handles everything but running the agent: subcommands, --help
+// and --version, and flags that do not parse. done says it did; the agent
+// runs with cfg otherwise.
+func command(args []string, stdout, stderr io.Writer) (cfg Config, code int, done bool) {
+	if len(args) > 0 {
+		if sub, ok := subcommands[args[0]]; ok {
+			return cfg, sub(args[1:]), true
+		}
+		switch args[0] {
+		case "--version", "-version", "version":
+			fmt.Fprintf(stdout, "palisade-agent %s (%s)\n", version, runtime.Version())
+			return cfg, 0, true
+		case "help":
+			args = []string{"--help"}
+		}
+	}
+	cfg, err := parseFlags(args)
+	var he *helpError
+	switch {
+	case errors.As(err, &he):
+		fmt.Fprint(stdout, agentUsage+he.flags)
+		return cfg, 0, true
+	case err != nil:
+		fmt.Fprintf(stderr, "palisade-agent: %v\n", err)
+		return cfg, 2, true
+	}
+	return cfg, 0, false
 }
 
 // defaultPluginSource is the plugin binary next to the agent's own, as the
@@ -50,6 +95,10 @@ func runInstall(args []string) int {
 	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the main CNI to write its configuration")
 	watch := fs.Duration("watch", 0, "after installing, keep palisade chained: again on every change in the conf dir, and every this often (0: exit)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(os.Stdout, "Usage: palisade-agent install-cni [flags]\n\nFlags:\n%s", usage(fs))
+			return 0
+		}
 		fmt.Fprintf(os.Stderr, "palisade-agent install-cni: %v\nflags:\n%s", err, usage(fs))
 		return 2
 	}
@@ -83,6 +132,10 @@ func runUninstall(args []string) int {
 	fs.StringVar(&cfg.StateDir, "state-dir", agentapi.DefaultStateDir, "the agent's state directory")
 	stay := fs.Bool("stay", false, "after a successful uninstall, wait for SIGTERM instead of exiting (for a DaemonSet)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(os.Stdout, "Usage: palisade-agent uninstall [flags]\n\nFlags:\n%s", usage(fs))
+			return 0
+		}
 		fmt.Fprintf(os.Stderr, "palisade-agent uninstall: %v\nflags:\n%s", err, usage(fs))
 		return 2
 	}

@@ -87,7 +87,7 @@ func TestCommands(t *testing.T) {
 	sock, seen := fakeAgent(t, map[string]any{
 		"GET /v1/status": agentapi.Status{Version: "v1", Ready: true, AttachMode: "tcx", Endpoints: 2, NodeName: "node-1", APIConnected: true,
 			Maps: []agentapi.MapFill{{Map: "ipcache", Entries: 5, Capacity: 10}}},
-		"GET /v1/endpoints": []agentapi.Endpoint{{PodNamespace: "prod", PodName: "backend", Adopted: true, HostIfName: "veth1", Revision: 3, Current: true,
+		"GET /v1/endpoints": []agentapi.Endpoint{{ID: "c1_eth0", HostIfIndex: 7, PodNamespace: "prod", PodName: "backend", Adopted: true, HostIfName: "veth1", Revision: 3, Current: true,
 			Identity: 300, IngressIsolated: true, Policies: []string{"prod/deny"}}},
 		"POST /v1/explain": []agentapi.Explanation{{
 			From: agentapi.Peer{Pod: "prod/frontend", IP: "10.244.1.11"}, To: agentapi.Peer{Pod: "prod/backend", IP: "10.244.1.10"},
@@ -116,9 +116,22 @@ func TestCommands(t *testing.T) {
 			request: "GET /v1/flows?pod=prod%2Fbackend&verdict=dropped"},
 		{args: []string{"explain", "--from", "prod/frontend"}, code: 2, err: []string{"both --from and --to are required"}},
 		{args: []string{"flows", "--verdict", "maybe"}, code: 2, err: []string{`--verdict "maybe"`}},
-		{args: []string{"status", "-o", "yaml"}, code: 2, err: []string{`-o "yaml": use table or json`}},
+		{args: []string{"status", "-o", "yaml"}, out: []string{"attachMode: tcx", "nodeName: node-1"}, request: "GET /v1/status?detail=true"},
+		{args: []string{"-o", "json", "status"}, out: []string{`"attachMode": "tcx"`}, request: "GET /v1/status?detail=true"},
+		{args: []string{"status", "--output=wide"}, out: []string{"BPF root:", "Socket:"}, request: "GET /v1/status?detail=true"},
+		{args: []string{"status", "-o", "xml"}, code: 2, err: []string{`-o "xml": use table, wide, json, yaml`}},
+		{args: []string{"status", "extra"}, code: 2, err: []string{`unexpected "extra"`}},
+		{args: []string{"endpoints", "-o", "wide"}, out: []string{"ENDPOINT", "IFINDEX", "c1_eth0"}, request: "GET /v1/endpoints"},
+		{args: []string{"endpoints", "-o", "yaml"}, out: []string{"podName: backend", "hostIfName: veth1"}, request: "GET /v1/endpoints"},
+		{args: []string{"version", "-o", "json"}, out: []string{`"client": "dev"`, `"agent": "v1"`}, request: "GET /v1/status"},
+		{args: []string{"version", "--client"}, out: []string{"Client: dev"}},
+		{args: []string{"completion", "bash"}, out: []string{"bash completion", "palisadectl"}},
+		{args: []string{"--help"}, out: []string{"Available Commands:", "status", "explain", "completion", "version", "--output"}},
+		{args: []string{"explain", "--help"}, out: []string{"--all-nodes", "--from"}},
+		{args: []string{}, code: 2, err: []string{"name a command"}},
+		{args: []string{"status", "--bogus"}, code: 2, err: []string{"unknown flag: --bogus"}},
 		{args: []string{"policy"}, code: 2, err: []string{"name one pod as NAMESPACE/POD"}},
-		{args: []string{"frobnicate"}, code: 2, err: []string{`unknown command "frobnicate"`, "Usage:"}},
+		{args: []string{"frobnicate"}, code: 2, err: []string{`unknown command "frobnicate"`, "--help"}},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			*seen = nil
@@ -150,7 +163,27 @@ func TestCommands(t *testing.T) {
 func TestAgentDown(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "nobody.sock")
 	code, _, errOut := runCLI("status", "--socket", sock)
-	if code != 1 || !strings.Contains(errOut, "no palisade-agent answers on "+sock) || !strings.Contains(errOut, "are you root") {
+	if code != exitError || !strings.Contains(errOut, "no palisade-agent answers on "+sock) || !strings.Contains(errOut, "are you root") {
 		t.Errorf("exit %d, stderr %q: want 1 and a message naming the socket and what to check", code, errOut)
+	}
+}
+
+// TestNotReady checks the exit code that tells "the agent is not ready"
+// from an error, after the status was printed.
+func TestNotReady(t *testing.T) {
+	sock, _ := fakeAgent(t, map[string]any{
+		"GET /v1/status": agentapi.Status{Version: "v1", Ready: false, Reason: "waiting for the first policy sync", NodeName: "node-1"},
+	})
+	for _, format := range []string{"table", "json"} {
+		code, out, errOut := runCLI("status", "-o", format, "--socket", sock)
+		if code != exitNotReady {
+			t.Errorf("-o %s: exit %d, want %d", format, code, exitNotReady)
+		}
+		if !strings.Contains(out, "waiting for the first policy sync") {
+			t.Errorf("-o %s: output lacks the reason:\n%s", format, out)
+		}
+		if !strings.Contains(errOut, "not ready") {
+			t.Errorf("-o %s: stderr lacks 'not ready': %q", format, errOut)
+		}
 	}
 }
