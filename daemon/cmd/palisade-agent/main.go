@@ -6,8 +6,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -33,6 +36,7 @@ import (
 	"github.com/palisade-cni/palisade/daemon/health"
 	"github.com/palisade-cni/palisade/daemon/identity"
 	"github.com/palisade-cni/palisade/daemon/k8s"
+	"github.com/palisade-cni/palisade/daemon/metrics"
 	"github.com/palisade-cni/palisade/daemon/server"
 	"github.com/palisade-cni/palisade/daemon/statefile"
 )
@@ -170,6 +174,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return true, ""
 	}
+	metrics.RegisterReady(obs.reg, func() bool { ok, _ := ready(); return ok })
 	srv := &server.Server{
 		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
 		Endpoints: endpoints, Controller: ctrl, Ready: ready, Pprof: cfg.Pprof,
@@ -177,13 +182,16 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		OnAdd:   obs.metrics.ObserveAdd,
 	}
 	obs.reportToCluster(ctx, log, cfg, client, ctrl, ready, state)
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
 	probes := &health.Checker{
 		Stall: health.DefaultStall, APIGrace: health.DefaultAPIGrace,
 		Progress: ctrl.Progress, APIDown: obs.metrics.APIDownSince, Ready: ready,
 	}
 	go func() { errc <- probes.Serve(ctx, cfg.HealthAddr, obs.metricsHandler()) }()
+	if cfg.MetricsAddr != "" {
+		go func() { errc <- serveMetrics(ctx, cfg.MetricsAddr, obs.metricsHandler()) }()
+	}
 
 	cluster.Start(ctx)
 	defer cluster.Shutdown()
@@ -213,7 +221,11 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// rewrote its conflist before install-cni put palisade back) are
 	// adopted the same way.
 	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.setUnmanaged}).Run(ctx)
-	go endpoints.Run(ctx, reconcileEvery, nil)
+	go endpoints.Run(ctx, reconcileEvery, func(res endpoint.ReconcileResult, _ error) {
+		for reason, n := range res.ByReason {
+			obs.metrics.EndpointsReclaimed(reason, n)
+		}
+	})
 	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
 
 	select {
@@ -302,4 +314,25 @@ func localAddrs() ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// serveMetrics serves /metrics alone where Prometheus can reach it, apart
+// from the health endpoints, which stay on loopback for the kubelet's
+// probes.
+func serveMetrics(ctx context.Context, addr string, handler http.Handler) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", handler)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve metrics on %s: %w", addr, err)
+	}
+	return nil
 }
