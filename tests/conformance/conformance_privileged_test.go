@@ -25,7 +25,7 @@ var (
 	flagOnly  = flag.String("only", "", "comma-separated case ids to run (default: all)")
 	flagNodes = flag.Int("nodes", 2, "testbed nodes to spread the pods over")
 	flagJSON  = flag.String("json", "", "also write the results to this file")
-	// The generated catalog is 210 cases (about ten minutes on 3 nodes):
+	// The generated catalog is 210 cases on 3 nodes:
 	// --generated-every=5 replays every 5th case, 1 all of them. Off by default
 	// until a testbed run of it is recorded in README "Conformance".
 	flagGenEvery = flag.Int("generated-every", 0, "without --model: replay every Nth case of tests/conformance/generated (0: none)")
