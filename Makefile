@@ -2,7 +2,7 @@
 # needs; each installs what is missing first (scripts/deps).
 
 GO       ?= go
-VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+VERSION  ?= $(shell scripts/version)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 # One pinned Debian clang for the BPF objects, so that `make generate`
 # reproduces the committed ones byte for byte.
@@ -36,7 +36,7 @@ flannel: deps
 
 # Everything: pure, privileged kernel, integration and end-to-end tests.
 # Privileged tests fail instead of skipping (PALISADE_REQUIRE_PRIVILEGED).
-test: kube flannel
+test: kube flannel helm
 	PALISADE_REQUIRE_PRIVILEGED=1 $(GO) test -count=1 -timeout 30m ./...
 
 # NetworkPolicy conformance: the upstream e2e suite's catalog and ours,
@@ -78,6 +78,20 @@ test-unit:
 .PHONY: image
 image: build
 	LDFLAGS='$(LDFLAGS)' scripts/image
+
+# Helm, pinned in tests/helm/go.mod, built into a cache (scripts/helm-build
+# prints its path): it renders charts/palisade for the tests.
+.PHONY: helm
+helm:
+	scripts/helm-build
+
+# A release into bin/release: amd64 and arm64 binaries, one multi-arch OCI
+# image (layout tarball, no container engine), the packaged chart and the
+# manifests naming the image; versions from `git describe` (scripts/version).
+# IMAGE_REPO names the image.
+.PHONY: release
+release: helm
+	scripts/release
 
 # KEEP=1 leaves the demo's testbed up until ^C, for kubectl.
 demo: kube flannel build

@@ -303,6 +303,8 @@ type ReconcileResult struct {
 	// Removed are endpoints whose interface vanished or whose Pod
 	// finished.
 	Removed []string
+	// ByReason counts them by reason ("interface gone", "pod finished").
+	ByReason map[string]int
 }
 
 // Reconcile removes the endpoints nothing else will: those whose host
@@ -338,6 +340,10 @@ func (m *Manager) Reconcile() (ReconcileResult, error) {
 			m.Log.Info("Endpoint reclaimed", "endpoint", ep.ID, "pod", ep.PodNamespace+"/"+ep.PodName,
 				"ifname", ep.HostIfName, "reason", reason)
 			res.Removed = append(res.Removed, ep.ID)
+			if res.ByReason == nil {
+				res.ByReason = map[string]int{}
+			}
+			res.ByReason[reason]++
 		}
 	}
 	return res, errors.Join(errs...)

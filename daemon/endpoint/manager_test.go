@@ -279,15 +279,16 @@ func TestManagerReconcile(t *testing.T) {
 		node    string
 		link    string // the name at the endpoint's ifindex; "" none
 		removed bool
+		reason  string
 		wantErr bool
 	}{
 		{name: "running pod, veth alive", phase: corev1.PodRunning, node: node, link: "veth-p", removed: false},
 		{name: "pod not in the cache yet, veth alive", link: "veth-p", removed: false},
-		{name: "veth gone (DEL while the agent was down)", phase: corev1.PodRunning, node: node, removed: true},
-		{name: "veth gone, pod gone too", removed: true},
-		{name: "ifindex now another interface", phase: corev1.PodRunning, node: node, link: "veth-other", removed: true},
-		{name: "pod succeeded", phase: corev1.PodSucceeded, node: node, link: "veth-p", removed: true},
-		{name: "pod failed", phase: corev1.PodFailed, node: node, link: "veth-p", removed: true},
+		{name: "veth gone (DEL while the agent was down)", phase: corev1.PodRunning, node: node, removed: true, reason: "interface gone"},
+		{name: "veth gone, pod gone too", removed: true, reason: "interface gone"},
+		{name: "ifindex now another interface", phase: corev1.PodRunning, node: node, link: "veth-other", removed: true, reason: "interface gone"},
+		{name: "pod succeeded", phase: corev1.PodSucceeded, node: node, link: "veth-p", removed: true, reason: "pod finished"},
+		{name: "pod failed", phase: corev1.PodFailed, node: node, link: "veth-p", removed: true, reason: "pod finished"},
 		{name: "pending pod", phase: corev1.PodPending, node: node, link: "veth-p", removed: false},
 		{name: "interface unreadable", phase: corev1.PodSucceeded, node: node, link: "broken", removed: false, wantErr: true},
 	}
@@ -311,6 +312,9 @@ func TestManagerReconcile(t *testing.T) {
 			}
 			if diff := cmp.Diff(want, res.Removed); diff != "" {
 				t.Errorf("removed (-want +got):\n%s", diff)
+			}
+			if tt.removed && res.ByReason[tt.reason] != 1 {
+				t.Errorf("reasons %v, want one %q", res.ByReason, tt.reason)
 			}
 			if got := len(w.ids()) == 0; got != tt.removed {
 				t.Errorf("registry empty = %v, want %v", got, tt.removed)

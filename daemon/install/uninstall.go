@@ -108,8 +108,9 @@ func detachAll(log *slog.Logger, root, stateDir string) error {
 	if err != nil {
 		errs = append(errs, err)
 	} else {
+		att := endpoint.BPFAttacher{Root: root}
 		for _, ep := range reg.List() {
-			if err := bpf.Detach(root, ep.HostIfIndex, ep.ID); err != nil {
+			if err := att.Detach(ep.HostIfIndex, ep.ID); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -8,6 +8,7 @@ package metrics
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -47,6 +48,7 @@ type Metrics struct {
 	apiErrs   *prometheus.CounterVec
 	unmanaged prometheus.Gauge
 	syncFails prometheus.Counter
+	reclaims  *prometheus.CounterVec
 	api       apiHealth
 	descs     map[string]*prometheus.Desc
 	fillOnce  sync.Mutex
@@ -85,8 +87,21 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		syncFails: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "palisade_sync_failures_total", Help: "Policy syncs that failed or panicked; each is retried with backoff while the maps keep the last revision.",
 		}),
+		reclaims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "palisade_endpoints_reclaimed_total", Help: "Endpoints the agent removed on its own (no DEL came), by reason: interface gone or pod finished.",
+		}, []string{"reason"}),
 		descs: map[string]*prometheus.Desc{
-			"verdicts": prometheus.NewDesc("palisade_verdicts_total", "Datapath verdicts by direction (of the pod) and reason: reason=\"allowed\" counts flows admitted by policy, every other reason dropped packets.", []string{"direction", "reason"}, nil),
+			// Flows and packets are different units, so they are two
+			// counters: the datapath judges a flow once, on its first
+			// packet, and then counts it admitted; a refused flow leaves no
+			// state, so each of its packets is judged and dropped anew
+			// (a retransmitted SYN counts twice), and drops are counted in
+			// packets.
+			"allowed": prometheus.NewDesc("palisade_flows_allowed_total", "Flows admitted by policy, by direction of the pod.", []string{"direction"}, nil),
+			"dropped": prometheus.NewDesc("palisade_packets_dropped_total", "Packets the datapath dropped, by direction of the pod and reason (policy, rejudged, unknown-endpoint, malformed, nat, spoofed, fragment).", []string{"direction", "reason"}, nil),
+			// Deprecated in 0.2.0, removed in the release after: both units
+			// in one counter. CHANGELOG.md says so.
+			"verdicts": prometheus.NewDesc("palisade_verdicts_total", "DEPRECATED (use palisade_flows_allowed_total and palisade_packets_dropped_total; removed in the next release): datapath verdicts by direction and reason, reason=\"allowed\" counting flows and every other reason packets.", []string{"direction", "reason"}, nil),
 			"lost":     prometheus.NewDesc("palisade_events_lost_total", "Verdict events not delivered to the agent, by cause: rate-limit (over the per-CPU budget) or ringbuf-full (the agent lagged).", []string{"cause"}, nil),
 			"entries":  prometheus.NewDesc("palisade_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
 			"capacity": prometheus.NewDesc("palisade_map_capacity", "Maximum entries of a BPF map.", []string{"map"}, nil),
@@ -101,8 +116,33 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		},
 	}
 	m.api.errs = m.apiErrs
-	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m.syncFails, m)
+	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m.syncFails, m.reclaims, m)
 	return m
+}
+
+// RegisterBuildInfo registers palisade_build_info, constant 1, whose labels
+// say which build runs: a dashboard or alert joins on it to tell versions
+// apart during a rolling upgrade.
+func RegisterBuildInfo(reg prometheus.Registerer, version string) {
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "palisade_build_info", Help: "Always 1; the labels name the agent's version and the Go toolchain and architecture it was built with.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "goarch": runtime.GOARCH},
+	})
+	info.Set(1)
+	reg.MustRegister(info)
+}
+
+// RegisterReady registers palisade_agent_ready, 1 when /readyz would
+// answer ready: the alert on a node whose new pods cannot start.
+func RegisterReady(reg prometheus.Registerer, ready func() bool) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "palisade_agent_ready", Help: "1 when the agent is ready (datapath loaded, caches synced, first policy programmed), as /readyz says; else 0, and new pods on the node cannot start.",
+	}, func() float64 {
+		if ready() {
+			return 1
+		}
+		return 0
+	}))
 }
 
 // ObserveSync records one controller sync.
@@ -120,6 +160,12 @@ func (m *Metrics) ObserveAdd(how string, d time.Duration) {
 
 // SyncFailed counts a failed or panicked sync.
 func (m *Metrics) SyncFailed(error) { m.syncFails.Inc() }
+
+// EndpointsReclaimed counts endpoints removed for reason by the
+// endpoint reconcile.
+func (m *Metrics) EndpointsReclaimed(reason string, n int) {
+	m.reclaims.WithLabelValues(reason).Add(float64(n))
+}
 
 // SetUnmanaged records how many local pods run without an endpoint.
 func (m *Metrics) SetUnmanaged(n int) { m.unmanaged.Set(float64(n)) }
@@ -145,8 +191,13 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			if v.Reason > bpf.ReasonLast { // slots no reason uses yet
 				continue
 			}
-			ch <- prometheus.MustNewConstMetric(m.descs["verdicts"], prometheus.CounterValue, float64(v.Count),
-				v.Direction.PolicyDirection(), bpf.ReasonName(v.Reason))
+			dir, reason := v.Direction.PolicyDirection(), bpf.ReasonName(v.Reason)
+			if v.Reason == bpf.ReasonAllowed {
+				ch <- prometheus.MustNewConstMetric(m.descs["allowed"], prometheus.CounterValue, float64(v.Count), dir)
+			} else {
+				ch <- prometheus.MustNewConstMetric(m.descs["dropped"], prometheus.CounterValue, float64(v.Count), dir, reason)
+			}
+			ch <- prometheus.MustNewConstMetric(m.descs["verdicts"], prometheus.CounterValue, float64(v.Count), dir, reason)
 		}
 	}
 	if lost, err := m.dp.LostEvents(); err != nil {

@@ -2,9 +2,11 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"runtime"
 	"testing"
 	"time"
 
@@ -101,6 +103,8 @@ func TestScrape(t *testing.T) {
 	m := New(reg, slog.New(slog.DiscardHandler), fakeDatapath{}, func() State {
 		return State{Endpoints: 3, Identities: 5, Policies: 2, Revision: 9}
 	})
+	RegisterBuildInfo(reg, "v0.2.0-test")
+	RegisterReady(reg, func() bool { return false })
 	m.ObserveSync(2*time.Millisecond, 5*time.Millisecond, true)
 	m.ObserveSync(time.Millisecond, 0, false)
 	m.ObserveFlow(&agentapi.Flow{Verdict: agentapi.FlowDropped})
@@ -108,6 +112,9 @@ func TestScrape(t *testing.T) {
 	m.ObserveAdd("own", 4*time.Millisecond)
 	m.ObserveAdd("sync", 40*time.Millisecond)
 	m.api.Increment(context.Background(), "<error>", "GET", "198.18.0.1:6443")
+	m.SyncFailed(errors.New("list pods: boom"))
+	m.SyncFailed(errors.New("sync panicked"))
+	m.EndpointsReclaimed("pod finished", 2)
 
 	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.HTTPErrorOnError}))
 	defer srv.Close()
@@ -123,6 +130,13 @@ func TestScrape(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
+		{"palisade_flows_allowed_total", map[string]string{"direction": "ingress"}, 10},
+		{"palisade_flows_allowed_total", map[string]string{"direction": "egress"}, 0},
+		{"palisade_packets_dropped_total", map[string]string{"direction": "ingress", "reason": "policy"}, 12},
+		{"palisade_packets_dropped_total", map[string]string{"direction": "egress", "reason": "spoofed"}, 6},
+		{"palisade_packets_dropped_total", map[string]string{"direction": "egress", "reason": "fragment"}, 7},
+		{"palisade_build_info", map[string]string{"version": "v0.2.0-test", "goversion": runtime.Version(), "goarch": runtime.GOARCH}, 1},
+		{"palisade_agent_ready", nil, 0},
 		{"palisade_verdicts_total", map[string]string{"direction": "ingress", "reason": "policy"}, 12},
 		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "allowed"}, 0},
 		{"palisade_verdicts_total", map[string]string{"direction": "egress", "reason": "nat"}, 5},
@@ -143,10 +157,23 @@ func TestScrape(t *testing.T) {
 		{"palisade_api_errors_total", map[string]string{"method": "GET", "code": "<error>"}, 1},
 		{"palisade_conntrack_reclaimed_total", map[string]string{"table": "tcp"}, 0},
 		{"palisade_conntrack_tcp_misses_total", nil, 3},
+		{"palisade_sync_failures_total", nil, 2},
+		{"palisade_endpoints_reclaimed_total", map[string]string{"reason": "pod finished"}, 2},
 	} {
 		if got := value(t, fams, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
+	}
+	// No "allowed" among the drops: flows and packets do not mix.
+	for _, s := range fams["palisade_packets_dropped_total"].GetMetric() {
+		for _, l := range s.GetLabel() {
+			if l.GetName() == "reason" && l.GetValue() == "allowed" {
+				t.Errorf("palisade_packets_dropped_total has reason=allowed")
+			}
+		}
+	}
+	if n := len(fams["palisade_packets_dropped_total"].GetMetric()); n != 2*bpf.ReasonLast {
+		t.Errorf("%d drop series, want %d", n, 2*bpf.ReasonLast)
 	}
 	// Reason slots no reason uses are not exported.
 	if n := len(fams["palisade_verdicts_total"].GetMetric()); n != 2*(bpf.ReasonLast+1) {
@@ -155,9 +182,21 @@ func TestScrape(t *testing.T) {
 	if ok, why := m.APIConnected(); ok || why == "" {
 		t.Errorf("APIConnected after a failed request = %v %q, want false and the failure", ok, why)
 	}
+	if since, _ := m.APIDownSince(); since.IsZero() {
+		t.Error("APIDownSince after a request without answer is zero")
+	}
 	m.api.Increment(context.Background(), "200", "GET", "198.18.0.1:6443")
 	if ok, _ := m.APIConnected(); !ok {
 		t.Error("APIConnected after an answered request = false")
+	}
+	// A 4xx is an answer: the API server is reachable.
+	m.api.Increment(context.Background(), "404", "GET", "198.18.0.1:6443")
+	if since, _ := m.APIDownSince(); !since.IsZero() {
+		t.Errorf("APIDownSince after a 404 = %v, want zero", since)
+	}
+	m.api.Increment(context.Background(), "503", "GET", "198.18.0.1:6443")
+	if since, _ := m.APIDownSince(); since.IsZero() {
+		t.Error("APIDownSince after a 503 is zero")
 	}
 }
 

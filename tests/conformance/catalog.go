@@ -110,6 +110,10 @@ type Probe struct {
 	Target         string                     `json:"target,omitempty"`
 	Expected       map[string]map[string]bool `json:"expected"`
 	IgnoreLoopback bool                       `json:"ignore_loopback"`
+	// ExpectedExtra holds the pairs that involve a pod made at run time
+	// (create_pod), expected_extra[from][to]; Expected stays the model's
+	// table.
+	ExpectedExtra map[string]map[string]bool `json:"expected_extra,omitempty"`
 
 	// Provenance the runner does not need: which pods upstream asserts
 	// (the runner checks every pair, a superset) and how the rest were
@@ -117,6 +121,16 @@ type Probe struct {
 	UpstreamAssertedPods json.RawMessage `json:"upstream_asserted_pods,omitempty"`
 	UpstreamCalls        json.RawMessage `json:"upstream_expectation_calls,omitempty"`
 	ExtrapolatedPairs    json.RawMessage `json:"extrapolated_pairs_where_naive_call_replay_is_wrong,omitempty"`
+}
+
+// want is the expected result of from->to: from Expected, or from
+// ExpectedExtra for a pair with a run-time pod.
+func (p *Probe) want(from, to string) (v, ok bool) {
+	if v, ok = p.Expected[from][to]; ok {
+		return v, true
+	}
+	v, ok = p.ExpectedExtra[from][to]
+	return v, ok
 }
 
 // LabelNamespace is a label_namespace step.
@@ -134,20 +148,40 @@ type LabelPod struct {
 	Replace   bool              `json:"replace,omitempty"`
 }
 
-// ObjectRef names a namespaced object (a delete step).
+// ObjectRef names a namespaced object (a delete or delete_pod step).
 type ObjectRef struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
 }
 
+// CreateNamespace is a create_namespace step.
+type CreateNamespace struct {
+	Name   string            `json:"name"`
+	Labels map[string]string `json:"labels"`
+}
+
+// DeleteNamespace is a delete_namespace step.
+type DeleteNamespace struct {
+	Name string `json:"name"`
+}
+
+// CreatePod is a create_pod step: a pod with the model's containers and
+// ports, and its own Service, made at run time.
+type CreatePod struct {
+	Namespace string            `json:"namespace"`
+	Name      string            `json:"name"`
+	Labels    map[string]string `json:"labels"`
+}
+
 // Step kinds this runner replays.
-var stepKinds = []string{"apply", "delete", "label_namespace", "label_pod", "probe"}
+var stepKinds = []string{"apply", "delete", "label_namespace", "label_pod", "probe",
+	"create_namespace", "delete_namespace", "create_pod", "delete_pod"}
 
 // stepModifiers may accompany a kind: annotations for readers (note,
 // semantics), data the runner derives itself (namespace_refs: namespaces
 // keep their catalog names here; templates: every string is scanned), and
-// wait_after_seconds, which it honours.
-var stepModifiers = []string{"mode", "namespace_refs", "templates", "note", "semantics", "wait_after_seconds"}
+// wait_after_seconds and ipblock_membership, which it honours.
+var stepModifiers = []string{"mode", "namespace_refs", "templates", "note", "semantics", "wait_after_seconds", "ipblock_membership"}
 
 // Kind is the step's kind, or an error naming what is not understood.
 func (s Step) Kind() (string, error) {
@@ -214,6 +248,9 @@ type Catalog struct {
 	Name  string
 	Model *Model
 	Cases []Case
+	// Family is the run's address family: "4" (the default), "6" or
+	// "dual"; tags such as Needs:IPv6 depend on it.
+	Family string
 }
 
 // Load reads a catalog's model and cases and checks that they fit each
@@ -293,44 +330,70 @@ func (m *Model) index() error {
 	return nil
 }
 
-// knownTags are tags whose requirement this runner meets. A tag outside
-// this set that names a requirement ("Needs:…", "Feature:…") makes the case
-// SKIP, because the runner cannot vouch for it.
-var knownTags = map[string]bool{
-	"Feature:NetworkPolicy": true, "Feature:SCTPConnectivity": true,
-	"Needs:ServiceClusterIP": true, "Needs:StatefulReplies": true, "Needs:EgressPolicyAfterServiceDNAT": true,
-	"Needs:NamedPort": true, "Needs:UDP": true, "Needs:SCTP": true, "Needs:IPBlock": true,
-	"Needs:RuntimePodIPTemplate": true, "Needs:PolicyUpdate": true, "Needs:PodLabelUpdate": true,
-	"Needs:NamespaceLabelUpdate": true, "Needs:PolicyDelete": true, "Needs:EndPort": true,
-	"Needs:PodIPTarget": true,
-}
-
 // SkipReason says why the runner cannot replay c faithfully, or "" if it
-// can. It looks at the model too: a fixed IP plan is not supported yet.
+// can: a tag naming a capability the run lacks (capabilities.go), or a
+// step the runner does not understand. The steps are checked in order
+// against the pods and namespaces that exist at each point, so a probe
+// must give an expectation for every pair of pods alive then.
 func (cat *Catalog) SkipReason(c *Case) string {
-	if len(cat.Model.PodIPs) > 0 {
-		return "the model's fixed IP plan (pod_ips) is not supported by this runner"
-	}
 	for _, t := range c.Tags {
-		if (strings.HasPrefix(t, "Needs:") || strings.HasPrefix(t, "Feature:")) && !knownTags[t] {
-			return fmt.Sprintf("tag %s: not supported by this runner", t)
+		if why := cat.lacks(t); why != "" {
+			return fmt.Sprintf("tag %s: %s", t, why)
 		}
 	}
+	st := newCaseState(cat.Model)
 	for i, s := range c.Setup {
-		if err := cat.checkStep(s); err != nil {
+		if err := cat.checkStep(st, s); err != nil {
 			return fmt.Sprintf("step %d: %v", i+1, err)
 		}
 	}
 	return ""
 }
 
-func (cat *Catalog) checkStep(s Step) error {
+// caseState is what exists at one point of a case: the pods (model pods
+// first, in pod order, then run-time ones in creation order) and the
+// namespaces.
+type caseState struct {
+	pods []string
+	nss  map[string]bool
+	// ever: every pod id the case has had, for expectation keys.
+	ever map[string]bool
+}
+
+func newCaseState(m *Model) *caseState {
+	st := &caseState{pods: slices.Clone(m.PodOrder), nss: map[string]bool{}, ever: map[string]bool{}}
+	for _, ns := range m.Namespaces {
+		st.nss[ns.Name] = true
+	}
+	for _, id := range m.PodOrder {
+		st.ever[id] = true
+	}
+	return st
+}
+
+func (st *caseState) alive(id string) bool { return slices.Contains(st.pods, id) }
+
+func (cat *Catalog) checkStep(st *caseState, s Step) error {
 	kind, err := s.Kind()
 	if err != nil {
 		return err
 	}
 	if _, err := s.WaitAfter(); err != nil {
 		return err
+	}
+	if m, err := s.IPBlockMembership(); err != nil {
+		return err
+	} else {
+		for cidr, ids := range m {
+			if err := checkTemplates(cidr, st.alive); err != nil {
+				return fmt.Errorf("ipblock_membership: %w", err)
+			}
+			for _, id := range ids {
+				if !st.alive(id) {
+					return fmt.Errorf("ipblock_membership %s: no pod %s at this step", cidr, id)
+				}
+			}
+		}
 	}
 	switch kind {
 	case "apply":
@@ -341,34 +404,102 @@ func (cat *Catalog) checkStep(s Step) error {
 		if err := json.Unmarshal(s["apply"], &pol); err != nil {
 			return fmt.Errorf("decode apply step: %w", err)
 		}
-		return checkTemplates(pol, cat.Model)
+		return checkTemplates(pol, st.alive)
 	case "probe":
 		var p Probe
 		if err := s.Decode("probe", &p); err != nil {
 			return err
 		}
-		return cat.checkProbe(&p)
+		return cat.checkProbe(st, &p)
 	case "label_namespace":
 		var l LabelNamespace
-		return s.Decode(kind, &l)
+		if err := s.Decode(kind, &l); err != nil {
+			return err
+		}
+		if !st.nss[l.Name] {
+			return fmt.Errorf("label_namespace: no namespace %s at this step", l.Name)
+		}
 	case "label_pod":
 		var l LabelPod
 		if err := s.Decode(kind, &l); err != nil {
 			return err
 		}
-		if _, ok := cat.Model.Pod(l.Namespace + "/" + l.Name); !ok {
-			return fmt.Errorf("label_pod: no pod %s/%s in the model", l.Namespace, l.Name)
+		if !st.alive(l.Namespace + "/" + l.Name) {
+			return fmt.Errorf("label_pod: no pod %s/%s at this step", l.Namespace, l.Name)
 		}
 	case "delete":
 		var r ObjectRef
 		return s.Decode(kind, &r)
+	case "create_namespace":
+		var c CreateNamespace
+		if err := s.Decode(kind, &c); err != nil {
+			return err
+		}
+		if c.Name == "" || st.nss[c.Name] {
+			return fmt.Errorf("create_namespace: namespace %q exists or has no name", c.Name)
+		}
+		st.nss[c.Name] = true
+	case "delete_namespace":
+		var d DeleteNamespace
+		if err := s.Decode(kind, &d); err != nil {
+			return err
+		}
+		if !st.nss[d.Name] {
+			return fmt.Errorf("delete_namespace: no namespace %s at this step", d.Name)
+		}
+		delete(st.nss, d.Name)
+		st.pods = slices.DeleteFunc(st.pods, func(id string) bool { return strings.HasPrefix(id, d.Name+"/") })
+	case "create_pod":
+		var c CreatePod
+		if err := s.Decode(kind, &c); err != nil {
+			return err
+		}
+		id := c.Namespace + "/" + c.Name
+		switch {
+		case !st.nss[c.Namespace]:
+			return fmt.Errorf("create_pod %s: no namespace %s at this step", id, c.Namespace)
+		case c.Name == "" || st.alive(id):
+			return fmt.Errorf("create_pod %s: the pod exists or has no name", id)
+		case len(cat.Model.PodOrder) == 0:
+			return fmt.Errorf("create_pod %s: the model has no pod to copy containers from", id)
+		}
+		st.pods = append(st.pods, id)
+		st.ever[id] = true
+	case "delete_pod":
+		var r ObjectRef
+		if err := s.Decode(kind, &r); err != nil {
+			return err
+		}
+		id := r.Namespace + "/" + r.Name
+		if !st.alive(id) {
+			return fmt.Errorf("delete_pod: no pod %s at this step", id)
+		}
+		st.pods = slices.DeleteFunc(st.pods, func(p string) bool { return p == id })
 	}
 	return nil
 }
 
-// probeFields are the probe fields the runner uses or may ignore: the
-// upstream_* and extrapolated_* fields document where values came from.
-func (cat *Catalog) checkProbe(p *Probe) error {
+// IPBlockMembership is the step's ipblock_membership: for each ipBlock
+// cidr (as written in the policy, templates allowed), the pods the ipBlock
+// (cidr minus its except) must match, checked against the live addresses
+// before any later probe.
+func (s Step) IPBlockMembership() (map[string][]string, error) {
+	raw, ok := s["ipblock_membership"]
+	if !ok {
+		return nil, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	dec.DisallowUnknownFields()
+	var m map[string][]string
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("decode ipblock_membership (want {cidr: [pod ids]}): %w", err)
+	}
+	return m, nil
+}
+
+// checkProbe checks that the probe can be made and that it gives an
+// expectation for every pair of pods alive at this step.
+func (cat *Catalog) checkProbe(st *caseState, p *Probe) error {
 	switch p.Protocol {
 	case corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP:
 	default:
@@ -382,18 +513,22 @@ func (cat *Catalog) checkProbe(p *Probe) error {
 	if p.Target != "pod" && !cat.hasServicePort(p.Port, p.Protocol) {
 		return fmt.Errorf("probe %s/%d: no Service of the model has that port", p.Protocol, p.Port)
 	}
-	ids := cat.Model.PodOrder
-	if len(p.Expected) != len(ids) {
-		return fmt.Errorf("probe %s/%d: expected has %d rows, the model %d pods", p.Protocol, p.Port, len(p.Expected), len(ids))
-	}
-	for _, from := range ids {
-		row, ok := p.Expected[from]
-		if !ok || len(row) != len(ids) {
-			return fmt.Errorf("probe %s/%d: expected row %s missing or not %d entries", p.Protocol, p.Port, from, len(ids))
+	for _, table := range []map[string]map[string]bool{p.Expected, p.ExpectedExtra} {
+		for from, row := range table {
+			for to := range row {
+				if !st.ever[from] || !st.ever[to] {
+					return fmt.Errorf("probe %s/%d: expected[%s][%s] names a pod the case never has", p.Protocol, p.Port, from, to)
+				}
+			}
 		}
-		for _, to := range ids {
-			if _, ok := row[to]; !ok {
-				return fmt.Errorf("probe %s/%d: expected[%s][%s] missing", p.Protocol, p.Port, from, to)
+	}
+	for _, from := range st.pods {
+		for _, to := range st.pods {
+			if from == to && p.IgnoreLoopback {
+				continue
+			}
+			if _, ok := p.want(from, to); !ok {
+				return fmt.Errorf("probe %s/%d: expected[%s][%s] missing (in expected or expected_extra)", p.Protocol, p.Port, from, to)
 			}
 		}
 	}

@@ -3,16 +3,19 @@ package conformance
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -25,15 +28,22 @@ import (
 // apiTimeout bounds one group of API calls made by the runner.
 const apiTimeout = 20 * time.Second
 
+// objectTimeout bounds a step that makes or removes pods or namespaces,
+// and the reset after a case: CNI ADD and DEL for several pods, and the
+// namespace controller emptying a namespace, are slow on a loaded machine.
+const objectTimeout = 2 * time.Minute
+
 // Env is a model brought up on the testbed: a control plane, nodes each
 // running palisade-agent, the model's namespaces, pods spread round-robin
-// over the nodes, and one ClusterIP Service per model Service whose
-// EndpointSlice the runner keeps equal to the pods its selector matches.
+// over the nodes (or placed by the model's fixed IP plan), and one
+// ClusterIP Service per model Service whose EndpointSlice follows the pods
+// its selector matches. Cases may add and remove pods and namespaces; Reset
+// puts the model back.
 type Env struct {
 	Model    *Model
 	CP       *testbed.ControlPlane
 	Nodes    []*testbed.Node
-	Pods     map[string]*testbed.Pod
+	Pods     map[string]*testbed.Pod // the pods alive now, by id
 	SCTPMode string
 
 	// KubeProxy: kube-controller-manager writes the EndpointSlices and
@@ -44,30 +54,92 @@ type Env struct {
 	// probed pair and compare with the observation (explain.go).
 	Explain bool
 
+	tb        testing.TB
 	explain   *explainer
+	order     []string // alive pod ids: model order, then run-time pods
+	scopes    map[string]*scope
+	next      int // round-robin position of the next pod without a fixed IP
 	services  []*liveService
 	podLabels map[string]map[string]string // current labels, by pod id
 	dirtyPods map[string]bool
 	dirtyNS   map[string]bool
+	// What cases changed that Reset must undo.
+	runtimePods   map[string]bool
+	createdNS     map[string]bool
+	deletedNS     map[string]bool
+	deletedPods   map[string]bool
+	removedModel  []ModelService
+	appliedPolicy map[string]*networkingv1.NetworkPolicy // by namespace/name, this case
 }
 
 type liveService struct {
 	spec      ModelService
 	clusterIP netip.Addr
 	backends  []string // pod ids in its EndpointSlice
+	// owner is the pod the Service was made for (its selector matches
+	// that pod alone when made); deleting the pod deletes it.
+	owner string
+	model bool
+	scope *scope
 }
 
-// Setup brings m up on a new testbed of nodes nodes (at least 1). Any
-// failure fails tb; tb's cleanup removes everything.
+// NodesFor is how many nodes the model needs: n, or more when its fixed IP
+// plan puts a pod in 10.244.N.0/24 for a larger N (node N's pod CIDR).
+func NodesFor(m *Model, n int) (int, error) {
+	for id, s := range m.PodIPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return 0, fmt.Errorf("pod_ips %s: %w", id, err)
+		}
+		idx, err := nodeIndexOf(ip)
+		if err != nil {
+			return 0, fmt.Errorf("pod_ips %s: %w", id, err)
+		}
+		n = max(n, idx)
+	}
+	return n, nil
+}
+
+// nodeIndexOf is the N of the node whose pod CIDR, 10.244.N.0/24, holds
+// ip; an address the testbed gives no node is an error, never moved.
+func nodeIndexOf(ip netip.Addr) (int, error) {
+	if !ip.Is4() || !testbed.ClusterCIDR.Contains(ip) {
+		return 0, fmt.Errorf("%s is in no node's pod CIDR (node N has 10.244.N.0/24, inside %s)", ip, testbed.ClusterCIDR)
+	}
+	b := ip.As4()
+	if b[2] == 0 {
+		return 0, fmt.Errorf("%s: the testbed numbers nodes from 1 (10.244.0.0/24 is no node's)", ip)
+	}
+	// host-local hands out .2 to .254: .0 is the network, .1 the
+	// bridge's gateway, .255 the broadcast address.
+	if b[3] < 2 || b[3] == 255 {
+		return 0, fmt.Errorf("%s: host-local gives pods .2 to .254 of a node's /24", ip)
+	}
+	return int(b[2]), nil
+}
+
+// Setup brings m up on a new testbed of nodes nodes (at least 1, and as
+// many as the model's IP plan needs). Any failure fails tb; tb's cleanup
+// removes everything.
 func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
 	tb.Helper()
+	need, err := NodesFor(m, nodes)
+	if err != nil {
+		tb.Fatalf("conformance: the model's fixed IP plan cannot be honoured: %v", err)
+	}
+	if need > nodes {
+		tb.Logf("conformance: the model's IP plan uses 10.244.%d.0/24: %d nodes instead of %d", need, need, nodes)
+		nodes = need
+	}
 	if nodes < 1 {
 		tb.Fatalf("conformance: %d nodes", nodes)
 	}
 	e := &Env{
 		Model: m, CP: testbed.StartControlPlane(tb), Pods: map[string]*testbed.Pod{}, SCTPMode: testbed.SCTPMode(),
 		podLabels: map[string]map[string]string{}, dirtyPods: map[string]bool{}, dirtyNS: map[string]bool{},
-		KubeProxy: kubeProxy,
+		KubeProxy: kubeProxy, tb: tb, scopes: map[string]*scope{},
+		runtimePods: map[string]bool{}, createdNS: map[string]bool{}, deletedNS: map[string]bool{}, deletedPods: map[string]bool{},
+		appliedPolicy: map[string]*networkingv1.NetworkPolicy{},
 	}
 	if kubeProxy {
 		e.CP.StartControllerManager(tb)
@@ -84,27 +156,102 @@ func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
 			n.StartKubeProxy(tb, testbed.ProxyIPTables)
 		}
 	}
+	// Pods and Services live in scopes of their own, closed before the
+	// control plane goes.
+	tb.Cleanup(e.closeAll)
 	for _, ns := range m.Namespaces {
 		e.ensureNamespace(tb, ns)
 	}
 	// Round-robin in pod order: with two or more nodes every namespace
 	// has pods on different nodes, so each case's matrix crosses nodes
 	// and stays on one.
-	for i, id := range m.PodOrder {
+	for _, id := range m.PodOrder {
 		mp, _ := m.Pod(id)
-		pod := testbed.MakePod(mp.Namespace, mp.Name, maps.Clone(mp.Labels), mp.ContainerPorts...)
-		p := e.Nodes[i%len(e.Nodes)].AddPod(tb, pod)
-		e.Pods[id] = p
-		e.podLabels[id] = maps.Clone(mp.Labels)
-	}
-	for _, s := range m.Services {
-		ls, err := e.createService(tb, s)
-		if err != nil {
+		if err := e.startPod(id, mp.Labels, mp.ContainerPorts); err != nil {
 			tb.Fatal(err)
 		}
-		e.services = append(e.services, ls)
+	}
+	for _, s := range m.Services {
+		if _, err := e.addService(s, true); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	return e
+}
+
+// closeAll tears down every pod and Service the runner made.
+func (e *Env) closeAll() {
+	for _, ls := range e.services {
+		if err := ls.scope.close(); err != nil {
+			e.tb.Error(err)
+		}
+	}
+	for _, id := range slices.Backward(e.order) {
+		if err := e.scopes[id].close(); err != nil {
+			e.tb.Error(err)
+		}
+	}
+}
+
+// startPod creates pod id with labels and ports on its node: the node
+// whose pod CIDR holds its fixed IP, if the model gives one (and the pod
+// gets exactly that IP), else the next node round-robin.
+func (e *Env) startPod(id string, lbls map[string]string, ports []corev1.ContainerPort) error {
+	ns, name, _ := strings.Cut(id, "/")
+	var opts []testbed.CNIOption
+	var node *testbed.Node
+	if s, ok := e.Model.PodIPs[id]; ok {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("pod_ips %s: %w", id, err)
+		}
+		idx, err := nodeIndexOf(ip)
+		if err != nil {
+			return fmt.Errorf("pod_ips %s: %w", id, err)
+		}
+		if idx > len(e.Nodes) {
+			return fmt.Errorf("pod_ips %s: %s needs node %d, the testbed has %d", id, ip, idx, len(e.Nodes))
+		}
+		node = e.Nodes[idx-1]
+		opts = append(opts, testbed.WithIP(ip))
+	} else {
+		node = e.Nodes[e.next%len(e.Nodes)]
+		e.next++
+	}
+	sc := newScope(e.tb)
+	var p *testbed.Pod
+	err := sc.do(func(tb testbed.TB) {
+		p = node.AddPod(tb, testbed.MakePod(ns, name, maps.Clone(lbls), ports...), opts...)
+	})
+	if err != nil {
+		_ = sc.close()
+		return fmt.Errorf("create pod %s on %s: %w", id, node.Name, err)
+	}
+	e.Pods[id] = p
+	e.scopes[id] = sc
+	e.order = append(e.order, id)
+	e.podLabels[id] = maps.Clone(lbls)
+	return nil
+}
+
+// stopPod deletes pod id (sandbox, CNI DEL, API object) and the Services
+// made for it.
+func (e *Env) stopPod(id string) error {
+	var errs []error
+	for _, ls := range slices.Clone(e.services) {
+		if ls.owner == id {
+			errs = append(errs, e.removeService(ls))
+		}
+	}
+	errs = append(errs, e.scopes[id].close())
+	delete(e.scopes, id)
+	delete(e.Pods, id)
+	delete(e.podLabels, id)
+	e.order = slices.DeleteFunc(e.order, func(p string) bool { return p == id })
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("delete pod %s: %w", id, err)
+	}
+	return nil
 }
 
 // ensureNamespace creates ns, or gives the model's labels to a namespace
@@ -129,11 +276,38 @@ func (e *Env) ensureNamespace(tb testing.TB, ns Namespace) {
 // NodeOf is the name of the node pod id runs on.
 func (e *Env) NodeOf(id string) string { return e.Pods[id].Node.Name }
 
-// createService creates a ClusterIP Service. With KubeProxy it has the
-// model's selector and the EndpointSlice controller fills it; without, it
-// is selector-less and the runner writes the EndpointSlice the controller
-// would.
-func (e *Env) createService(tb testing.TB, s ModelService) (*liveService, error) {
+// addService creates a ClusterIP Service in a scope of its own. With
+// KubeProxy it has the model's selector and the EndpointSlice controller
+// fills it; without, it is selector-less and the runner writes the
+// EndpointSlice the controller would.
+func (e *Env) addService(s ModelService, model bool) (*liveService, error) {
+	ls := &liveService{spec: s, model: model, scope: newScope(e.tb)}
+	ls.backends = e.backendsOf(s)
+	if len(ls.backends) == 1 {
+		ls.owner = ls.backends[0]
+	}
+	if err := ls.scope.do(func(tb testbed.TB) { e.createService(tb, ls) }); err != nil {
+		_ = ls.scope.close()
+		return nil, err
+	}
+	e.services = append(e.services, ls)
+	return ls, nil
+}
+
+// removeService deletes a Service (and the slice the runner wrote).
+func (e *Env) removeService(ls *liveService) error {
+	e.services = slices.DeleteFunc(e.services, func(x *liveService) bool { return x == ls })
+	if ls.model {
+		e.removedModel = append(e.removedModel, ls.spec)
+	}
+	if err := ls.scope.close(); err != nil {
+		return fmt.Errorf("delete service %s/%s: %w", ls.spec.Namespace, ls.spec.Name, err)
+	}
+	return nil
+}
+
+func (e *Env) createService(tb testbed.TB, ls *liveService) {
+	s := ls.spec
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name}}
@@ -147,28 +321,39 @@ func (e *Env) createService(tb testing.TB, s ModelService) (*liveService, error)
 	}
 	created, err := e.CP.Client.CoreV1().Services(s.Namespace).Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("create service %s/%s: %w", s.Namespace, s.Name, err)
+		tb.Fatalf("create service %s/%s: %v", s.Namespace, s.Name, err)
 	}
 	tb.Cleanup(func() {
-		_ = e.CP.Client.CoreV1().Services(s.Namespace).Delete(context.Background(), s.Name, metav1.DeleteOptions{})
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		defer cancel()
+		err := e.CP.Client.CoreV1().Services(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			tb.Errorf("delete service %s/%s: %v", s.Namespace, s.Name, err)
+		}
 	})
 	ip, err := netip.ParseAddr(created.Spec.ClusterIP)
 	if err != nil {
-		return nil, fmt.Errorf("service %s/%s: clusterIP %q: %w", s.Namespace, s.Name, created.Spec.ClusterIP, err)
+		tb.Fatalf("service %s/%s: clusterIP %q: %v", s.Namespace, s.Name, created.Spec.ClusterIP, err)
 	}
-	ls := &liveService{spec: s, clusterIP: ip}
-	ls.backends = e.backendsOf(s)
+	ls.clusterIP = ip
 	if e.KubeProxy {
 		if err := e.CP.WaitEndpoints(ctx, s.Namespace, s.Name, len(ls.backends)); err != nil {
-			return nil, err
+			tb.Fatal(err)
 		}
-		return ls, nil
+		return
 	}
 	slice := e.slice(ls)
 	if _, err := e.CP.Client.DiscoveryV1().EndpointSlices(s.Namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-		return nil, fmt.Errorf("create endpointslice of %s/%s: %w", s.Namespace, s.Name, err)
+		tb.Fatalf("create endpointslice of %s/%s: %v", s.Namespace, s.Name, err)
 	}
-	return ls, nil
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		defer cancel()
+		err := e.CP.Client.DiscoveryV1().EndpointSlices(s.Namespace).Delete(ctx, slice.Name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			tb.Errorf("delete endpointslice %s/%s: %v", s.Namespace, slice.Name, err)
+		}
+	})
 }
 
 // backendsOf lists the pods s's selector matches now, in pod order. A
@@ -179,9 +364,8 @@ func (e *Env) backendsOf(s ModelService) []string {
 	}
 	sel := labels.SelectorFromSet(s.Selector)
 	var out []string
-	for _, id := range e.Model.PodOrder {
-		mp, _ := e.Model.Pod(id)
-		if mp.Namespace == s.Namespace && sel.Matches(labels.Set(e.podLabels[id])) {
+	for _, id := range e.order {
+		if strings.HasPrefix(id, s.Namespace+"/") && sel.Matches(labels.Set(e.podLabels[id])) {
 			out = append(out, id)
 		}
 	}
@@ -274,25 +458,33 @@ func (e *Env) podIP(id string) (netip.Addr, bool) {
 // step, filling its templates from the live pods. The policy is decoded as
 // strictly as the API server, so a field we do not know is an error.
 func (e *Env) Apply(ctx context.Context, raw json.RawMessage, mode string) error {
+	pol, err := e.apply(ctx, raw, mode)
+	if err == nil {
+		e.appliedPolicy[pol.Namespace+"/"+pol.Name] = pol
+	}
+	return err
+}
+
+func (e *Env) apply(ctx context.Context, raw json.RawMessage, mode string) (*networkingv1.NetworkPolicy, error) {
 	var doc any
 	if err := json.Unmarshal(raw, &doc); err != nil {
-		return fmt.Errorf("decode policy: %w", err)
+		return nil, fmt.Errorf("decode policy: %w", err)
 	}
 	filled, err := fillTemplates(doc, e.podIP)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	data, err := json.Marshal(filled)
 	if err != nil {
-		return fmt.Errorf("encode policy: %w", err)
+		return nil, fmt.Errorf("encode policy: %w", err)
 	}
 	pol, err := testbed.DecodePolicy(data)
 	if err != nil {
-		return fmt.Errorf("decode policy: %w", err)
+		return nil, fmt.Errorf("decode policy: %w", err)
 	}
 	api := e.CP.Client.NetworkingV1().NetworkPolicies(pol.Namespace)
 	if mode == "update" {
-		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		return pol.DeepCopy(), retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			cur, err := api.Get(ctx, pol.Name, metav1.GetOptions{})
 			if err != nil {
 				return fmt.Errorf("update networkpolicy %s/%s: %w", pol.Namespace, pol.Name, err)
@@ -303,14 +495,15 @@ func (e *Env) Apply(ctx context.Context, raw json.RawMessage, mode string) error
 			return err
 		})
 	}
-	if _, err := api.Create(ctx, pol, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create networkpolicy %s/%s: %w", pol.Namespace, pol.Name, err)
+	if _, err := api.Create(ctx, pol.DeepCopy(), metav1.CreateOptions{}); err != nil {
+		return nil, fmt.Errorf("create networkpolicy %s/%s: %w", pol.Namespace, pol.Name, err)
 	}
-	return nil
+	return pol, nil
 }
 
 // DeletePolicy deletes a policy.
 func (e *Env) DeletePolicy(ctx context.Context, ref ObjectRef) error {
+	delete(e.appliedPolicy, ref.Namespace+"/"+ref.Name)
 	if err := e.CP.Client.NetworkingV1().NetworkPolicies(ref.Namespace).Delete(ctx, ref.Name, metav1.DeleteOptions{}); err != nil {
 		return fmt.Errorf("delete networkpolicy %s/%s: %w", ref.Namespace, ref.Name, err)
 	}
@@ -331,10 +524,7 @@ func (e *Env) setNamespaceLabels(ctx context.Context, name string, set map[strin
 		if err != nil {
 			return err
 		}
-		if replace || ns.Labels == nil {
-			ns.Labels = map[string]string{}
-		}
-		maps.Copy(ns.Labels, set)
+		ns.Labels = nextLabels(ns.Labels, set, replace)
 		_, err = api.Update(ctx, ns, metav1.UpdateOptions{})
 		return err
 	})
@@ -348,16 +538,23 @@ func (e *Env) setNamespaceLabels(ctx context.Context, name string, set map[strin
 // EndpointSlices that select it.
 func (e *Env) LabelPod(ctx context.Context, l LabelPod) error {
 	id := l.Namespace + "/" + l.Name
-	next := map[string]string{}
-	if !l.Replace {
-		next = maps.Clone(e.podLabels[id])
-	}
-	maps.Copy(next, l.Labels)
+	next := nextLabels(e.podLabels[id], l.Labels, l.Replace)
 	e.dirtyPods[id] = true
 	if err := e.setPodLabels(ctx, id, next); err != nil {
 		return err
 	}
 	return e.syncSlices(ctx)
+}
+
+// nextLabels is what a label step leaves: set merged into cur, or with
+// replace, set alone (cur untouched either way).
+func nextLabels(cur, set map[string]string, replace bool) map[string]string {
+	next := map[string]string{}
+	if !replace {
+		maps.Copy(next, cur)
+	}
+	maps.Copy(next, set)
+	return next
 }
 
 func (e *Env) setPodLabels(ctx context.Context, id string, set map[string]string) error {
@@ -380,19 +577,16 @@ func (e *Env) setPodLabels(ctx context.Context, id string, set map[string]string
 }
 
 // Reset returns the cluster to the model: no NetworkPolicy in any model
-// namespace, the model's namespace and pod labels, and the slices that
-// follow from them.
+// namespace, no run-time pod or namespace, the model's namespaces, pods,
+// Services and labels back, and the slices that follow from them.
 func (e *Env) Reset(ctx context.Context) error {
+	clear(e.appliedPolicy)
 	for _, ns := range e.Model.Namespaces {
-		api := e.CP.Client.NetworkingV1().NetworkPolicies(ns.Name)
-		list, err := api.List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return fmt.Errorf("list networkpolicies in %s: %w", ns.Name, err)
+		if e.deletedNS[ns.Name] {
+			continue
 		}
-		for _, pol := range list.Items {
-			if err := api.Delete(ctx, pol.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				return fmt.Errorf("delete networkpolicy %s/%s: %w", ns.Name, pol.Name, err)
-			}
+		if err := e.deletePolicies(ctx, ns.Name); err != nil {
+			return err
 		}
 		if e.dirtyNS[ns.Name] {
 			if err := e.setNamespaceLabels(ctx, ns.Name, ns.Labels, true); err != nil {
@@ -401,14 +595,307 @@ func (e *Env) Reset(ctx context.Context) error {
 			delete(e.dirtyNS, ns.Name)
 		}
 	}
-	for _, id := range sortedKeys(e.dirtyPods) {
-		mp, _ := e.Model.Pod(id)
-		if err := e.setPodLabels(ctx, id, mp.Labels); err != nil {
+	for _, id := range slices.Clone(e.order) {
+		if e.runtimePods[id] {
+			if err := e.stopPod(id); err != nil {
+				return err
+			}
+			delete(e.runtimePods, id)
+		}
+	}
+	for _, name := range sortedKeys(e.createdNS) {
+		if err := e.deleteNamespace(ctx, name); err != nil {
 			return err
+		}
+		delete(e.createdNS, name)
+	}
+	for _, ns := range e.Model.Namespaces {
+		if !e.deletedNS[ns.Name] {
+			continue
+		}
+		if err := e.createNamespace(ctx, ns.Name, ns.Labels); err != nil {
+			return err
+		}
+		delete(e.deletedNS, ns.Name)
+	}
+	for _, id := range sortedKeys(e.dirtyPods) {
+		if _, alive := e.Pods[id]; alive {
+			mp, _ := e.Model.Pod(id)
+			if err := e.setPodLabels(ctx, id, mp.Labels); err != nil {
+				return err
+			}
 		}
 		delete(e.dirtyPods, id)
 	}
+	// Deleted model pods come back where they were (same node, or their
+	// fixed IP), then the Services made for them.
+	for _, id := range e.Model.PodOrder {
+		if !e.deletedPods[id] {
+			continue
+		}
+		mp, _ := e.Model.Pod(id)
+		if err := e.startPod(id, mp.Labels, mp.ContainerPorts); err != nil {
+			return err
+		}
+		delete(e.deletedPods, id)
+	}
+	// Keep pod order: a re-created model pod goes back to its place.
+	e.order = slices.DeleteFunc(slices.Clone(e.Model.PodOrder), func(id string) bool { _, ok := e.Pods[id]; return !ok })
+	for _, s := range e.removedModel {
+		if _, err := e.addService(s, true); err != nil {
+			return err
+		}
+	}
+	e.removedModel = nil
 	return e.syncSlices(ctx)
+}
+
+func (e *Env) deletePolicies(ctx context.Context, ns string) error {
+	api := e.CP.Client.NetworkingV1().NetworkPolicies(ns)
+	list, err := api.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list networkpolicies in %s: %w", ns, err)
+	}
+	for _, pol := range list.Items {
+		if err := api.Delete(ctx, pol.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete networkpolicy %s/%s: %w", ns, pol.Name, err)
+		}
+	}
+	return nil
+}
+
+// CreateNamespace is a create_namespace step.
+func (e *Env) CreateNamespace(ctx context.Context, c CreateNamespace) error {
+	if err := e.createNamespace(ctx, c.Name, c.Labels); err != nil {
+		return err
+	}
+	e.createdNS[c.Name] = true
+	return nil
+}
+
+// createNamespace creates a namespace, waiting out an earlier one of the
+// same name that is still being deleted.
+func (e *Env) createNamespace(ctx context.Context, name string, lbls map[string]string) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: maps.Clone(lbls)}}
+	for {
+		_, err := e.CP.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+		if err == nil {
+			return nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create namespace %s: %w", name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("create namespace %s: the old one is still terminating: %w", name, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// DeleteNamespace is a delete_namespace step: the pods in it go first
+// (their sandboxes and Services), then the namespace, with everything the
+// namespace controller removes (its policies).
+func (e *Env) DeleteNamespace(ctx context.Context, d DeleteNamespace) error {
+	if !e.KubeProxy {
+		return fmt.Errorf("delete_namespace %s: needs kube-controller-manager's namespace controller (run with --kube-proxy)", d.Name)
+	}
+	for _, id := range slices.Clone(e.order) {
+		if strings.HasPrefix(id, d.Name+"/") {
+			if err := e.DeletePod(ctx, ObjectRef{Namespace: d.Name, Name: strings.TrimPrefix(id, d.Name+"/")}); err != nil {
+				return err
+			}
+		}
+	}
+	for _, ls := range slices.Clone(e.services) {
+		if ls.spec.Namespace == d.Name {
+			if err := e.removeService(ls); err != nil {
+				return err
+			}
+		}
+	}
+	for key := range e.appliedPolicy {
+		if strings.HasPrefix(key, d.Name+"/") {
+			delete(e.appliedPolicy, key)
+		}
+	}
+	if e.createdNS[d.Name] {
+		delete(e.createdNS, d.Name)
+	} else {
+		e.deletedNS[d.Name] = true
+	}
+	return e.deleteNamespace(ctx, d.Name)
+}
+
+// deleteNamespace deletes a namespace and waits until it is gone.
+func (e *Env) deleteNamespace(ctx context.Context, name string) error {
+	api := e.CP.Client.CoreV1().Namespaces()
+	if err := api.Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete namespace %s: %w", name, err)
+	}
+	for {
+		_, err := api.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("delete namespace %s: still there: %w", name, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// CreatePod is a create_pod step: a pod with the containers of the
+// model's first pod, and a Service like that pod's, selecting the new pod.
+func (e *Env) CreatePod(ctx context.Context, c CreatePod) error {
+	id := c.Namespace + "/" + c.Name
+	tmpl, _ := e.Model.Pod(e.Model.PodOrder[0])
+	if err := e.startPod(id, c.Labels, tmpl.ContainerPorts); err != nil {
+		return err
+	}
+	e.runtimePods[id] = true
+	if svc, ok := e.serviceFor(c); ok {
+		if _, err := e.addService(svc, false); err != nil {
+			return fmt.Errorf("create_pod %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// serviceFor is the Service a run-time pod gets: the ports of the model
+// pod's own Service; its selector picks the new pod the way the model's
+// selects its pod (pod=<name> upstream), else by all the pod's labels.
+func (e *Env) serviceFor(c CreatePod) (ModelService, bool) {
+	tmpl, _ := e.Model.Pod(e.Model.PodOrder[0])
+	for _, s := range e.Model.Services {
+		if s.Namespace != tmpl.Namespace || len(s.Selector) == 0 ||
+			!labels.SelectorFromSet(s.Selector).Matches(labels.Set(tmpl.Labels)) {
+			continue
+		}
+		svc := ModelService{Name: "s-" + c.Namespace + "-" + c.Name, Namespace: c.Namespace, Ports: s.Ports}
+		svc.Selector = maps.Clone(c.Labels)
+		if len(s.Selector) == 1 {
+			for k, v := range s.Selector {
+				if v == tmpl.Name {
+					svc.Selector = map[string]string{k: c.Name}
+				}
+			}
+		}
+		return svc, true
+	}
+	return ModelService{}, false
+}
+
+// DeletePod is a delete_pod step: the pod and its Service go.
+func (e *Env) DeletePod(ctx context.Context, r ObjectRef) error {
+	id := r.Namespace + "/" + r.Name
+	if err := e.stopPod(id); err != nil {
+		return err
+	}
+	if e.runtimePods[id] {
+		delete(e.runtimePods, id)
+	} else {
+		e.deletedPods[id] = true
+	}
+	return e.syncSlices(ctx)
+}
+
+// CheckIPBlocks checks a step's ipblock_membership against the live
+// addresses (checkMembership): the ipBlocks of the step's own policy for
+// an apply step, else of every policy the case has applied.
+func (e *Env) CheckIPBlocks(membership map[string][]string, s Step) error {
+	var only []string
+	if _, ok := s["apply"]; ok {
+		var meta struct {
+			Metadata struct{ Namespace, Name string } `json:"metadata"`
+		}
+		if err := json.Unmarshal(s["apply"], &meta); err == nil {
+			only = []string{meta.Metadata.Namespace + "/" + meta.Metadata.Name}
+		}
+	}
+	return checkMembership(membership, e.ipBlocks(only...), e.order, e.podIP)
+}
+
+// checkMembership checks that, for each cidr of membership, the pods of
+// ids whose address lies in it and in none of its except ranges (taken
+// from blocks with that cidr) are exactly the pods listed.
+func checkMembership(membership map[string][]string, blocks []*networkingv1.IPBlock, ids []string, podIP func(string) (netip.Addr, bool)) error {
+	var errs []error
+	for _, key := range sortedKeys(membership) {
+		filled, err := fillTemplates(key, podIP)
+		if err != nil {
+			return fmt.Errorf("ipblock_membership: %w", err)
+		}
+		cidr, err := netip.ParsePrefix(filled.(string))
+		if err != nil {
+			return fmt.Errorf("ipblock_membership: %w", err)
+		}
+		var except []netip.Prefix
+		for _, blk := range blocks {
+			if c, err := netip.ParsePrefix(blk.CIDR); err == nil && c == cidr {
+				for _, x := range blk.Except {
+					p, err := netip.ParsePrefix(x)
+					if err != nil {
+						return fmt.Errorf("ipblock_membership %s: except %q: %w", key, x, err)
+					}
+					except = append(except, p)
+				}
+			}
+		}
+		var got []string
+		for _, id := range ids {
+			if ip, ok := podIP(id); ok && ipBlockMatches(cidr, except, ip) {
+				got = append(got, id)
+			}
+		}
+		want := slices.Clone(membership[key])
+		sort.Strings(want)
+		sort.Strings(got)
+		if !slices.Equal(got, want) {
+			errs = append(errs, fmt.Errorf("ipblock_membership %s (%s except %v): the catalog says %v, the live addresses give %v", key, cidr, except, want, got))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func ipBlockMatches(cidr netip.Prefix, except []netip.Prefix, ip netip.Addr) bool {
+	if !cidr.Contains(ip) {
+		return false
+	}
+	for _, x := range except {
+		if x.Contains(ip) {
+			return false
+		}
+	}
+	return true
+}
+
+// ipBlocks are the ipBlocks of the policies this case has applied (only
+// those named namespace/name in only, if any).
+func (e *Env) ipBlocks(only ...string) []*networkingv1.IPBlock {
+	var out []*networkingv1.IPBlock
+	for _, key := range sortedKeys(e.appliedPolicy) {
+		if len(only) > 0 && !slices.Contains(only, key) {
+			continue
+		}
+		pol := e.appliedPolicy[key]
+		for _, r := range pol.Spec.Ingress {
+			for _, p := range r.From {
+				if p.IPBlock != nil {
+					out = append(out, p.IPBlock)
+				}
+			}
+		}
+		for _, r := range pol.Spec.Egress {
+			for _, p := range r.To {
+				if p.IPBlock != nil {
+					out = append(out, p.IPBlock)
+				}
+			}
+		}
+	}
+	return out
 }
 
 func sortedKeys[V any](m map[string]V) []string {

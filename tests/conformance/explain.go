@@ -236,8 +236,8 @@ func (e *Env) explainer() *explainer {
 // destination pod's port: the Service's target port for a Service probe.
 func (e *Env) explainProbe(p *Probe, pr *ProbeResult) *ExplainCheck {
 	var pairs []pair
-	for _, from := range e.Model.PodOrder {
-		for _, to := range e.Model.PodOrder {
+	for _, from := range e.order {
+		for _, to := range e.order {
 			if _, probed := pr.Observed.get(from, to); probed {
 				pairs = append(pairs, pair{from, to})
 			}

@@ -89,7 +89,7 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 		return res
 	}
 	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), objectTimeout)
 		defer cancel()
 		if err := e.Reset(ctx); err != nil && res.Status != Fail {
 			res.Status, res.Reason = Fail, fmt.Sprintf("reset after the case: %v", err)
@@ -114,7 +114,11 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 	for i, s := range c.Setup {
 		kind, _ := s.Kind()
 		label := fmt.Sprintf("step %d (%s)", i+1, kind)
-		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		timeout := apiTimeout
+		if strings.HasPrefix(kind, "create_") || strings.HasPrefix(kind, "delete_") {
+			timeout = objectTimeout
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		var err error
 		switch kind {
 		case "apply":
@@ -135,6 +139,26 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 			if err = s.Decode(kind, &l); err == nil {
 				err = e.LabelPod(ctx, l)
 			}
+		case "create_namespace":
+			var c CreateNamespace
+			if err = s.Decode(kind, &c); err == nil {
+				err = e.CreateNamespace(ctx, c)
+			}
+		case "delete_namespace":
+			var d DeleteNamespace
+			if err = s.Decode(kind, &d); err == nil {
+				err = e.DeleteNamespace(ctx, d)
+			}
+		case "create_pod":
+			var c CreatePod
+			if err = s.Decode(kind, &c); err == nil {
+				err = e.CreatePod(ctx, c)
+			}
+		case "delete_pod":
+			var r ObjectRef
+			if err = s.Decode(kind, &r); err == nil {
+				err = e.DeletePod(ctx, r)
+			}
 		case "probe":
 			var p Probe
 			if err = s.Decode(kind, &p); err == nil {
@@ -152,6 +176,13 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 		cancel()
 		if err != nil {
 			return fail("%s: %v", label, err)
+		}
+		// The catalog's ipBlock assumptions hold for these addresses, or
+		// the probes that follow would test something else.
+		if m, _ := s.IPBlockMembership(); m != nil {
+			if err := e.CheckIPBlocks(m, s); err != nil {
+				return fail("%s: %v", label, err)
+			}
 		}
 		if w, _ := s.WaitAfter(); w > 0 {
 			time.Sleep(time.Duration(w * float64(time.Second)))
@@ -184,13 +215,17 @@ func (e *Env) probe(p *Probe, step string) ProbeResult {
 		method = e.SCTPMode
 	}
 	pr := ProbeResult{Step: step, Port: p.Port, Protocol: p.Protocol, Target: target, Method: method,
-		Expected: Matrix(p.Expected), Observed: Matrix{}, Details: map[string]string{}}
+		Expected: Matrix{}, Observed: Matrix{}, Details: map[string]string{}}
+	// Every pair of the pods alive now: the model's that are left and the
+	// run-time ones (expected_extra).
 	var pending []pair
-	for _, from := range e.Model.PodOrder {
-		for _, to := range e.Model.PodOrder {
+	for _, from := range e.order {
+		for _, to := range e.order {
 			if from == to && p.IgnoreLoopback {
 				continue
 			}
+			want, _ := p.want(from, to)
+			pr.Expected.set(from, to, want)
 			pending = append(pending, pair{from, to})
 		}
 	}
@@ -204,7 +239,7 @@ func (e *Env) probe(p *Probe, step string) ProbeResult {
 			o := obs[i]
 			pr.Observed.set(pp.from, pp.to, o.connected)
 			key := pp.from + "->" + pp.to
-			if want := p.Expected[pp.from][pp.to]; o.invalid || o.connected != want {
+			if want, _ := p.want(pp.from, pp.to); o.invalid || o.connected != want {
 				again = append(again, pp)
 				pr.Details[key] = o.detail
 			} else {

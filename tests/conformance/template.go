@@ -21,7 +21,7 @@ var templateFuncs = map[string]func(netip.Addr) string{
 
 // checkTemplates reports a template the runner cannot fill: an unknown
 // function, a pod outside the model, or a stray "{{".
-func checkTemplates(v any, m *Model) error {
+func checkTemplates(v any, known func(id string) bool) error {
 	var err error
 	walkStrings(v, func(s string) string {
 		if err != nil {
@@ -31,8 +31,8 @@ func checkTemplates(v any, m *Model) error {
 			sub := templateRE.FindStringSubmatch(t)
 			if _, ok := templateFuncs[sub[1]]; !ok {
 				err = fmt.Errorf("template %s: function %q is not supported by this runner", t, sub[1])
-			} else if _, ok := m.Pod(sub[2]); !ok {
-				err = fmt.Errorf("template %s: no pod %s in the model", t, sub[2])
+			} else if !known(sub[2]) {
+				err = fmt.Errorf("template %s: no pod %s at this step", t, sub[2])
 			}
 			return ""
 		})

@@ -22,6 +22,10 @@ import (
 // keep leaves the cluster up after the last step until SIGINT or SIGTERM.
 var keep = flag.Bool("demo.keep", false, "keep the testbed up after the demo, until ^C")
 
+// terminal says the demo's output ends on a terminal: the binary itself
+// writes into scripts/demo's filters, so only the script can tell.
+var terminal = flag.Bool("demo.terminal", false, "the output goes to a terminal: colour the matrices (unless NO_COLOR or TERM=dumb)")
+
 // settle bounds how long a step may take to reach the datapath.
 const settle = 15 * time.Second
 
@@ -159,13 +163,13 @@ func TestPrivilegedDemo(t *testing.T) {
 		want := Matrix{From: from, To: to, OK: s.want}
 		got := waitFor(from, to, want)
 		fmt.Fprintf(out, "\nStep %d. %s\n", i, s.title)
-		got.Print(out, prev)
+		got.Print(out, prev, Color(*terminal, os.Getenv))
 		if prev != nil {
 			fmt.Fprintf(out, "  %d cells changed\n", got.Changed(prev))
 		}
 		if !got.Equal(want) {
 			fmt.Fprintln(out, "  expected:")
-			want.Print(out, nil)
+			want.Print(out, nil, Color(*terminal, os.Getenv))
 			t.Fatalf("step %d: reachability differs from the API's meaning", i)
 		}
 		prev = &got

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -82,18 +81,20 @@ func (m Matrix) Changed(prev *Matrix) int {
 	return n
 }
 
-// color reports whether to print ANSI colours: not for NO_COLOR users or
-// dumb terminals.
-func color() bool {
-	_, no := os.LookupEnv("NO_COLOR")
-	return !no && os.Getenv("TERM") != "dumb"
+// Color reports whether to print ANSI colours: only onto a terminal
+// (scripts/demo knows, the test binary writes into its pipe), never for
+// NO_COLOR users (set to anything but the empty string, as no-color.org
+// says) or dumb terminals.
+func Color(terminal bool, getenv func(string) string) bool {
+	return terminal && getenv("NO_COLOR") == "" && getenv("TERM") != "dumb"
 }
 
-// Print writes the matrix; cells that differ from prev (when given) are
-// marked with * so a person sees what the step changed.
-func (m Matrix) Print(w io.Writer, prev *Matrix) {
+// Print writes the matrix, in colour when color is set; cells that differ
+// from prev (when given) are marked with * so a person sees what the step
+// changed.
+func (m Matrix) Print(w io.Writer, prev *Matrix, color bool) {
 	green, red, bold, reset := "\033[32m", "\033[31m", "\033[1m", "\033[0m"
-	if !color() {
+	if !color {
 		green, red, bold, reset = "", "", "", ""
 	}
 	width := 0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -24,6 +25,8 @@ type cniOptions struct {
 	last       string
 	cniVersion string
 	dualStack  bool
+	// ip is the address the pod asks host-local for (CNI_ARGS IP=).
+	ip netip.Addr
 }
 
 // WithoutPalisade drops the palisade entry: the baseline pod network, with no
@@ -39,6 +42,12 @@ func WithNoopInsteadOfPalisade() CNIOption {
 
 // WithCNIVersion rewrites the conflist's cniVersion; STATUS and GC need 1.1.0.
 func WithCNIVersion(v string) CNIOption { return func(o *cniOptions) { o.cniVersion = v } }
+
+// WithIP asks for a fixed pod address, as a runtime does with CNI_ARGS
+// "IP=" (host-local honours it: the address must lie in the node's range
+// and be free). ADD fails if the chain gives the pod another address, so a
+// fixed IP plan is never shifted silently.
+func WithIP(ip netip.Addr) CNIOption { return func(o *cniOptions) { o.ip = ip } }
 
 func buildCNIOptions(opts []CNIOption) cniOptions {
 	o := cniOptions{last: "palisade"}

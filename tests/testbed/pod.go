@@ -39,10 +39,11 @@ type Pod struct {
 	NetNS       *NetNS
 	Node        *Node
 
-	spec *corev1.Pod
-	cni  *libcni.CNIConfig
-	list *libcni.NetworkConfigList
-	rt   *libcni.RuntimeConf
+	spec   *corev1.Pod
+	wantIP netip.Addr // WithIP's address, if any
+	cni    *libcni.CNIConfig
+	list   *libcni.NetworkConfigList
+	rt     *libcni.RuntimeConf
 
 	mu          sync.Mutex
 	listening   bool
@@ -117,8 +118,13 @@ func (n *Node) PreparePod(tb TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
 	if err := p.NetNS.Sysctl("net/ipv4/icmp_ratelimit", "0"); err != nil {
 		tb.Fatalf("pod %s: %v", p, err)
 	}
-	p.cni, p.list = n.cni(tb, buildCNIOptions(opts))
+	o := buildCNIOptions(opts)
+	p.cni, p.list = n.cni(tb, o)
 	p.rt = p.runtimeConf()
+	if o.ip.IsValid() {
+		p.wantIP = o.ip
+		p.rt.Args = append(p.rt.Args, [2]string{"IP", o.ip.String()})
+	}
 	// Registered after NewNetNS, so it runs while the sandbox still exists.
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)

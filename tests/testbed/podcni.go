@@ -33,6 +33,9 @@ func (p *Pod) CNIAdd(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cni add pod %s: %w", p, err)
 	}
+	if p.wantIP.IsValid() && p.wantIP.Is4() && ip != p.wantIP {
+		return fmt.Errorf("cni add pod %s on node %s: asked for IP %s, got %s", p, p.Node.Name, p.wantIP, ip)
+	}
 	name, index, err := p.hostVeth()
 	if err != nil {
 		return fmt.Errorf("cni add pod %s: %w", p, err)

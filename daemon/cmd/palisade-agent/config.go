@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -24,7 +25,10 @@ type Config struct {
 	BPFRoot    string
 	AttachMode bpf.AttachMode
 	HealthAddr string
-	Rejudge    bool
+	// MetricsAddr is where /metrics listens for Prometheus, host and
+	// port; empty when only HealthAddr serves it.
+	MetricsAddr string
+	Rejudge     bool
 	// CNICacheDir is where the runtime's libcni keeps ADD results; the
 	// agent adopts pods found there that were running before it.
 	CNICacheDir string
@@ -59,6 +63,8 @@ func parseFlags(args []string) (Config, error) {
 	fs.StringVar(&cfg.BPFRoot, "bpf-root", agentapi.DefaultBPFRoot, "bpffs directory for pinned maps, programs and links")
 	mode := fs.String("attach-mode", string(bpf.AttachAuto), "program hook: auto (tcx, else tc), tcx or tc")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", "127.0.0.1:9879", "address of /healthz and /readyz")
+	metricsHost := fs.String("metrics-addr", "none", "where Prometheus scrapes /metrics: an address of the node (the node's IP, or 127.0.0.1), \"all\" for every address, or \"none\" to serve it only on --health-addr")
+	metricsPort := fs.Uint("metrics-port", 9880, "port of /metrics on --metrics-addr")
 	fs.BoolVar(&cfg.Rejudge, "rejudge", true, "re-judge established flows when the policy that admitted them changes")
 	fs.StringVar(&cfg.CNICacheDir, "cni-cache-dir", "/var/lib/cni", "the container runtime's libcni cache, read to adopt pods started before the agent")
 	sample := fs.Uint("flow-sample-rate", 0, "report one allowed flow in N to palisadectl flows (0: none, 1: all); drops are always reported")
@@ -91,6 +97,9 @@ func parseFlags(args []string) (Config, error) {
 	if cfg.ConntrackMemoryPercent <= 0 || cfg.ConntrackMemoryPercent > 100 {
 		errs = append(errs, fmt.Errorf("--conntrack-memory-percent %v: use a share above 0 and at most 100", cfg.ConntrackMemoryPercent))
 	}
+	if cfg.MetricsAddr, err = metricsAddr(*metricsHost, *metricsPort); err != nil {
+		errs = append(errs, err)
+	}
 	if cfg.AttachMode, err = bpf.ParseAttachMode(*mode); err != nil {
 		errs = append(errs, err)
 	}
@@ -111,6 +120,27 @@ func parseFlags(args []string) (Config, error) {
 		errs = append(errs, errors.New("--node-name (or $NODE_NAME) is required: the agent must know which pods are local"))
 	}
 	return cfg, errors.Join(errs...)
+}
+
+// metricsAddr is the listen address of --metrics-addr and --metrics-port:
+// "" for none, ":port" for every address (IPv4 and IPv6), else the IP's.
+func metricsAddr(host string, port uint) (string, error) {
+	if port == 0 || port > 65535 {
+		return "", fmt.Errorf("--metrics-port %d: use a port from 1 to 65535", port)
+	}
+	switch host {
+	case "none":
+		return "", nil
+	case "all":
+		return fmt.Sprintf(":%d", port), nil
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		// A Kubernetes $(VAR) left unexpanded ends up here too: its
+		// variable was not set in the container's env.
+		return "", fmt.Errorf("--metrics-addr %q: use an IP address of the node, all or none", host)
+	}
+	return netip.AddrPortFrom(ip, uint16(port)).String(), nil
 }
 
 // helpError asks for the usage, with the flags' descriptions.

@@ -30,6 +30,14 @@ func TestParseFlags(t *testing.T) {
 			return c.ConntrackTCP == 1000 && c.ConntrackOther == 64
 		}},
 		{"a memory share of 0 is refused", []string{"--node-name=n", "--conntrack-memory-percent=0"}, "--conntrack-memory-percent", nil},
+		{"metrics are served only on the health address unless told", []string{"--node-name=n"}, "", func(c Config) bool { return c.MetricsAddr == "" }},
+		{"metrics on every address", []string{"--node-name=n", "--metrics-addr=all"}, "", func(c Config) bool { return c.MetricsAddr == ":9880" }},
+		{"metrics on the node's IPv4 address and a port", []string{"--node-name=n", "--metrics-addr=192.0.2.7", "--metrics-port=9100"}, "", func(c Config) bool {
+			return c.MetricsAddr == "192.0.2.7:9100"
+		}},
+		{"metrics on an IPv6 node address", []string{"--node-name=n", "--metrics-addr=2001:db8::7"}, "", func(c Config) bool { return c.MetricsAddr == "[2001:db8::7]:9880" }},
+		{"an unexpanded $(HOST_IP) is refused", []string{"--node-name=n", "--metrics-addr=$(HOST_IP)"}, "--metrics-addr", nil},
+		{"port 0 is refused", []string{"--node-name=n", "--metrics-addr=all", "--metrics-port=0"}, "--metrics-port", nil},
 		{"rejudge can be switched off", []string{"--node-name=n", "--rejudge=false"}, "", func(c Config) bool { return !c.Rejudge }},
 	}
 	for _, tt := range tests {

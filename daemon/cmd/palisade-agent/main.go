@@ -6,8 +6,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -22,6 +25,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/palisade-cni/palisade/bpf"
 	"github.com/palisade-cni/palisade/daemon/adopt"
@@ -31,6 +36,7 @@ import (
 	"github.com/palisade-cni/palisade/daemon/health"
 	"github.com/palisade-cni/palisade/daemon/identity"
 	"github.com/palisade-cni/palisade/daemon/k8s"
+	"github.com/palisade-cni/palisade/daemon/metrics"
 	"github.com/palisade-cni/palisade/daemon/server"
 	"github.com/palisade-cni/palisade/daemon/statefile"
 )
@@ -124,20 +130,29 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	var cluster *k8s.Cluster
 	state := agentState(&cluster, &ctrl)
 	obs := newObservability(log, objs, state)
-	client, err := kubeClient(cfg.Kubeconfig)
+	client, rc, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cnpClient, err := clusterPolicyClient(log, client, rc)
 	if err != nil {
 		return err
 	}
 
-	cluster, err = k8s.New(client, func() { ctrl.Trigger() })
+	cluster, err = k8s.New(client, cnpClient, func() { ctrl.Trigger() })
 	if err != nil {
 		return err
+	}
+	var cnpStatus func(context.Context, *cnpv1.ClusterNetworkPolicy, []string) error
+	if cnpClient != nil {
+		cnpStatus = k8s.StatusWriter{Client: cnpClient}.SetProgrammed
 	}
 	ctrl = controller.New(controller.Config{
 		Log: log, NodeName: cfg.NodeName, Cluster: cluster, Registry: registry, Datapath: writer,
 		Alloc: alloc, NodeIPs: localAddrs, Persist: func(a *identity.Allocator) error { return a.Save(idPath) },
-		OnSync:    obs.observeSync,
-		OnFailure: obs.metrics.SyncFailed,
+		OnSync:              obs.observeSync,
+		OnFailure:           obs.metrics.SyncFailed,
+		ClusterPolicyStatus: cnpStatus,
 	})
 	endpoints := &endpoint.Manager{
 		Log: log, NodeName: cfg.NodeName, Registry: registry, Program: ctrl, Pods: cluster.Pods,
@@ -159,6 +174,7 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return true, ""
 	}
+	metrics.RegisterReady(obs.reg, func() bool { ok, _ := ready(); return ok })
 	srv := &server.Server{
 		Log: log, Version: version, BPFRoot: cfg.BPFRoot, AttachMode: cfg.AttachMode,
 		Endpoints: endpoints, Controller: ctrl, Ready: ready, Pprof: cfg.Pprof,
@@ -166,13 +182,16 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		OnAdd:   obs.metrics.ObserveAdd,
 	}
 	obs.reportToCluster(ctx, log, cfg, client, ctrl, ready, state)
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
 	probes := &health.Checker{
 		Stall: health.DefaultStall, APIGrace: health.DefaultAPIGrace,
 		Progress: ctrl.Progress, APIDown: obs.metrics.APIDownSince, Ready: ready,
 	}
 	go func() { errc <- probes.Serve(ctx, cfg.HealthAddr, obs.metricsHandler()) }()
+	if cfg.MetricsAddr != "" {
+		go func() { errc <- serveMetrics(ctx, cfg.MetricsAddr, obs.metricsHandler()) }()
+	}
 
 	cluster.Start(ctx)
 	defer cluster.Shutdown()
@@ -202,7 +221,11 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// rewrote its conflist before install-cni put palisade back) are
 	// adopted the same way.
 	go (&adopt.Sweeper{Config: adoption, Every: unmanagedEvery, Grace: unmanagedGrace, Report: obs.setUnmanaged}).Run(ctx)
-	go endpoints.Run(ctx, reconcileEvery, nil)
+	go endpoints.Run(ctx, reconcileEvery, func(res endpoint.ReconcileResult, _ error) {
+		for reason, n := range res.ByReason {
+			obs.metrics.EndpointsReclaimed(reason, n)
+		}
+	})
 	log.Info("Agent started", "version", version, "node", cfg.NodeName, "bpfRoot", cfg.BPFRoot, "socket", cfg.Socket)
 
 	select {
@@ -227,7 +250,7 @@ func waitSynced(ctx context.Context, ctrl *controller.Controller) bool {
 	return true
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+func kubeClient(kubeconfig string) (kubernetes.Interface, *rest.Config, error) {
 	var rc *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -236,14 +259,43 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load Kubernetes client config (set --kubeconfig outside a cluster): %w", err)
+		return nil, nil, fmt.Errorf("load Kubernetes client config (set --kubeconfig outside a cluster): %w", err)
 	}
 	rc.UserAgent = "palisade-agent/" + version
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("create Kubernetes client: %w", err)
+		return nil, nil, fmt.Errorf("create Kubernetes client: %w", err)
 	}
-	return client, nil
+	return client, rc, nil
+}
+
+// clusterPolicyClient returns a ClusterNetworkPolicy client, nil when the
+// API does not serve the resource (its CRD is not installed): the agent
+// then enforces NetworkPolicy alone and says so. Installing the CRD later
+// takes an agent restart.
+func clusterPolicyClient(log *slog.Logger, client kubernetes.Interface, rc *rest.Config) (cnpclient.Interface, error) {
+	var served bool
+	var err error
+	// The API may still be coming up with the agent: a few tries.
+	for try := 0; try < 5; try++ {
+		if served, err = k8s.ServesClusterPolicies(client.Discovery()); err == nil {
+			break
+		}
+		log.Warn("API discovery failed; retrying", "error", err)
+		time.Sleep(2 * time.Second)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !served {
+		log.Warn("ClusterNetworkPolicy v1beta1 not served; admin tiers off until the CRD is installed and the agent restarted")
+		return nil, nil
+	}
+	c, err := cnpclient.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("create ClusterNetworkPolicy client: %w", err)
+	}
+	return c, nil
 }
 
 // localAddrs lists the addresses of the agent's own network namespace: the
@@ -262,4 +314,25 @@ func localAddrs() ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// serveMetrics serves /metrics alone where Prometheus can reach it, apart
+// from the health endpoints, which stay on loopback for the kubelet's
+// probes.
+func serveMetrics(ctx context.Context, addr string, handler http.Handler) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", handler)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve metrics on %s: %w", addr, err)
+	}
+	return nil
 }

@@ -36,6 +36,7 @@ type observability struct {
 func newObservability(log *slog.Logger, objs *bpf.Objects, state func() metrics.State) *observability {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics.RegisterBuildInfo(reg, version)
 	m := metrics.New(reg, log, objs, state)
 	m.HookClientGo()
 	return &observability{reg: reg, metrics: m, hub: events.NewHub(events.DefaultRecent)}
