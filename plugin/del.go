@@ -22,8 +22,9 @@ func cmdDel(args *skel.CmdArgs) error {
 
 // del is idempotent, as the spec requires of DEL: an endpoint the agent does
 // not know is already deleted, and when the agent is down DEL succeeds
-// anyway, logging what it skipped, because the agent drops endpoints whose
-// containers are gone at its next GC and a failing DEL would only wedge the
+// anyway, logging what it skipped, because the agent's reconcile drops
+// endpoints whose host veth is gone within seconds of its return (and a
+// 1.1.0 runtime's GC too), while a failing DEL would only wedge the
 // runtime's teardown. Every other error fails DEL so the runtime retries.
 func del(ctx context.Context, conf *Conf, args *skel.CmdArgs) error {
 	log, closeLog := newLogger(conf, args, podOf(args.Args))
@@ -39,7 +40,7 @@ func del(ctx context.Context, conf *Conf, args *skel.CmdArgs) error {
 		log.Info("Endpoint already gone", "endpoint", id)
 		return nil
 	case errors.Is(err, agentapi.ErrAgentUnavailable):
-		log.Warn("Agent unavailable, endpoint left for the agent's next GC",
+		log.Warn("Agent unavailable, endpoint left for the agent's reconcile or next GC",
 			"endpoint", id, "agentSocket", conf.AgentSocket, "error", err)
 		return nil
 	}

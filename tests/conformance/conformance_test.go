@@ -148,7 +148,11 @@ func TestCatalogsRunnable(t *testing.T) {
 	if upstream == "" {
 		upstream = filepath.Join(root, "tests", "conformance", "upstream")
 	}
-	for name, dir := range map[string]string{"palisade": filepath.Join(root, "tests", "conformance", "catalog"), "upstream": upstream} {
+	for name, dir := range map[string]string{
+		"palisade":  filepath.Join(root, "tests", "conformance", "catalog"),
+		"upstream":  upstream,
+		"generated": filepath.Join(root, "tests", "conformance", "generated"),
+	} {
 		t.Run(name, func(t *testing.T) {
 			cat, err := Load(filepath.Join(dir, "model.json"), filepath.Join(dir, "cases.json"))
 			if err != nil {

@@ -2,6 +2,8 @@ package conformance
 
 import (
 	"net/netip"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -282,4 +284,52 @@ func TestScope(t *testing.T) {
 		t.Error("the scope failed the test")
 	}
 
+}
+
+// TestGeneratedUsesEveryField: the generated catalog is the one that must
+// exercise the whole contract, so losing a field from it fails here.
+func TestGeneratedUsesEveryField(t *testing.T) {
+	dir := filepath.Join(testbed.ModuleRoot(t), "tests", "conformance", "generated")
+	cat, err := Load(filepath.Join(dir, "model.json"), filepath.Join(dir, "cases.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cat.Model.PodIPs) == 0 {
+		t.Error("no pod_ips")
+	}
+	need, err := NodesFor(cat.Model, 1)
+	if err != nil || need != 3 {
+		t.Errorf("NodesFor = %d, %v; want 3 nodes", need, err)
+	}
+	seen := map[string]bool{}
+	for _, c := range cat.Cases {
+		for _, s := range c.Setup {
+			for k := range s {
+				seen[k] = true
+			}
+			var lp LabelPod
+			var ln LabelNamespace
+			if (s.Decode("label_pod", &lp) == nil && lp.Replace) || (s.Decode("label_namespace", &ln) == nil && ln.Replace) {
+				seen["replace"] = true
+			}
+			var p Probe
+			if s.Decode("probe", &p) == nil && len(p.ExpectedExtra) > 0 {
+				seen["expected_extra"] = true
+			}
+			for _, f := range []string{"endPort", "except", "matchExpressions", `"serve-`} {
+				if strings.Contains(string(s["apply"]), f) {
+					seen[f] = true
+				}
+			}
+			if m, _ := s.Mode(); m == "update" {
+				seen["update"] = true
+			}
+		}
+	}
+	want := append(slices.Clone(stepKinds), "ipblock_membership", "replace", "expected_extra", "endPort", "except", "matchExpressions", `"serve-`, "update")
+	for _, k := range want {
+		if !seen[k] {
+			t.Errorf("the generated catalog never uses %s", k)
+		}
+	}
 }

@@ -28,6 +28,11 @@ import (
 // apiTimeout bounds one group of API calls made by the runner.
 const apiTimeout = 20 * time.Second
 
+// objectTimeout bounds a step that makes or removes pods or namespaces,
+// and the reset after a case: CNI ADD and DEL for several pods, and the
+// namespace controller emptying a namespace, are slow on a loaded machine.
+const objectTimeout = 2 * time.Minute
+
 // Env is a model brought up on the testbed: a control plane, nodes each
 // running palisade-agent, the model's namespaces, pods spread round-robin
 // over the nodes (or placed by the model's fixed IP plan), and one
@@ -797,9 +802,19 @@ func (e *Env) DeletePod(ctx context.Context, r ObjectRef) error {
 }
 
 // CheckIPBlocks checks a step's ipblock_membership against the live
-// addresses (checkMembership).
-func (e *Env) CheckIPBlocks(membership map[string][]string) error {
-	return checkMembership(membership, e.ipBlocks(), e.order, e.podIP)
+// addresses (checkMembership): the ipBlocks of the step's own policy for
+// an apply step, else of every policy the case has applied.
+func (e *Env) CheckIPBlocks(membership map[string][]string, s Step) error {
+	var only []string
+	if _, ok := s["apply"]; ok {
+		var meta struct {
+			Metadata struct{ Namespace, Name string } `json:"metadata"`
+		}
+		if err := json.Unmarshal(s["apply"], &meta); err == nil {
+			only = []string{meta.Metadata.Namespace + "/" + meta.Metadata.Name}
+		}
+	}
+	return checkMembership(membership, e.ipBlocks(only...), e.order, e.podIP)
 }
 
 // checkMembership checks that, for each cidr of membership, the pods of
@@ -856,10 +871,14 @@ func ipBlockMatches(cidr netip.Prefix, except []netip.Prefix, ip netip.Addr) boo
 	return true
 }
 
-// ipBlocks are the ipBlocks of the policies this case has applied.
-func (e *Env) ipBlocks() []*networkingv1.IPBlock {
+// ipBlocks are the ipBlocks of the policies this case has applied (only
+// those named namespace/name in only, if any).
+func (e *Env) ipBlocks(only ...string) []*networkingv1.IPBlock {
 	var out []*networkingv1.IPBlock
 	for _, key := range sortedKeys(e.appliedPolicy) {
+		if len(only) > 0 && !slices.Contains(only, key) {
+			continue
+		}
 		pol := e.appliedPolicy[key]
 		for _, r := range pol.Spec.Ingress {
 			for _, p := range r.From {

@@ -89,7 +89,7 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 		return res
 	}
 	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), objectTimeout)
 		defer cancel()
 		if err := e.Reset(ctx); err != nil && res.Status != Fail {
 			res.Status, res.Reason = Fail, fmt.Sprintf("reset after the case: %v", err)
@@ -114,7 +114,11 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 	for i, s := range c.Setup {
 		kind, _ := s.Kind()
 		label := fmt.Sprintf("step %d (%s)", i+1, kind)
-		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		timeout := apiTimeout
+		if strings.HasPrefix(kind, "create_") || strings.HasPrefix(kind, "delete_") {
+			timeout = objectTimeout
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		var err error
 		switch kind {
 		case "apply":
@@ -176,7 +180,7 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 		// The catalog's ipBlock assumptions hold for these addresses, or
 		// the probes that follow would test something else.
 		if m, _ := s.IPBlockMembership(); m != nil {
-			if err := e.CheckIPBlocks(m); err != nil {
+			if err := e.CheckIPBlocks(m, s); err != nil {
 				return fail("%s: %v", label, err)
 			}
 		}

@@ -121,8 +121,9 @@ func TestManifestRules(t *testing.T) {
 	if role == nil || nsRole == nil || ns == nil {
 		t.Fatalf("ClusterRole %v, Role %v, Namespace %v: want all three", role != nil, nsRole != nil, ns != nil)
 	}
-	want := map[string]bool{"/events:create": true, "/events:patch": true}
-	for _, res := range []string{"/pods", "/namespaces", "/services", "/nodes", "networking.k8s.io/networkpolicies", "discovery.k8s.io/endpointslices"} {
+	want := map[string]bool{"/events:create": true, "/events:patch": true,
+		"policy.networking.k8s.io/clusternetworkpolicies/status:update": true, "policy.networking.k8s.io/clusternetworkpolicies/status:patch": true}
+	for _, res := range []string{"/pods", "/namespaces", "/services", "/nodes", "networking.k8s.io/networkpolicies", "discovery.k8s.io/endpointslices", "policy.networking.k8s.io/clusternetworkpolicies"} {
 		for _, v := range []string{"get", "list", "watch"} {
 			want[res+":"+v] = true
 		}

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 )
 
 // The testbed's address plan. None of it is routed in the host's namespace.
@@ -53,8 +54,10 @@ type ControlPlane struct {
 	// sockets are opened inside NetNS.
 	Client     kubernetes.Interface
 	RestConfig *rest.Config
-	Etcd       *Process
-	APIServer  *Process
+	// CNP is a ClusterNetworkPolicy client; the CRD is installed at start.
+	CNP       cnpclient.Interface
+	Etcd      *Process
+	APIServer *Process
 
 	kubeconfig string
 
