@@ -69,6 +69,13 @@ fuzz:
 		done; \
 	done
 
+# The chaos soak on the testbed (README "Reliability"), DURATION long (a Go
+# duration); `make test` skips it, since even a short one costs a testbed.
+DURATION ?= 5m
+.PHONY: soak
+soak: kube flannel
+	scripts/soak $(DURATION)
+
 # The tests that need neither root nor a control plane.
 test-unit:
 	$(GO) test -count=1 ./bpf/... ./daemon/... ./plugin/...

@@ -35,6 +35,9 @@ const (
 	FlagEgressIsolated  uint32 = 1 << 1
 )
 
+// PolicyDeny marks a policy entry that drops (maps.h POLICY_F_DENY).
+const PolicyDeny uint32 = 1 << 0
+
 // MaxEndpointAddrs is how many addresses an endpoint entry holds (maps.h
 // EP_MAX_ADDRS): the only sources its pod may send from.
 const MaxEndpointAddrs = len(EndpointInfo{}.Addrs)

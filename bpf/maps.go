@@ -72,8 +72,11 @@ func mapKey(set uint32, d Direction, k PolicyKey) PolicyKey {
 
 // UpdatePolicy changes the rules of set in direction d in place,
 // make-before-break: add (new entries and new values of existing keys)
-// goes in first, then del comes out. Every entry allows, so a packet judged
-// meanwhile gets the verdict of the old rules or of the new ones.
+// goes in first, then del comes out. Where every entry allows, a packet
+// judged meanwhile gets the verdict of the old rules or of the new ones.
+// With deny entries (admin tiers) a stale, more specific entry can answer
+// until it comes out; a flow admitted so carries the old revision and is
+// judged again on its next packet once the endpoint's revision moves on.
 func (o *Objects) UpdatePolicy(set uint32, d Direction, add []PolicyEntry, del []PolicyKey) error {
 	for _, e := range add {
 		if err := o.objs.PalSetRules.Put(mapKey(set, d, e.Key), e.Value); err != nil {

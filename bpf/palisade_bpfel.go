@@ -120,8 +120,9 @@ type palisadePolicyKey struct {
 }
 
 type palisadePolicyValue struct {
-	_    structs.HostLayout
-	Rule uint32
+	_     structs.HostLayout
+	Rule  uint32
+	Flags uint32
 }
 
 type palisadeServiceKey struct {

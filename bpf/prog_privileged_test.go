@@ -390,3 +390,46 @@ func TestPrivilegedRulesOfAnotherSetDoNotApply(t *testing.T) {
 		t.Errorf("ingress verdict %d once the endpoint's own set admits the peer, want pass", got)
 	}
 }
+
+func deny(t *testing.T, peer uint32, proto uint8, r PortRange) []PolicyEntry {
+	t.Helper()
+	out := allow(t, peer, proto, r)
+	for i := range out {
+		out[i].Value = PolicyValue{Rule: 9, Flags: PolicyDeny}
+	}
+	return out
+}
+
+// TestPrivilegedDenyEntries: an entry with PolicyDeny drops (the admin
+// tiers' folded answer), the longest match wins over a wider allow in one
+// lookup, and an established flow is cut when a deny arrives with a new
+// revision.
+func TestPrivilegedDenyEntries(t *testing.T) {
+	f := newFixture(t)
+	ingress := append(allow(t, IdentityAny, 0, PortRange{}), deny(t, peerID, tcp, PortRange{80, 90})...)
+	f.isolate(t, FlagIngressIsolated, 1, ingress, nil)
+	for _, tc := range []struct {
+		p    pkt
+		want uint32
+	}{
+		{pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 40000, DstPort: 85, TCPFlags: syn}, tcActShot},
+		{pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 40000, DstPort: 91, TCPFlags: syn}, tcActOK},
+		{pkt{Src: peerIP, Dst: subjectIP, Proto: udp, SrcPort: 40000, DstPort: 85}, tcActOK},
+		{pkt{Src: otherIP, Dst: subjectIP, Proto: tcp, SrcPort: 40000, DstPort: 85, TCPFlags: syn}, tcActOK},
+	} {
+		if got := f.run(t, ToPod, tc.p.Frame()); got != tc.want {
+			t.Errorf("%+v: verdict %d, want %d", tc.p, got, tc.want)
+		}
+	}
+	// A flow admitted before a deny for it is cut by the new revision.
+	open := pkt{Src: otherIP, Dst: subjectIP, Proto: tcp, SrcPort: 42000, DstPort: 443, TCPFlags: syn}
+	if got := f.run(t, ToPod, open.Frame()); got != tcActOK {
+		t.Fatalf("opening packet verdict %d, want pass", got)
+	}
+	f.isolate(t, FlagIngressIsolated, 2, append(allow(t, IdentityAny, 0, PortRange{}), deny(t, IdentityAny, tcp, PortRange{443, 443})...), nil)
+	data := open
+	data.TCPFlags = ack
+	if got := f.run(t, ToPod, data.Frame()); got != tcActShot {
+		t.Errorf("established flow after a deny: verdict %d, want drop", got)
+	}
+}

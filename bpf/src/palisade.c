@@ -30,12 +30,19 @@ static __always_inline void count(__u32 reason)
 		*n += 1;
 }
 
+/* drop_rule drops, naming the rule that denied if one did. */
+static __always_inline int drop_rule(struct __sk_buff *skb, const struct flow *f, __u8 dir, __u8 reason,
+				     __u32 peer, __u32 rule)
+{
+	count(reason);
+	emit_drop(skb, f, dir, reason, peer, rule);
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u8 dir, __u8 reason,
 				__u32 peer)
 {
-	count(reason);
-	emit_drop(skb, f, dir, reason, peer);
-	return TC_ACT_SHOT;
+	return drop_rule(skb, f, dir, reason, peer, 0);
 }
 
 /* handle judges one packet seen by the endpoint on skb->ifindex.
@@ -105,7 +112,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
 		if (!policy_allows(ep, dir, peer, &f, &rule)) {
 			ct_delete(&key);
-			return drop(skb, &f, dir, REASON_REJUDGED, peer);
+			return drop_rule(skb, &f, dir, REASON_REJUDGED, peer, rule);
 		}
 		ct->revision = ep->revision;
 		ct->rule = rule;
@@ -137,7 +144,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (lb != LB_SELF) {
 		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
 		if (!policy_allows(ep, dir, peer, &f, &rule))
-			return drop(skb, &f, dir, REASON_POLICY, peer);
+			return drop_rule(skb, &f, dir, REASON_POLICY, peer, rule);
 	}
 
 	ct_key_forward(&key, &f, dir);

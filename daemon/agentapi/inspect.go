@@ -107,6 +107,10 @@ type DirectionVerdict struct {
 	Policies []PolicyVerdict `json:"policies,omitempty"`
 	// Fix is the smallest change that would allow a denied flow.
 	Fix string `json:"fix,omitempty"`
+	// Tier and Rule name what decided where cluster policies judge: the
+	// tier (Admin, NetworkPolicy, Baseline, or none) and the object's rule.
+	Tier string `json:"tier,omitempty"`
+	Rule string `json:"rule,omitempty"`
 }
 
 // PolicyVerdict says whether one policy selecting the pod allows the flow.
@@ -136,9 +140,12 @@ type Flow struct {
 	Source      FlowPeer `json:"source"`
 	Destination FlowPeer `json:"destination"`
 	Protocol    string   `json:"protocol"`
-	// Policy and Rule name the rule that allowed the flow, when one did.
+	// Policy and Rule name the rule that allowed the flow, when one did,
+	// or the cluster policy rule that denied it; Tier is the cluster
+	// policy's tier (Admin or Baseline).
 	Policy string `json:"policy,omitempty"`
 	Rule   string `json:"rule,omitempty"`
+	Tier   string `json:"tier,omitempty"`
 	// Summary is the verdict in words, such as "no policy allows".
 	Summary string `json:"summary"`
 }

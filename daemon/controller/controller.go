@@ -19,6 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+
 	"github.com/palisade-cni/palisade/daemon/agentapi"
 	"github.com/palisade-cni/palisade/daemon/endpoint"
 	"github.com/palisade-cni/palisade/daemon/identity"
@@ -61,7 +63,9 @@ type Controller struct {
 	// persist saves the identity table after a sync.
 	persist func(*identity.Allocator) error
 	onSync  func(SyncTimings)
-	onFail  func(error)
+	// cnpStatus writes the Programmed condition of cluster policies.
+	cnpStatus func(context.Context, *cnpv1.ClusterNetworkPolicy, []string) error
+	onFail    func(error)
 
 	trigger chan struct{}
 
@@ -102,6 +106,9 @@ type Config struct {
 	Persist  func(*identity.Allocator) error
 	// OnSync, when set, is told how long each sync's steps took (metrics).
 	OnSync func(SyncTimings)
+	// ClusterPolicyStatus, when set, records on each ClusterNetworkPolicy
+	// whether it was programmed whole (problems empty).
+	ClusterPolicyStatus func(ctx context.Context, p *cnpv1.ClusterNetworkPolicy, problems []string) error
 	// OnFailure, when set, learns every failed or panicked sync.
 	OnFailure func(error)
 }
@@ -121,6 +128,7 @@ func New(cfg Config) *Controller {
 	return &Controller{
 		log: cfg.Log, node: cfg.NodeName, cluster: cfg.Cluster, registry: cfg.Registry,
 		dp: cfg.Datapath, alloc: cfg.Alloc, nodeIPs: cfg.NodeIPs, persist: cfg.Persist, onSync: cfg.OnSync, onFail: cfg.OnFailure,
+		cnpStatus:  cfg.ClusterPolicyStatus,
 		trigger:    make(chan struct{}, 1),
 		programmed: map[string]uint64{},
 		changed:    make(chan struct{}),
@@ -274,6 +282,14 @@ func (c *Controller) sync() error {
 	if err := c.syncServices(); err != nil {
 		return err
 	}
+	// Statuses after the maps: Programmed means enforced.
+	if c.cnpStatus != nil {
+		for _, p := range res.ClusterPolicyObjects() {
+			if err := c.cnpStatus(context.Background(), p, res.ClusterProblems[p.Name]); err != nil {
+				c.log.Warn("ClusterNetworkPolicy status not written", "policy", p.Name, "error", err)
+			}
+		}
+	}
 
 	c.mu.Lock()
 	c.revision = rev
@@ -403,11 +419,17 @@ func (c *Controller) state() (policy.State, error) {
 	if s.Policies, err = c.cluster.Policies.List(labels.Everything()); err != nil {
 		return s, fmt.Errorf("list networkpolicies: %w", err)
 	}
+	if c.cluster.ClusterPolicies != nil {
+		if s.ClusterPolicies, err = c.cluster.ClusterPolicies.List(labels.Everything()); err != nil {
+			return s, fmt.Errorf("list clusternetworkpolicies: %w", err)
+		}
+	}
 	nodes, err := c.cluster.Nodes.List(labels.Everything())
 	if err != nil {
 		return s, fmt.Errorf("list nodes: %w", err)
 	}
 	s.NodeIPs, s.RemoteNodeIPs = nodeAddresses(nodes, c.node)
+	s.NodeLabels = nodeLabels(nodes, c.node)
 	own, err := c.nodeIPs()
 	if err != nil {
 		return s, fmt.Errorf("list node addresses: %w", err)

@@ -35,6 +35,22 @@ func nodeAddresses(nodes []*corev1.Node, self string) (own, remote []netip.Addr)
 	return own, remote
 }
 
+// nodeLabels maps the addresses of the other nodes (nodeAddresses' remote)
+// to their node's labels, which cluster policies' nodes peers select.
+func nodeLabels(nodes []*corev1.Node, self string) map[netip.Addr]map[string]string {
+	out := map[netip.Addr]map[string]string{}
+	for _, n := range nodes {
+		if n.Name == self {
+			continue
+		}
+		_, remote := nodeAddresses([]*corev1.Node{n}, self)
+		for _, a := range remote {
+			out[a] = n.Labels
+		}
+	}
+	return out
+}
+
 // podCIDRs are the node's pod ranges; spec.podCIDR alone on objects written
 // before podCIDRs existed.
 func podCIDRs(n *corev1.Node) []string {

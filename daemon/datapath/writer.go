@@ -514,7 +514,8 @@ func hashEntries(ingress, egress []bpf.PolicyEntry) uint64 {
 			b[8], b[9] = k.Proto, 0
 			binary.LittleEndian.PutUint16(b[10:], k.PortNet)
 			binary.LittleEndian.PutUint32(b[12:], e.Value.Rule)
-			_, _ = h.Write(b[:16])
+			binary.LittleEndian.PutUint32(b[16:], e.Value.Flags)
+			_, _ = h.Write(b[:20])
 		}
 	}
 	return h.Sum64()
@@ -558,7 +559,11 @@ func entries(rules []policy.Rule) ([]bpf.PolicyEntry, error) {
 		for _, k := range keys {
 			if !seen[k] {
 				seen[k] = true
-				out = append(out, bpf.PolicyEntry{Key: k, Value: bpf.PolicyValue{Rule: r.Ref}})
+				v := bpf.PolicyValue{Rule: r.Ref}
+				if r.Deny {
+					v.Flags = bpf.PolicyDeny
+				}
+				out = append(out, bpf.PolicyEntry{Key: k, Value: v})
 			}
 		}
 	}

@@ -56,8 +56,9 @@ func Decode(ev *bpf.VerdictEvent, v *inspect.View, boot time.Time) agentapi.Flow
 				self.Identity = pol.Identity
 			}
 		}
-		if ref, ok := v.Ref(ev.Rule); ok && f.Verdict == agentapi.FlowAllowed {
-			f.Policy, f.Rule = ref.Policy, inspect.RuleName(ref)
+		// A drop names a rule only when a cluster policy's Deny decided.
+		if ref, ok := v.Ref(ev.Rule); ok && (f.Verdict == agentapi.FlowAllowed || ref.Tier != "") {
+			f.Policy, f.Rule, f.Tier = ref.Policy, inspect.RuleName(ref), ref.Tier
 		}
 	}
 	if f.Pod == "" {
@@ -71,6 +72,8 @@ func summary(f *agentapi.Flow, ev *bpf.VerdictEvent) string {
 	switch int(ev.Reason) {
 	case bpf.ReasonAllowed:
 		switch {
+		case f.Tier != "":
+			return "allowed by the " + f.Tier + " tier: ClusterNetworkPolicy " + f.Policy + " " + f.Rule
 		case f.Policy != "":
 			return "allowed by " + f.Policy + " " + f.Rule
 		case ev.PeerIdentity == identity.Host:
@@ -78,10 +81,16 @@ func summary(f *agentapi.Flow, ev *bpf.VerdictEvent) string {
 		}
 		return fmt.Sprintf("allowed: no policy isolates %s for %s", f.Pod, f.Direction)
 	case bpf.ReasonPolicy:
+		if f.Tier != "" {
+			return "denied by the " + f.Tier + " tier: ClusterNetworkPolicy " + f.Policy + " " + f.Rule
+		}
 		return "no policy allows"
 	case bpf.ReasonUnknownEndpoint:
 		return "the interface has no endpoint: its pod is not (or no longer) programmed"
 	case bpf.ReasonRejudged:
+		if f.Tier != "" {
+			return "the policy changed: the " + f.Tier + " tier's ClusterNetworkPolicy " + f.Policy + " " + f.Rule + " now denies this established flow"
+		}
 		return "the policy changed and no longer allows this established flow"
 	case bpf.ReasonMalformed:
 		return "malformed packet"

@@ -29,7 +29,8 @@ func testView() *inspect.View {
 	res := &policy.Result{
 		IPCache:   map[netip.Prefix]uint32{netip.PrefixFrom(serverIP, 32): 300, netip.PrefixFrom(clientIP, 32): 301},
 		Endpoints: map[string]policy.EndpointPolicy{"srv_eth0": {ID: "srv_eth0", Ifindex: 7, Identity: 300, IngressIsolated: true}},
-		Refs:      map[uint32]policy.RuleRef{1: {Policy: "prod/backend-access", Direction: "ingress", Index: 0}},
+		Refs: map[uint32]policy.RuleRef{1: {Policy: "prod/backend-access", Direction: "ingress", Index: 0},
+			2: {Policy: "no-lab", Direction: "ingress", Index: 1, Tier: "Admin", Action: "Deny"}},
 	}
 	eps := []agentapi.Endpoint{{ID: "srv_eth0", PodNamespace: "prod", PodName: "server", HostIfIndex: 7, IPs: []netip.Addr{serverIP}}}
 	return inspect.NewView(res, []*corev1.Pod{mk("server", serverIP), mk("client", clientIP)}, nil, eps, "node-1")
@@ -68,6 +69,17 @@ func TestDecode(t *testing.T) {
 				Source:      agentapi.FlowPeer{IP: "10.244.1.11", Port: 12345, Pod: "prod/client", Identity: 301},
 				Destination: agentapi.FlowPeer{IP: "10.244.1.10", Port: 6379, Pod: "prod/server", Identity: 300},
 				Protocol:    "TCP", Policy: "prod/backend-access", Rule: "ingress[0]", Summary: "allowed by prod/backend-access ingress[0]",
+			},
+		},
+		{
+			name: "a drop by a cluster policy names its tier, object and rule",
+			ev:   event(bpf.ReasonPolicy, 1, 2, 301),
+			want: agentapi.Flow{
+				Time: boot.Add(2 * time.Second), Verdict: "dropped", Reason: "policy", Direction: "ingress", Pod: "prod/server",
+				Source:      agentapi.FlowPeer{IP: "10.244.1.11", Port: 12345, Pod: "prod/client", Identity: 301},
+				Destination: agentapi.FlowPeer{IP: "10.244.1.10", Port: 6379, Pod: "prod/server", Identity: 300},
+				Protocol:    "TCP", Policy: "no-lab", Rule: "ingress[1]", Tier: "Admin",
+				Summary: "denied by the Admin tier: ClusterNetworkPolicy no-lab ingress[1]",
 			},
 		},
 		{

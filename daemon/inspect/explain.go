@@ -177,6 +177,10 @@ func (v *View) judge(ep agentapi.Endpoint, pol policy.EndpointPolicy, d policy.D
 		dv.Reason = "traffic between a pod and its own node is always allowed"
 		return dv
 	}
+	if (d == policy.Ingress && pol.IngressTiered) || (d == policy.Egress && pol.EgressTiered) {
+		v.judgeTiered(ep, d, dv, peer, pid, proto, port)
+		return dv
+	}
 	var allowedBy []string
 	for _, pname := range v.isolating(pol, d) {
 		np := v.policy(pname)
@@ -233,6 +237,36 @@ func (v *View) judge(ep agentapi.Endpoint, pol policy.EndpointPolicy, d policy.D
 		dv.Reason = fmt.Sprintf("verdict %v, but the rules attributed are %v: please report this as a bug", dv.Allowed, allowedBy)
 	}
 	return dv
+}
+
+// judgeTiered attributes the verdict of a direction cluster policies
+// judge: the rule the folded entries name, with its tier.
+func (v *View) judgeTiered(ep agentapi.Endpoint, d policy.Direction, dv *agentapi.DirectionVerdict, peer end, pid uint32, proto uint8, port uint16) {
+	allowed, ref := v.Result.Verdict(ep.ID, d, peer.addr, proto, port)
+	dv.Allowed = allowed
+	what := fmt.Sprintf("%s %s %d", v.Describe(pid), ProtoName(proto), port)
+	verdict := "denied"
+	if allowed {
+		verdict = "allowed"
+	}
+	r, ok := v.Ref(ref)
+	switch {
+	case !ok && allowed:
+		dv.Tier = "none"
+		dv.Reason = fmt.Sprintf("allowed: no ClusterNetworkPolicy or NetworkPolicy rule decides %s, and the default allows", what)
+	case !ok:
+		dv.Tier = "NetworkPolicy"
+		dv.Reason = fmt.Sprintf("denied: no cluster policy decides %s, and %s is isolated for %s by NetworkPolicy with no rule allowing it", what, dv.Pod, dirName(d))
+	case r.Tier != "":
+		dv.Tier, dv.Rule = r.Tier, fmt.Sprintf("ClusterNetworkPolicy %s %s", r.Policy, RuleName(r))
+		if r.Name != "" {
+			dv.Rule += fmt.Sprintf(" (%q)", r.Name)
+		}
+		dv.Reason = fmt.Sprintf("%s by the %s tier: %s, action %s, matches %s", verdict, r.Tier, dv.Rule, r.Action, what)
+	default:
+		dv.Tier, dv.Rule = "NetworkPolicy", fmt.Sprintf("NetworkPolicy %s %s", r.Policy, RuleName(r))
+		dv.Reason = fmt.Sprintf("%s by the NetworkPolicy tier: %s matches %s", verdict, dv.Rule, what)
+	}
 }
 
 func (v *View) peers(rules []policy.Rule) string {

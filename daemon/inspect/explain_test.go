@@ -10,6 +10,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/palisade-cni/palisade/daemon/agentapi"
 	"github.com/palisade-cni/palisade/daemon/identity"
@@ -58,6 +59,12 @@ func denyEgress(p *networkingv1.NetworkPolicy) {
 // and remote (on node-2) under pols, the way the controller does.
 func view(t *testing.T, pols ...*networkingv1.NetworkPolicy) *View {
 	t.Helper()
+	return viewWith(t, nil, pols...)
+}
+
+// viewWith is view with cluster policies too.
+func viewWith(t *testing.T, cnps []*cnpv1.ClusterNetworkPolicy, pols ...*networkingv1.NetworkPolicy) *View {
+	t.Helper()
 	backend := pod("prod", "backend", node, "10.244.1.10", map[string]string{"role": "backend"}, corev1.ContainerPort{ContainerPort: 6379})
 	frontend := pod("prod", "frontend", node, "10.244.1.11", map[string]string{"role": "frontend"}, corev1.ContainerPort{ContainerPort: 80})
 	other := pod("prod", "other", node, "10.244.1.12", map[string]string{"role": "other"}, corev1.ContainerPort{ContainerPort: 80})
@@ -72,7 +79,7 @@ func view(t *testing.T, pols ...*networkingv1.NetworkPolicy) *View {
 		peps = append(peps, policy.Endpoint{ID: id, Ifindex: 10 + i, Pod: p, IPs: []netip.Addr{ip}})
 	}
 	res := policy.Compile(policy.State{
-		Pods: pods, Policies: pols, Endpoints: peps,
+		Pods: pods, Policies: pols, Endpoints: peps, ClusterPolicies: cnps,
 		Namespaces: []*corev1.Namespace{
 			{ObjectMeta: metav1.ObjectMeta{Name: "prod", Labels: map[string]string{"kubernetes.io/metadata.name": "prod"}}},
 			{ObjectMeta: metav1.ObjectMeta{Name: "lab", Labels: map[string]string{"kubernetes.io/metadata.name": "lab"}}},
@@ -284,3 +291,33 @@ func refOf(t *testing.T, v *View, r policy.RuleRef) uint32 {
 }
 
 func pp0Identity(v *View) uint32 { return v.Result.IdentityOf(netip.MustParseAddr("10.244.1.11")) }
+
+// TestExplainNamesTierObjectAndRule: where cluster policies judge, explain
+// names the tier, the object and the rule that decided.
+func TestExplainNamesTierObjectAndRule(t *testing.T) {
+	admin := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "no-lab"}}
+	admin.Spec.Tier, admin.Spec.Priority = cnpv1.AdminTier, 1
+	admin.Spec.Subject.Namespaces = &metav1.LabelSelector{}
+	admin.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Name: "lab-out", Action: cnpv1.ClusterNetworkPolicyRuleActionDeny,
+		From: []cnpv1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "lab"}}}}}}
+	np := netpol("backend-access", map[string]string{"role": "backend"}, ingressFrom("frontend", 6379))
+	v := viewWith(t, []*cnpv1.ClusterNetworkPolicy{admin}, np)
+	for _, tt := range []struct {
+		from         string
+		allowed      bool
+		tier, reason string
+	}{
+		{"lab/remote", false, "Admin", `denied by the Admin tier: ClusterNetworkPolicy no-lab ingress[0] ("lab-out"), action Deny`},
+		{"prod/frontend", true, "NetworkPolicy", "allowed by the NetworkPolicy tier: NetworkPolicy prod/backend-access ingress[0]"},
+		{"prod/other", false, "NetworkPolicy", "isolated for ingress by NetworkPolicy"},
+	} {
+		xs, err := v.Explain(agentapi.ExplainRequest{From: tt.from, To: "prod/backend", Port: 6379})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := xs[0].Ingress
+		if in == nil || in.Allowed != tt.allowed || in.Tier != tt.tier || !strings.Contains(in.Reason, tt.reason) {
+			t.Errorf("%s: ingress verdict %+v, want allowed %v, tier %s, reason containing %q", tt.from, in, tt.allowed, tt.tier, tt.reason)
+		}
+	}
+}

@@ -16,6 +16,9 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	netlisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
+	cnpinformers "sigs.k8s.io/network-policy-api/pkg/client/informers/externalversions"
+	cnplisters "sigs.k8s.io/network-policy-api/pkg/client/listers/apis/v1beta1"
 )
 
 // Cluster holds the listers the controller reads.
@@ -27,14 +30,18 @@ type Cluster struct {
 	// Services and EndpointSlices feed the translation of ClusterIPs.
 	Services       corelisters.ServiceLister
 	EndpointSlices discoverylisters.EndpointSliceLister
+	// ClusterPolicies lists ClusterNetworkPolicies (v1beta1); nil when the
+	// cluster does not serve them.
+	ClusterPolicies cnplisters.ClusterNetworkPolicyLister
 
-	factory informers.SharedInformerFactory
-	synced  []cache.InformerSynced
+	factory    informers.SharedInformerFactory
+	cnpFactory cnpinformers.SharedInformerFactory
+	synced     []cache.InformerSynced
 }
 
 // New creates the informers; onChange is called (and must only enqueue) for
-// every add, update and delete.
-func New(client kubernetes.Interface, onChange func()) (*Cluster, error) {
+// every add, update and delete. cnp, when not nil, adds ClusterNetworkPolicy.
+func New(client kubernetes.Interface, cnp cnpclient.Interface, onChange func()) (*Cluster, error) {
 	// No periodic replay of the caches: it would only deliver objects
 	// SameButVersion drops. The controller resyncs every minute on its own.
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Slim))
@@ -59,6 +66,15 @@ func New(client kubernetes.Interface, onChange func()) (*Cluster, error) {
 			return nil, fmt.Errorf("add event handler: %w", err)
 		}
 		c.synced = append(c.synced, inf.HasSynced)
+	}
+	if cnp != nil {
+		c.cnpFactory = cnpinformers.NewSharedInformerFactoryWithOptions(cnp, 0, cnpinformers.WithTransform(Slim))
+		cnps := c.cnpFactory.Policy().V1beta1().ClusterNetworkPolicies()
+		if _, err := cnps.Informer().AddEventHandler(handler); err != nil {
+			return nil, fmt.Errorf("add event handler: %w", err)
+		}
+		c.synced = append(c.synced, cnps.Informer().HasSynced)
+		c.ClusterPolicies = cnps.Lister()
 	}
 	c.Pods, c.Namespaces, c.Policies, c.Nodes = pods.Lister(), nss.Lister(), pols.Lister(), nodes.Lister()
 	c.Services, c.EndpointSlices = svcs.Lister(), eps.Lister()
@@ -92,7 +108,12 @@ func SameButVersion(old, cur any) bool {
 }
 
 // Start runs the informers until ctx ends.
-func (c *Cluster) Start(ctx context.Context) { c.factory.Start(ctx.Done()) }
+func (c *Cluster) Start(ctx context.Context) {
+	c.factory.Start(ctx.Done())
+	if c.cnpFactory != nil {
+		c.cnpFactory.Start(ctx.Done())
+	}
+}
 
 // WaitForSync blocks until every cache has synced or ctx ends.
 func (c *Cluster) WaitForSync(ctx context.Context) bool {
@@ -100,4 +121,9 @@ func (c *Cluster) WaitForSync(ctx context.Context) bool {
 }
 
 // Shutdown stops the informers and waits for them.
-func (c *Cluster) Shutdown() { c.factory.Shutdown() }
+func (c *Cluster) Shutdown() {
+	c.factory.Shutdown()
+	if c.cnpFactory != nil {
+		c.cnpFactory.Shutdown()
+	}
+}

@@ -116,6 +116,10 @@ func New(reg prometheus.Registerer, log *slog.Logger, dp Datapath, state func() 
 		},
 	}
 	m.api.errs = m.apiErrs
+	// Both ways of an ADD exist from the start, at zero: a query or
+	// dashboard panel finds the series before the first pod comes.
+	m.add.WithLabelValues("own")
+	m.add.WithLabelValues("sync")
 	reg.MustRegister(m.compile, m.apply, m.add, m.flows, m.apiErrs, m.unmanaged, m.syncFails, m.reclaims, m)
 	return m
 }

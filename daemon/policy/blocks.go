@@ -6,6 +6,7 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/palisade-cni/palisade/daemon/identity"
 )
@@ -18,8 +19,10 @@ import (
 // objects (informer caches replace an object that changes). It is never
 // modified once built: compilers read it concurrently.
 type blockIndex struct {
-	// policies are the policies it was built from, in the compiler's order.
+	// policies are the policies it was built from, in the compiler's order;
+	// cnps the cluster policies, in theirs.
 	policies []*networkingv1.NetworkPolicy
+	cnps     []*cnpv1.ClusterNetworkPolicy
 	// blocks are every ipBlock cidr and except, sorted; set holds them.
 	blocks []netip.Prefix
 	set    map[netip.Prefix]bool
@@ -41,9 +44,10 @@ type blockIndex struct {
 
 // newBlockIndex builds the index of policies, which must be sorted as the
 // compiler sorts them.
-func newBlockIndex(policies []*networkingv1.NetworkPolicy, alloc *identity.Allocator) *blockIndex {
+func newBlockIndex(policies []*networkingv1.NetworkPolicy, cnps []*cnpv1.ClusterNetworkPolicy, alloc *identity.Allocator) *blockIndex {
 	b := &blockIndex{
 		policies:   policies,
+		cnps:       cnps,
 		set:        map[netip.Prefix]bool{},
 		egressPort: map[namedPort]bool{},
 		inside:     map[netip.Prefix][]uint32{},
@@ -70,16 +74,19 @@ func newBlockIndex(policies []*networkingv1.NetworkPolicy, alloc *identity.Alloc
 // collect finds every ipBlock prefix and every named port an egress rule
 // uses: addresses are split into identities along them.
 func (b *blockIndex) collect() {
+	addPrefix := func(p netip.Prefix) {
+		if p = p.Masked(); !b.set[p] {
+			b.set[p] = true
+			b.blocks = append(b.blocks, p)
+		}
+	}
 	add := func(pol *networkingv1.NetworkPolicy, s string) {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
 			b.problems = append(b.problems, policyProblem(pol, "ipBlock %q is not a CIDR: %v", s, err))
 			return
 		}
-		if p = p.Masked(); !b.set[p] {
-			b.set[p] = true
-			b.blocks = append(b.blocks, p)
-		}
+		addPrefix(p)
 	}
 	for _, pol := range b.policies {
 		for _, peer := range allPeers(pol) {
@@ -99,6 +106,7 @@ func (b *blockIndex) collect() {
 			}
 		}
 	}
+	b.cnpCollect(addPrefix)
 	slices.SortFunc(b.blocks, comparePrefix)
 	for _, p := range b.blocks {
 		if p.Addr().Is4() {

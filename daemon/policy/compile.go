@@ -15,6 +15,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/palisade-cni/palisade/daemon/identity"
 )
@@ -35,11 +36,16 @@ type State struct {
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
 	Policies   []*networkingv1.NetworkPolicy
-	Endpoints  []Endpoint
+	// ClusterPolicies are the ClusterNetworkPolicies (admin tiers).
+	ClusterPolicies []*cnpv1.ClusterNetworkPolicy
+	Endpoints       []Endpoint
 	// NodeIPs are the addresses of this node: traffic with them is always
 	// allowed. RemoteNodeIPs are the addresses of the other nodes.
 	NodeIPs       []netip.Addr
 	RemoteNodeIPs []netip.Addr
+	// NodeLabels are the labels of the node each remote node address
+	// belongs to, which cluster policies' nodes peers select.
+	NodeLabels map[netip.Addr]map[string]string
 	// Previous, when set, is the last Result compiled with the same
 	// allocator: the rules of pods alike are taken from it where nothing
 	// they depend on changed, instead of compiled again.
@@ -57,11 +63,16 @@ const (
 	ProtoSCTP uint8 = 132
 )
 
-// Rule allows traffic with one peer identity on a protocol and ports.
+// Rule allows traffic with one peer identity on a protocol and ports; with
+// Deny it drops it. Deny rules appear only in a direction cluster policies
+// judge, whose rules are read as the datapath's longest-prefix lookup reads
+// them (Result.Verdict): a rule for a port range wins over one for its
+// whole protocol, which wins over one for the whole peer.
 type Rule struct {
 	Peer  uint32
 	Proto uint8
 	Ports PortRange
+	Deny  bool
 	// Ref is the policy rule that allows, a key of Result.Refs. Its number
 	// stays the same across compiles, so that an unrelated change does not
 	// rewrite every map entry that names the rule.
@@ -82,13 +93,22 @@ type EndpointPolicy struct {
 	Egress          []Rule
 	// Policies names (namespace/name) every policy that selects the pod.
 	Policies []string
+	// ClusterPolicies names the cluster policies with rules for the pod;
+	// IngressTiered and EgressTiered are the directions they judge.
+	ClusterPolicies             []string
+	IngressTiered, EgressTiered bool
 }
 
 // RuleRef names the policy rule behind a Rule.
 type RuleRef struct {
-	Policy    string // namespace/name
+	Policy    string // namespace/name; a cluster policy's name alone
 	Direction string // "ingress" or "egress"
 	Index     int
+	// Tier is set for a cluster policy's rule: "Admin" or "Baseline";
+	// Action is its action as judged, Name its name if it has one.
+	Tier   string `json:",omitempty"`
+	Action string `json:",omitempty"`
+	Name   string `json:",omitempty"`
 }
 
 // Result is the compiled state.
@@ -102,9 +122,21 @@ type Result struct {
 	// Problems are policy parts that could not be understood. Each such
 	// part matches nothing; the policy still isolates the pods it selects.
 	Problems []error
+	// ClusterProblems lists, per cluster policy name, what of it could not
+	// be understood; a policy without an entry was compiled whole.
+	ClusterProblems map[string][]string
 
 	// comp is the compiler that made the Result, kept for CompileEndpoint.
 	comp *compiler
+}
+
+// ClusterPolicyObjects returns the cluster policies the Result was compiled
+// from, in judging order.
+func (r *Result) ClusterPolicyObjects() []*cnpv1.ClusterNetworkPolicy {
+	if r.comp == nil {
+		return nil
+	}
+	return r.comp.cnps
 }
 
 // Compile computes the desired datapath state. alloc keeps identity numbers
@@ -113,7 +145,7 @@ func Compile(s State, alloc *identity.Allocator) Result {
 	c := newCompiler(s, alloc)
 	if p := s.Previous; p != nil && p.comp != nil {
 		p.comp.mu.Lock()
-		if slices.Equal(p.comp.universe, c.universe) {
+		if slices.Equal(p.comp.universe, c.universe) && slices.Equal(p.comp.cnps, c.cnps) {
 			c.prev, c.prevGen = p.comp, p.comp.universeGen
 		}
 		p.comp.mu.Unlock()
@@ -134,6 +166,12 @@ func Compile(s State, alloc *identity.Allocator) Result {
 	// CompileEndpoint may number more rules: the Result keeps its own.
 	res.Refs = maps.Clone(c.refs)
 	res.Problems = dedupeErrors(c.problems)
+	res.ClusterProblems = map[string][]string{}
+	for k, v := range c.cnpProblems {
+		v = slices.Clone(v)
+		slices.Sort(v)
+		res.ClusterProblems[k] = slices.Compact(v)
+	}
 	res.comp = c
 	// Most keys are the blocks': look there first.
 	alloc.Retain(c.blocks.keys, c.usedKeys)
@@ -173,6 +211,7 @@ func (r *Result) CompileEndpoint(ep Endpoint) (EndpointPolicy, map[netip.Prefix]
 			// must name it, so the memoized peer lists are stale.
 			c.indexIdentity(id)
 			c.peerIDs = map[peerKey][]uint32{}
+			c.cnpPeers = map[any]cnpPeerMemo{}
 			c.shapes = map[string]shape{}
 			c.universe = append(c.universe, id)
 			slices.Sort(c.universe)
@@ -236,6 +275,15 @@ type compiler struct {
 	// peerIDs memoizes each rule's matching identities: they do not
 	// depend on the endpoint the rule is compiled for.
 	peerIDs map[peerKey][]uint32
+
+	// cnps are the cluster policies in judging order (sortCNPs).
+	cnps []*cnpv1.ClusterNetworkPolicy
+	// cnpPeers memoizes each cluster policy rule's peers, keyed by the rule.
+	cnpPeers     map[any]cnpPeerMemo
+	cnpBrokenWhy map[*cnpv1.ClusterNetworkPolicy]string
+	cnpProblems  map[string][]string
+	// nodeIDs are the identities of remote node addresses.
+	nodeIDs []uint32
 }
 
 type namedPort struct {
@@ -256,6 +304,9 @@ type ident struct {
 	ports map[namedPort]uint16
 	// prefix is set for an ipBlock prefix's own identity.
 	prefix netip.Prefix
+	// node is set for a remote node's addresses, with its labels.
+	node       bool
+	nodeLabels labels.Set
 }
 
 func newCompiler(s State, alloc *identity.Allocator) *compiler {
@@ -282,12 +333,17 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 		nsPolicies: map[string][]*networkingv1.NetworkPolicy{},
 		parsed:     map[*metav1.LabelSelector]labels.Selector{},
 		peerIDs:    map[peerKey][]uint32{},
+
+		cnps:         sortCNPs(s.ClusterPolicies),
+		cnpPeers:     map[any]cnpPeerMemo{},
+		cnpBrokenWhy: map[*cnpv1.ClusterNetworkPolicy]string{},
+		cnpProblems:  map[string][]string{},
 	}
-	if prev != nil && prev.alloc == alloc && slices.Equal(prev.blocks.policies, s.Policies) {
+	if prev != nil && prev.alloc == alloc && slices.Equal(prev.blocks.policies, s.Policies) && slices.Equal(prev.blocks.cnps, c.cnps) {
 		c.blocks = prev.blocks
 		c.prevPodKeys = prev.podKeys
 	} else {
-		c.blocks = newBlockIndex(s.Policies, alloc)
+		c.blocks = newBlockIndex(s.Policies, c.cnps, alloc)
 	}
 	c.problems = slices.Clone(c.blocks.problems)
 	for _, ns := range s.Namespaces {
@@ -299,6 +355,7 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 	for _, pol := range s.Policies {
 		c.nsPolicies[pol.Namespace] = append(c.nsPolicies[pol.Namespace], pol)
 	}
+	c.checkCNPs()
 	return c
 }
 
@@ -318,6 +375,9 @@ func (c *compiler) indexIdentity(id uint32) {
 	in := c.identities[id]
 	if in.pod {
 		c.podIDs = append(c.podIDs, id)
+	}
+	if in.node {
+		c.nodeIDs = append(c.nodeIDs, id)
 	}
 	for _, b := range in.blocks {
 		c.blockMembers[b] = append(c.blockMembers[b], id)
@@ -344,7 +404,23 @@ func (c *compiler) addAddresses() {
 	c.identities = maps.Clone(c.blocks.identities)
 	for _, a := range c.s.RemoteNodeIPs {
 		sig := c.blocks.of(a)
-		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = c.identity("node|"+prefixList(sig), &ident{blocks: sig})
+		// A node's labels are part of its identity only when a cluster
+		// policy could select by them: otherwise every remote node
+		// shares one.
+		var lbl labels.Set
+		if len(c.cnps) > 0 {
+			lbl = c.s.NodeLabels[a]
+		}
+		key := "node|" + prefixList(sig)
+		if lbl != nil {
+			key += "|" + labelString(lbl)
+		}
+		if in := c.identities[c.alloc.ID(key)]; in != nil {
+			c.usedKeys[key] = true
+			c.ipcache[netip.PrefixFrom(a, a.BitLen())] = in.id
+			continue
+		}
+		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = c.identity(key, &ident{blocks: sig, node: true, nodeLabels: lbl})
 	}
 	c.podKeys = make(map[podAddr]podKey, len(c.s.Pods))
 	owners := c.podIPs()

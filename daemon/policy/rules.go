@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/palisade-cni/palisade/daemon/identity"
 )
@@ -22,6 +23,10 @@ func (c *compiler) endpoint(ep Endpoint) EndpointPolicy {
 	// Pods alike (see shapeKey) get the same rules: compile them once.
 	// The rule slices are shared between their endpoints, read-only.
 	key := shapeKey(ep.Pod)
+	if len(c.cnps) > 0 {
+		// Cluster policies select pods by their namespace's labels too.
+		key += "|ns:" + c.nsKey(ep.Pod.Namespace)
+	}
 	sh, ok := c.shapes[key]
 	if !ok {
 		sh, ok = c.reuse(key, ep.Pod.Namespace)
@@ -146,7 +151,40 @@ func (c *compiler) policyOf(pod *corev1.Pod) EndpointPolicy {
 	}
 	out.Ingress = dedupe(out.Ingress)
 	out.Egress = dedupe(out.Egress)
+	if len(c.cnps) > 0 {
+		c.applyTiers(pod, &out)
+	}
 	return out
+}
+
+// applyTiers folds the cluster policies that select pod around its
+// NetworkPolicy rules, per direction they have rules for: the direction
+// becomes isolated (a miss denies) and its rules the tiers' answers.
+func (c *compiler) applyTiers(pod *corev1.Pod, out *EndpointPolicy) {
+	seen := map[string]bool{}
+	for _, egress := range []bool{false, true} {
+		admin, an := c.tierRules(pod, cnpv1.AdminTier, egress)
+		baseline, bn := c.tierRules(pod, cnpv1.BaselineTier, egress)
+		if len(admin)+len(baseline) == 0 {
+			continue
+		}
+		for _, n := range append(an, bn...) {
+			if !seen[n] {
+				seen[n] = true
+				out.ClusterPolicies = append(out.ClusterPolicies, n)
+			}
+		}
+		t := tiers{admin: admin, baseline: baseline, npIsolated: out.IngressIsolated, np: out.Ingress}
+		if egress {
+			t.npIsolated, t.np = out.EgressIsolated, out.Egress
+		}
+		rules := t.compile()
+		if egress {
+			out.Egress, out.EgressIsolated, out.EgressTiered = rules, true, true
+		} else {
+			out.Ingress, out.IngressIsolated, out.IngressTiered = rules, true, true
+		}
+	}
 }
 
 // policyTypes applies the API's defaulting of spec.policyTypes: "Ingress"

@@ -31,31 +31,63 @@ func (r *Result) IdentityOf(a netip.Addr) uint32 {
 // in direction d. It walks the compiled rules the same way the programs walk
 // their maps, so explanations and tests judge what is enforced.
 func (r *Result) Allows(id string, d Direction, peer netip.Addr, proto uint8, port uint16) bool {
+	ok, _ := r.Verdict(id, d, peer, proto, port)
+	return ok
+}
+
+// Verdict is Allows with the rule that decided (a key of Refs), 0 when no
+// rule did: no isolation, the node itself, or an isolated direction no
+// entry matches.
+func (r *Result) Verdict(id string, d Direction, peer netip.Addr, proto uint8, port uint16) (bool, uint32) {
 	ep, ok := r.Endpoints[id]
 	if !ok {
-		return false // no endpoint entry: the datapath drops
+		return false, 0 // no endpoint entry: the datapath drops
 	}
 	rules, isolated := ep.Ingress, ep.IngressIsolated
 	if d == Egress {
 		rules, isolated = ep.Egress, ep.EgressIsolated
 	}
 	if !isolated {
-		return true
+		return true, 0
 	}
 	pid := r.IdentityOf(peer)
 	if pid == identity.Host {
-		return true
+		return true, 0
 	}
-	for _, rule := range rules {
-		if rule.Peer != pid && rule.Peer != identity.Any {
-			continue
-		}
-		if rule.Proto != ProtoAny && rule.Proto != proto {
-			continue
-		}
-		if rule.Ports == (PortRange{}) || (port >= rule.Ports.First && port <= rule.Ports.Last) {
-			return true
+	// The peer's own entries first, then the wildcard's: two probes of
+	// the LPM trie, each taking the longest match.
+	for _, p := range []uint32{pid, identity.Any} {
+		if rule, ok := lookup(rules, p, proto, port); ok {
+			return !rule.Deny, rule.Ref
 		}
 	}
-	return false
+	return false, 0
+}
+
+// lookup is one probe of the LPM trie: among the rules of peer that match,
+// one for a port range beats one for the whole protocol, which beats one
+// for every protocol. Rules that overlap at the same level all allow.
+func lookup(rules []Rule, peer uint32, proto uint8, port uint16) (Rule, bool) {
+	best, level := Rule{}, -1
+	for _, r := range rules {
+		if r.Peer != peer {
+			continue
+		}
+		l := 0
+		switch {
+		case r.Proto == ProtoAny:
+		case r.Proto != proto:
+			continue
+		case r.Ports == (PortRange{}):
+			l = 1
+		case port >= r.Ports.First && port <= r.Ports.Last:
+			l = 2
+		default:
+			continue
+		}
+		if l > level {
+			best, level = r, l
+		}
+	}
+	return best, level >= 0
 }

@@ -39,6 +39,12 @@ func manifest(t *testing.T, name string) []runtime.Object {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return decodeObjects(t, name, data)
+}
+
+// decodeObjects decodes a multi-document YAML stream of API objects.
+func decodeObjects(t *testing.T, name string, data []byte) []runtime.Object {
+	t.Helper()
 	var objs []runtime.Object
 	for _, doc := range bytes.Split(data, []byte("\n---\n")) {
 		js, err := yaml.YAMLToJSON(doc)
@@ -80,21 +86,10 @@ func container(t *testing.T, cs []corev1.Container, name string) corev1.Containe
 	return corev1.Container{}
 }
 
-// TestManifestRules checks the rules the manifests promise, each of which
-// the API server would accept broken.
-func TestManifestRules(t *testing.T) {
-	objs := manifest(t, "palisade.yaml")
-	var role *rbacv1.ClusterRole
-	for _, obj := range objs {
-		if r, ok := obj.(*rbacv1.ClusterRole); ok {
-			role = r
-		}
-	}
-	if role == nil {
-		t.Fatal("no ClusterRole")
-	}
+// grants lists what RBAC rules grant, as "group/resource:verb".
+func grants(rules []rbacv1.PolicyRule) map[string]bool {
 	granted := map[string]bool{}
-	for _, r := range role.Rules {
+	for _, r := range rules {
 		for _, g := range r.APIGroups {
 			for _, res := range r.Resources {
 				for _, v := range r.Verbs {
@@ -103,14 +98,48 @@ func TestManifestRules(t *testing.T) {
 			}
 		}
 	}
-	want := map[string]bool{}
-	for _, res := range []string{"/pods", "/namespaces", "/services", "/nodes", "networking.k8s.io/networkpolicies", "discovery.k8s.io/endpointslices"} {
+	return granted
+}
+
+// TestManifestRules checks the rules the manifests promise, each of which
+// the API server would accept broken.
+func TestManifestRules(t *testing.T) {
+	objs := manifest(t, "palisade.yaml")
+	var role *rbacv1.ClusterRole
+	var nsRole *rbacv1.Role
+	var ns *corev1.Namespace
+	for _, obj := range objs {
+		switch o := obj.(type) {
+		case *rbacv1.ClusterRole:
+			role = o
+		case *rbacv1.Role:
+			nsRole = o
+		case *corev1.Namespace:
+			ns = o
+		}
+	}
+	if role == nil || nsRole == nil || ns == nil {
+		t.Fatalf("ClusterRole %v, Role %v, Namespace %v: want all three", role != nil, nsRole != nil, ns != nil)
+	}
+	want := map[string]bool{"/events:create": true, "/events:patch": true,
+		"policy.networking.k8s.io/clusternetworkpolicies/status:update": true, "policy.networking.k8s.io/clusternetworkpolicies/status:patch": true}
+	for _, res := range []string{"/pods", "/namespaces", "/services", "/nodes", "networking.k8s.io/networkpolicies", "discovery.k8s.io/endpointslices", "policy.networking.k8s.io/clusternetworkpolicies"} {
 		for _, v := range []string{"get", "list", "watch"} {
 			want[res+":"+v] = true
 		}
 	}
-	if fmt.Sprint(granted) != fmt.Sprint(want) {
+	if granted := grants(role.Rules); fmt.Sprint(granted) != fmt.Sprint(want) {
 		t.Errorf("ClusterRole grants %v, want exactly %v", granted, want)
+	}
+	// Leases only in the agent's own namespace, where it publishes status.
+	wantNS := map[string]bool{"coordination.k8s.io/leases:get": true, "coordination.k8s.io/leases:create": true, "coordination.k8s.io/leases:update": true}
+	if granted := grants(nsRole.Rules); fmt.Sprint(granted) != fmt.Sprint(wantNS) || nsRole.Namespace != ns.Name {
+		t.Errorf("Role in %s grants %v, want exactly %v in %s", nsRole.Namespace, granted, wantNS, ns.Name)
+	}
+	// Pod Security: the agent needs privileged (hostNetwork, hostPath,
+	// capabilities); without the label a baseline default refuses it.
+	if l := ns.Labels["pod-security.kubernetes.io/enforce"]; l != "privileged" {
+		t.Errorf("namespace %s enforces Pod Security %q, want privileged", ns.Name, l)
 	}
 
 	ds := daemonSet(t, "palisade.yaml")
@@ -143,8 +172,28 @@ func TestManifestRules(t *testing.T) {
 			t.Errorf("probe %s on %s, want %s on --health-addr %s", probe.HTTPGet.Path, got, path, healthAddr)
 		}
 	}
-	if len(agent.Env) == 0 || agent.Env[0].Name != "NODE_NAME" || agent.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
-		t.Errorf("agent env %+v, want NODE_NAME from spec.nodeName", agent.Env)
+	env := map[string]string{}
+	for _, e := range agent.Env {
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			env[e.Name] = e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	if env["NODE_NAME"] != "spec.nodeName" || env["POD_NAMESPACE"] != "metadata.namespace" || env["HOST_IP"] != "status.hostIP" {
+		t.Errorf("agent env %v, want NODE_NAME from spec.nodeName, POD_NAMESPACE from metadata.namespace, HOST_IP from status.hostIP", env)
+	}
+	if !slices.Contains(agent.Command, "--metrics-addr=$(HOST_IP)") {
+		t.Errorf("agent command %v, want --metrics-addr=$(HOST_IP): Prometheus scrapes the node's address", agent.Command)
+	}
+	// Every container: a scheduling request (a node-critical DaemonSet
+	// must not be BestEffort), no privilege escalation, a seccomp profile.
+	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
+		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+			t.Errorf("container %s requests %v, want CPU and memory", c.Name, c.Resources.Requests)
+		}
+		sc := c.SecurityContext
+		if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.SeccompProfile == nil {
+			t.Errorf("container %s: want allowPrivilegeEscalation false and a seccomp profile, got %+v", c.Name, sc)
+		}
 	}
 	mounts := map[string]bool{}
 	for _, m := range agent.VolumeMounts {
@@ -177,8 +226,17 @@ func TestPrivilegedManifestsDryRun(t *testing.T) {
 	defer cancel()
 	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
 	c := cp.Client
-	for _, file := range []string{"palisade.yaml", "uninstall.yaml", "k3s/palisade.yaml", "k3s/uninstall.yaml"} {
-		for _, obj := range manifest(t, file) {
+	sources := map[string][]runtime.Object{}
+	for _, m := range testbed.ChartManifests {
+		sources[m.File] = manifest(t, m.File)
+	}
+	// The chart with every option whose kinds the API server knows
+	// without prometheus-operator's CRDs, as `helm template` renders it.
+	chartArgs := []string{"--namespace", "palisade-system", "--set", "namespace.create=true", "--set", "metrics.dashboard.enabled=true",
+		"--set", "metrics.address=all", "--set", "agent.extraArgs={--attach-mode=tc}"}
+	sources["helm template "+strings.Join(chartArgs, " ")] = decodeObjects(t, "chart", testbed.RenderChart(t, chartArgs...))
+	for file, objs := range sources {
+		for _, obj := range objs {
 			var err error
 			switch o := obj.(type) {
 			case *corev1.Namespace:
@@ -196,6 +254,14 @@ func TestPrivilegedManifestsDryRun(t *testing.T) {
 				_, err = c.RbacV1().ClusterRoles().Create(ctx, o, dry)
 			case *rbacv1.ClusterRoleBinding:
 				_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, o, dry)
+			case *rbacv1.Role:
+				_, err = c.RbacV1().Roles(o.Namespace).Create(ctx, o, dry)
+			case *rbacv1.RoleBinding:
+				_, err = c.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, dry)
+			case *corev1.Service:
+				_, err = c.CoreV1().Services(o.Namespace).Create(ctx, o, dry)
+			case *corev1.ConfigMap:
+				_, err = c.CoreV1().ConfigMaps(o.Namespace).Create(ctx, o, dry)
 			case *appsv1.DaemonSet:
 				_, err = c.AppsV1().DaemonSets(o.Namespace).Create(ctx, o, dry)
 			default:
@@ -221,7 +287,12 @@ func dsCommand(t *testing.T, c corev1.Container, bin string, subst map[string]st
 			caps = append(caps, "+"+strings.ToLower(string(add)))
 		}
 	}
-	argv := []string{"setpriv", "--bounding-set", strings.Join(caps, ","), "--inh-caps", "-all", "--", bin}
+	argv := []string{"setpriv", "--bounding-set", strings.Join(caps, ","), "--inh-caps", "-all"}
+	if sc := c.SecurityContext; sc != nil && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation {
+		// What allowPrivilegeEscalation: false makes the runtime set.
+		argv = append(argv, "--no-new-privs")
+	}
+	argv = append(argv, "--", bin)
 	used := map[string]bool{}
 	for _, a := range append(slices.Clone(c.Command[1:]), c.Args...) {
 		if name, _, ok := strings.Cut(a, "="); ok {
@@ -241,6 +312,36 @@ func dsCommand(t *testing.T, c corev1.Container, bin string, subst map[string]st
 		}
 	}
 	return argv
+}
+
+// downwardEnv returns c's env as NAME=value from the downward API fields
+// given, and expands $(NAME) in argv in place. A field the test does not
+// know fails it: the manifest grew a variable the test must supply.
+func downwardEnv(t *testing.T, c corev1.Container, fields map[string]string, argv []string) []string {
+	t.Helper()
+	var env []string
+	vars := map[string]string{}
+	for _, e := range c.Env {
+		if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil {
+			t.Fatalf("container %s: env %s is not from the downward API; supply it here", c.Name, e.Name)
+		}
+		v, ok := fields[e.ValueFrom.FieldRef.FieldPath]
+		if !ok {
+			t.Fatalf("container %s: env %s from %s, which the test does not supply", c.Name, e.Name, e.ValueFrom.FieldRef.FieldPath)
+		}
+		vars[e.Name] = v
+		env = append(env, e.Name+"="+v)
+	}
+	for i, a := range argv {
+		for name, v := range vars {
+			a = strings.ReplaceAll(a, "$("+name+")", v)
+		}
+		if strings.Contains(a, "$(") {
+			t.Fatalf("container %s: %q names a variable its env lacks", c.Name, a)
+		}
+		argv[i] = a
+	}
+	return env
 }
 
 func bpfRoot(t *testing.T) string {
@@ -304,8 +405,11 @@ func TestPrivilegedDaemonSetOnTestbed(t *testing.T) {
 		"--socket": node.AgentSocket(), "--state-dir": state, "--bpf-root": root,
 		"--cni-cache-dir": cniCacheDir(node), "--kubeconfig": cp.Kubeconfig(),
 	})
-	// NODE_NAME, as the downward API sets it.
-	argv = append([]string{"env", "NODE_NAME=" + node.Name}, argv...)
+	// The env the downward API sets, and $(VAR) in the command expanded
+	// from it, as the kubelet does.
+	argv = append(append([]string{"env"}, downwardEnv(t, agentC, map[string]string{
+		"spec.nodeName": node.Name, "metadata.namespace": "palisade-system", "status.hostIP": node.IP.String(),
+	}, argv)...), argv...)
 	agent := testbed.NewProcess(t, node.NetNS, "palisade-agent-ds", argv...)
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)

@@ -43,8 +43,17 @@ func newOneNodeArgs(t *testing.T, args ...string) *oneNode {
 }
 
 func setUpOneNode(t *testing.T, opts testbed.AgentOptions) *oneNode {
+	return setUpOneNodeWith(t, opts, nil)
+}
+
+// setUpOneNodeWith is setUpOneNode with prepare run on the control plane
+// before the agent starts.
+func setUpOneNodeWith(t *testing.T, opts testbed.AgentOptions, prepare func(*testbed.ControlPlane)) *oneNode {
 	privileged.Require(t)
 	cp := testbed.StartControlPlane(t)
+	if prepare != nil {
+		prepare(cp)
+	}
 	node := cp.AddNode(t, "node-1", 1)
 	env := &oneNode{cp: cp, node: node, agent: node.StartAgent(t, opts)}
 	cp.CreateNamespace(t, "prod", map[string]string{"team": "prod"})

@@ -30,6 +30,10 @@ type AgentOptions struct {
 	AttachMode string
 	// Args are extra flags, appended after the testbed's own.
 	Args []string
+	// AdoptFromCNICache points --cni-cache-dir at the node's libcni cache,
+	// so that the agent adopts pods that started without palisade, as the
+	// DaemonSet's agent reads the host's /var/lib/cni.
+	AdoptFromCNICache bool
 }
 
 // Agent is a palisade-agent running inside a node's namespace.
@@ -76,6 +80,9 @@ func (n *Node) StartAgent(tb TB, opts AgentOptions) *Agent {
 		"--log-level=debug",
 		// The benchmarks profile the agents.
 		"--pprof",
+	}
+	if opts.AdoptFromCNICache {
+		args = append(args, "--cni-cache-dir="+n.CNICacheDir())
 	}
 	a.proc = NewProcess(tb, n.NetNS, "palisade-agent-"+n.Name, append(args, opts.Args...)...)
 	if err := a.Start(); err != nil {

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 )
 
 // The testbed's address plan. None of it is routed in the host's namespace.
@@ -53,8 +54,10 @@ type ControlPlane struct {
 	// sockets are opened inside NetNS.
 	Client     kubernetes.Interface
 	RestConfig *rest.Config
-	Etcd       *Process
-	APIServer  *Process
+	// CNP is a ClusterNetworkPolicy client; the CRD is installed at start.
+	CNP       cnpclient.Interface
+	Etcd      *Process
+	APIServer *Process
 
 	kubeconfig string
 
@@ -64,8 +67,9 @@ type ControlPlane struct {
 
 // StartControlPlane brings up etcd and kube-apiserver and waits until the API
 // is ready and the default namespace exists. Cleanup stops both and deletes
-// the namespace.
-func StartControlPlane(tb TB) *ControlPlane {
+// the namespace. apiserverArgs are extra kube-apiserver flags, such as
+// feature gates a test needs.
+func StartControlPlane(tb TB, apiserverArgs ...string) *ControlPlane {
 	tb.Helper()
 	start := time.Now()
 	kubeDir := KubeBinDir(tb)
@@ -96,24 +100,24 @@ func StartControlPlane(tb TB) *ControlPlane {
 		"--log-level=warn",
 	)
 	certDir := filepath.Join(dir, "certs")
-	cp.APIServer = StartProcess(tb, cp.NetNS, "kube-apiserver", filepath.Join(kubeDir, "kube-apiserver"),
+	cp.APIServer = StartProcess(tb, cp.NetNS, "kube-apiserver", append([]string{filepath.Join(kubeDir, "kube-apiserver"),
 		"--etcd-servers=http://127.0.0.1:2379",
 		"--bind-address=0.0.0.0",
 		fmt.Sprintf("--secure-port=%d", apiServerPort),
-		"--advertise-address="+APIServerIP.String(),
-		"--service-cluster-ip-range="+ServiceCIDR.String()+","+ServiceCIDR6.String(),
-		"--cert-dir="+certDir,
+		"--advertise-address=" + APIServerIP.String(),
+		"--service-cluster-ip-range=" + ServiceCIDR.String() + "," + ServiceCIDR6.String(),
+		"--cert-dir=" + certDir,
 		"--authorization-mode=AlwaysAllow",
-		"--token-auth-file="+tokenFile,
+		"--token-auth-file=" + tokenFile,
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+saKey,
-		"--service-account-signing-key-file="+saKey,
+		"--service-account-key-file=" + saKey,
+		"--service-account-signing-key-file=" + saKey,
 		// No kubelet mounts tokens and no controller creates the
 		// default ServiceAccount, so pods must not need one.
 		"--disable-admission-plugins=ServiceAccount",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
-	)
+	}, apiserverArgs...)...)
 
 	cp.RestConfig = &rest.Config{
 		Host:            fmt.Sprintf("https://127.0.0.1:%d", apiServerPort),

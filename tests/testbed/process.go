@@ -147,6 +147,23 @@ func (p *Process) Stop() error {
 	return nil
 }
 
+// Kill ends the process with SIGKILL at once, as the OOM killer or a crash
+// does: no signal handler runs and nothing is cleaned up. It waits for the
+// exit. Killing a process that is not running is not an error.
+func (p *Process) Kill() error {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil || isClosed(done) {
+		return nil
+	}
+	if err := cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("kill %s (pid %d): %w", p.name, cmd.Process.Pid, err)
+	}
+	<-done
+	return nil
+}
+
 // PID is the process's id, or 0 before the first Start.
 func (p *Process) PID() int {
 	p.mu.Lock()

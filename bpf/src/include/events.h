@@ -97,7 +97,8 @@ static __always_inline int event_budget_take(__u64 now)
 }
 
 /* emit_event offers one verdict to pal_events. rule is the policy rule that
- * allowed the flow (0 for a drop, or when no policy isolates the pod). */
+ * allowed the flow, or the cluster policy rule that denied it (0 when no
+ * rule decided: no isolation, or an isolated direction nothing allows). */
 static __always_inline void emit_event(const struct __sk_buff *skb, const struct flow *f, __u8 dir,
 				       __u8 reason, __u32 peer, __u32 rule)
 {
@@ -145,8 +146,8 @@ static __always_inline void emit_allow(const struct __sk_buff *skb, const struct
 /* emit_drop records a dropped packet: counted always, offered as an event
  * always (subject to the budget). */
 static __always_inline void emit_drop(const struct __sk_buff *skb, const struct flow *f, __u8 dir,
-				      __u8 reason, __u32 peer)
+				      __u8 reason, __u32 peer, __u32 rule)
 {
 	count_verdict(dir, reason);
-	emit_event(skb, f, dir, reason, peer, 0);
+	emit_event(skb, f, dir, reason, peer, rule);
 }

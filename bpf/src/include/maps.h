@@ -104,8 +104,14 @@ struct policy_key {
 	__be16 port_net; /* destination port, network byte order */
 };
 
+/* An entry allows, unless POLICY_F_DENY: then it drops. Deny entries come
+ * from cluster policies (admin tiers), folded by the agent with NetworkPolicy
+ * into one answer per peer, protocol and port range. */
+#define POLICY_F_DENY (1 << 0)
+
 struct policy_value {
 	__u32 rule; /* agent's rule reference, reported in events */
+	__u32 flags; /* POLICY_F_* */
 };
 
 struct {

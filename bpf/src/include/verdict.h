@@ -82,13 +82,16 @@ static __always_inline __u32 ipcache_identity(const __u8 *addr)
 
 /* policy_allows judges the first packet of a flow of an endpoint, in dir,
  * with a peer of identity peer. It returns 1 and the matching rule when some
- * policy allows it. The precedence, from the API's definition:
+ * policy allows it, 0 when none does or an entry denies (then *rule names the
+ * denying rule). The precedence, from the API's definition:
  *   1. A direction no policy isolates allows everything.
  *   2. Traffic with the pod's own node is always allowed.
  *   3. A rule naming the peer's identity (with the port, the protocol, or
  *      all ports) allows it.
  *   4. A rule with a wildcard peer (from: [], to: [], or none) allows it.
- *   5. Anything else is dropped. */
+ *   5. Anything else is dropped.
+ * An entry may deny (POLICY_F_DENY): the admin tiers are folded into the
+ * entries by the agent, so their order costs no extra lookup. */
 static __always_inline int policy_allows(const struct endpoint_info *ep, __u8 dir,
 					 __u32 peer, const struct flow *f, __u32 *rule)
 {
@@ -116,5 +119,5 @@ static __always_inline int policy_allows(const struct endpoint_info *ep, __u8 di
 	if (!v)
 		return 0;
 	*rule = v->rule;
-	return 1;
+	return !(v->flags & POLICY_F_DENY);
 }

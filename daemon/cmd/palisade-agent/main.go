@@ -25,6 +25,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+	cnpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/palisade-cni/palisade/bpf"
 	"github.com/palisade-cni/palisade/daemon/adopt"
@@ -128,20 +130,29 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 	var cluster *k8s.Cluster
 	state := agentState(&cluster, &ctrl)
 	obs := newObservability(log, objs, state)
-	client, err := kubeClient(cfg.Kubeconfig)
+	client, rc, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cnpClient, err := clusterPolicyClient(log, client, rc)
 	if err != nil {
 		return err
 	}
 
-	cluster, err = k8s.New(client, func() { ctrl.Trigger() })
+	cluster, err = k8s.New(client, cnpClient, func() { ctrl.Trigger() })
 	if err != nil {
 		return err
+	}
+	var cnpStatus func(context.Context, *cnpv1.ClusterNetworkPolicy, []string) error
+	if cnpClient != nil {
+		cnpStatus = k8s.StatusWriter{Client: cnpClient}.SetProgrammed
 	}
 	ctrl = controller.New(controller.Config{
 		Log: log, NodeName: cfg.NodeName, Cluster: cluster, Registry: registry, Datapath: writer,
 		Alloc: alloc, NodeIPs: localAddrs, Persist: func(a *identity.Allocator) error { return a.Save(idPath) },
-		OnSync:    obs.observeSync,
-		OnFailure: obs.metrics.SyncFailed,
+		OnSync:              obs.observeSync,
+		OnFailure:           obs.metrics.SyncFailed,
+		ClusterPolicyStatus: cnpStatus,
 	})
 	endpoints := &endpoint.Manager{
 		Log: log, NodeName: cfg.NodeName, Registry: registry, Program: ctrl, Pods: cluster.Pods,
@@ -239,7 +250,7 @@ func waitSynced(ctx context.Context, ctrl *controller.Controller) bool {
 	return true
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+func kubeClient(kubeconfig string) (kubernetes.Interface, *rest.Config, error) {
 	var rc *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -248,14 +259,43 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load Kubernetes client config (set --kubeconfig outside a cluster): %w", err)
+		return nil, nil, fmt.Errorf("load Kubernetes client config (set --kubeconfig outside a cluster): %w", err)
 	}
 	rc.UserAgent = "palisade-agent/" + version
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("create Kubernetes client: %w", err)
+		return nil, nil, fmt.Errorf("create Kubernetes client: %w", err)
 	}
-	return client, nil
+	return client, rc, nil
+}
+
+// clusterPolicyClient returns a ClusterNetworkPolicy client, nil when the
+// API does not serve the resource (its CRD is not installed): the agent
+// then enforces NetworkPolicy alone and says so. Installing the CRD later
+// takes an agent restart.
+func clusterPolicyClient(log *slog.Logger, client kubernetes.Interface, rc *rest.Config) (cnpclient.Interface, error) {
+	var served bool
+	var err error
+	// The API may still be coming up with the agent: a few tries.
+	for try := 0; try < 5; try++ {
+		if served, err = k8s.ServesClusterPolicies(client.Discovery()); err == nil {
+			break
+		}
+		log.Warn("API discovery failed; retrying", "error", err)
+		time.Sleep(2 * time.Second)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !served {
+		log.Warn("ClusterNetworkPolicy v1beta1 not served; admin tiers off until the CRD is installed and the agent restarted")
+		return nil, nil
+	}
+	c, err := cnpclient.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("create ClusterNetworkPolicy client: %w", err)
+	}
+	return c, nil
 }
 
 // localAddrs lists the addresses of the agent's own network namespace: the
