@@ -266,19 +266,21 @@ type apiHealth struct {
 // Increment implements clientmetrics.ResultMetric.
 func (a *apiHealth) Increment(_ context.Context, code, method, host string) {
 	ok := strings.HasPrefix(code, "2")
+	// A 4xx is an answer (a Lease not found yet, a watch too old, an Event
+	// in a namespace being deleted): the server is there. No answer, or a
+	// 5xx, is not.
+	answered := code != "<error>" && !strings.HasPrefix(code, "5")
 	a.mu.Lock()
 	a.seen = true
-	a.lastErr = ""
-	if !ok {
-		a.lastErr = method + " " + host + ": " + code
-	}
-	// A 4xx is an answer (a Lease not found yet, a watch too old): the
-	// server is there. No answer, or a 5xx, is not.
 	switch {
-	case code != "<error>" && !strings.HasPrefix(code, "5"):
+	case answered:
+		a.lastErr = ""
 		a.downSince = time.Time{}
 	case a.downSince.IsZero():
 		a.downSince = time.Now()
+		fallthrough
+	default:
+		a.lastErr = method + " " + host + ": " + code
 	}
 	a.mu.Unlock()
 	if !ok {

@@ -190,9 +190,12 @@ func TestScrape(t *testing.T) {
 		t.Error("APIConnected after an answered request = false")
 	}
 	// A 4xx is an answer: the API server is reachable.
-	m.api.Increment(context.Background(), "404", "GET", "198.18.0.1:6443")
+	m.api.Increment(context.Background(), "404", "POST", "198.18.0.1:6443")
 	if since, _ := m.APIDownSince(); !since.IsZero() {
 		t.Errorf("APIDownSince after a 404 = %v, want zero", since)
+	}
+	if ok, why := m.APIConnected(); !ok {
+		t.Errorf("APIConnected after a 404 = false (%q): a refusal is an answer", why)
 	}
 	m.api.Increment(context.Background(), "503", "GET", "198.18.0.1:6443")
 	if since, _ := m.APIDownSince(); since.IsZero() {
