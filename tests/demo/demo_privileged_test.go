@@ -15,6 +15,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+	"sigs.k8s.io/yaml"
+
 	"github.com/palisade-cni/palisade/tests/privileged"
 	"github.com/palisade-cni/palisade/tests/testbed"
 )
@@ -44,11 +47,12 @@ type step struct {
 // of them an api-pod by label), a DNS stand-in in kube-system behind the
 // kube-dns Service (UDP/TCP 53, UDP 1053), and a backup host outside the
 // cluster; then the seeds' policies step by step, with the matrix after
-// each.
+// each, and last a cluster admin's ClusterNetworkPolicy that overrides an
+// allow of prod's own.
 func TestPrivilegedDemo(t *testing.T) {
 	privileged.Require(t)
 	start := time.Now()
-	c := testbed.StartCluster(t, testbed.ClusterOptions{Nodes: 3})
+	c := testbed.StartCluster(t, testbed.ClusterOptions{Nodes: 3, ClusterPolicies: true})
 	up := time.Since(start)
 	c.CreateNamespace(t, "prod", map[string]string{"name": "prod"})
 	c.CreateNamespace(t, "dev", map[string]string{"name": "dev"})
@@ -151,6 +155,16 @@ func TestPrivilegedDemo(t *testing.T) {
 			{y, n, n, y, y, y, y},
 			{y, n, y, n, n, n, n},
 		}},
+		{"admin-deny-dev-to-prod (ClusterNetworkPolicy, Admin tier): dev no longer reaches prod's frontend, though tier-frontend still allows it", func(t *testing.T) {
+			c.ApplyClusterPolicy(t, readClusterPolicy(t, filepath.Join(testbed.ModuleRoot(t), "conf", "policies", "cluster", "admin-deny-dev-to-prod.yaml")))
+		}, [][]bool{
+			{y, y, n, y, y, n, n},
+			{n, y, y, y, y, n, n},
+			{n, n, y, y, y, n, n},
+			{n, n, n, y, y, y, y},
+			{n, n, n, y, y, y, y},
+			{y, n, y, n, n, n, n},
+		}},
 	}
 
 	out := os.Stdout
@@ -220,4 +234,19 @@ func measure(from []Source, to []Target) Matrix {
 		<-done
 	}
 	return m
+}
+
+// readClusterPolicy reads a ClusterNetworkPolicy manifest, as kubectl
+// apply would take it.
+func readClusterPolicy(t *testing.T, path string) *cnpv1.ClusterNetworkPolicy {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cnpv1.ClusterNetworkPolicy{}
+	if err := yaml.UnmarshalStrict(raw, p); err != nil {
+		t.Fatalf("parse %s: %v", path, err)
+	}
+	return p
 }

@@ -18,6 +18,9 @@ type ClusterOptions struct {
 	WithoutPalisade bool
 	// Agent tunes each node's palisade-agent.
 	Agent AgentOptions
+	// ClusterPolicies installs the ClusterNetworkPolicy CRD before the
+	// agents start (an agent looks for the resource once, at start).
+	ClusterPolicies bool
 	// Network connects the pods: FlannelVXLAN (the default),
 	// FlannelHostGW, or BridgeChain for CNI 1.x and dual stack.
 	Network PodNetwork
@@ -52,6 +55,9 @@ func StartCluster(tb TB, opts ClusterOptions) *Cluster {
 		opts.Network = FlannelVXLAN
 	}
 	c := &Cluster{ControlPlane: StartControlPlane(tb), Options: opts}
+	if opts.ClusterPolicies {
+		c.InstallClusterPolicyCRD(tb)
+	}
 	c.StartControllerManager(tb)
 	c.StartScheduler(tb)
 	for i := range opts.Nodes {
