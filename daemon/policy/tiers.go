@@ -59,15 +59,8 @@ func firstMatch(rules []Rule, peer uint32, proto uint8, port uint16) (*Rule, boo
 // then NetworkPolicy, which decides for every pod it isolates, then the
 // Baseline tier, then "all pods can communicate".
 func (t *tiers) judge(peer uint32, proto uint8, port uint16) answer {
-	for _, tr := range t.admin {
-		r, ok := firstMatch(tr.match, peer, proto, port)
-		if !ok {
-			continue
-		}
-		if tr.action == ActionPass {
-			break
-		}
-		return answer{deny: tr.action == ActionDeny, ref: r.Ref}
+	if a, ok := decide(t.admin, peer, proto, port); ok {
+		return a
 	}
 	if t.npIsolated {
 		if r, ok := firstMatch(t.np, peer, proto, port); ok {
@@ -75,17 +68,26 @@ func (t *tiers) judge(peer uint32, proto uint8, port uint16) answer {
 		}
 		return isolatedMiss
 	}
-	for _, tr := range t.baseline {
+	if a, ok := decide(t.baseline, peer, proto, port); ok {
+		return a
+	}
+	return answer{}
+}
+
+// decide is one tier's answer: its first matching rule's Accept or Deny, in
+// precedence order. A Pass, or no match, leaves the decision to the next.
+func decide(tier []tierRule, peer uint32, proto uint8, port uint16) (answer, bool) {
+	for _, tr := range tier {
 		r, ok := firstMatch(tr.match, peer, proto, port)
 		if !ok {
 			continue
 		}
 		if tr.action == ActionPass {
-			break
+			return answer{}, false
 		}
-		return answer{deny: tr.action == ActionDeny, ref: r.Ref}
+		return answer{deny: tr.action == ActionDeny, ref: r.Ref}, true
 	}
-	return answer{}
+	return answer{}, false
 }
 
 // rules returns every triple, in no particular order.
