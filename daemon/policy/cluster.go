@@ -128,15 +128,10 @@ func (c *compiler) cnpBrokenMemo(p *cnpv1.ClusterNetworkPolicy) string {
 
 // cnpSelector parses a label selector of a cluster policy once.
 func (c *compiler) cnpSelector(p *cnpv1.ClusterNetworkPolicy, ls *metav1.LabelSelector) (labels.Selector, bool) {
-	if sel, ok := c.parsed[ls]; ok {
-		return sel, sel != nil
-	}
-	sel, err := metav1.LabelSelectorAsSelector(ls)
+	sel, err := c.parseSelector(ls)
 	if err != nil {
 		c.cnpProblem(p, "label selector %v does not parse: %v", ls, err)
-		sel = nil
 	}
-	c.parsed[ls] = sel
 	return sel, sel != nil
 }
 

@@ -220,16 +220,26 @@ func (c *compiler) selects(pol *networkingv1.NetworkPolicy, pod *corev1.Pod) boo
 // selector parses a label selector once. ok is false when it does not
 // parse; the problem is recorded against pol.
 func (c *compiler) selector(pol *networkingv1.NetworkPolicy, ls *metav1.LabelSelector) (labels.Selector, bool) {
+	sel, err := c.parseSelector(ls)
+	if err != nil {
+		c.problem(pol, "label selector %v does not parse: %v", ls, err)
+	}
+	return sel, sel != nil
+}
+
+// parseSelector parses a label selector once per compile; nil when it does
+// not parse. The error comes only with the first parse, so that each
+// problem is reported once.
+func (c *compiler) parseSelector(ls *metav1.LabelSelector) (labels.Selector, error) {
 	if sel, ok := c.parsed[ls]; ok {
-		return sel, sel != nil
+		return sel, nil
 	}
 	sel, err := metav1.LabelSelectorAsSelector(ls)
 	if err != nil {
-		c.problem(pol, "label selector %v does not parse: %v", ls, err)
 		sel = nil
 	}
 	c.parsed[ls] = sel
-	return sel, sel != nil
+	return sel, err
 }
 
 // rules turns one ingress or egress rule into Rules. peers and ports are
