@@ -106,7 +106,7 @@ func writeTargets(w io.Writer, rows []DatapathRow, minRules int) {
 	for _, tg := range datapathTargets {
 		fmt.Fprintf(w, " %s |", metricTitle(tg.Key))
 	}
-	fmt.Fprintf(w, " widest ±\n|---|---|%s---|\n", strings.Repeat("---|", len(datapathTargets)))
+	fmt.Fprintf(w, " widest ± |\n|---|---|%s---|\n", strings.Repeat("---|", len(datapathTargets)))
 	for _, row := range rows {
 		if row.Rules < minRules {
 			continue
