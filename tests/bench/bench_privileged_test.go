@@ -580,6 +580,9 @@ func podStart(t *testing.T, c *testbed.Cluster, ns string, policies int) []PodSt
 		{ChainNoop, []testbed.CNIOption{testbed.WithNoopInsteadOfPalisade()}},
 		{ChainPalisade, nil},
 	}
+	// Palisade logs the time of each phase of its ADD; the log is read below.
+	pluginLog := filepath.Join(t.TempDir(), "palisade.log")
+	chains[len(chains)-1].opts = append(chains[len(chains)-1].opts, testbed.WithPluginLog(pluginLog))
 	times := make([][]time.Duration, len(chains))
 	for i := range *flagPodStarts {
 		for j, chain := range chains {
@@ -601,6 +604,22 @@ func podStart(t *testing.T, c *testbed.Cluster, ns string, policies int) []PodSt
 		ds := times[j]
 		rows = append(rows, PodStartRow{Policies: policies, Chain: chain.name, N: len(ds),
 			P50ms: Millis(Percentile(ds, 50)), P99ms: Millis(Percentile(ds, 99))})
+	}
+	log, err := os.ReadFile(pluginLog)
+	if err != nil {
+		t.Fatalf("read palisade's log: %v", err)
+	}
+	phases, err := ParsePhases(string(log))
+	if err != nil {
+		t.Fatalf("palisade's log: %v", err)
+	}
+	last := &rows[len(rows)-1]
+	last.PhaseP50ms, last.PhaseP99ms = map[string]float64{}, map[string]float64{}
+	for phase, ds := range phases {
+		if len(ds) != *flagPodStarts {
+			t.Errorf("palisade's log has %d %s times for %d ADDs", len(ds), phase, *flagPodStarts)
+		}
+		last.PhaseP50ms[phase], last.PhaseP99ms[phase] = Millis(Percentile(ds, 50)), Millis(Percentile(ds, 99))
 	}
 	return rows
 }

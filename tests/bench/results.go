@@ -206,6 +206,10 @@ type PodStartRow struct {
 	N        int     `json:"n"`
 	P50ms    float64 `json:"p50_ms"`
 	P99ms    float64 `json:"p99_ms"`
+	// PhaseP50ms and PhaseP99ms split palisade's own ADD by the times it
+	// logs (PluginPhases), for the palisade chain only.
+	PhaseP50ms map[string]float64 `json:"phase_p50_ms,omitempty"`
+	PhaseP99ms map[string]float64 `json:"phase_p99_ms,omitempty"`
 }
 
 // The chains whose CNI ADD is timed: the pod network alone, with upstream's
@@ -261,6 +265,19 @@ func (r *Results) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, "CNI ADD of the whole chain (without palisade; with the no-op sample plugin in its place; with palisade):\n\n| policies | chain | n | p50 ms | p99 ms |\n|---|---|---|---|---|\n")
 		for _, p := range r.PodStart {
 			fmt.Fprintf(w, "| %d | %s | %d | %.1f | %.1f |\n", p.Policies, p.Chain, p.N, p.P50ms, p.P99ms)
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "Palisade's ADD by phase, as the plugin logs it (p50 / p99 ms):\n\n| policies | %s |\n|---|%s\n",
+			strings.Join(PluginPhases, " | "), strings.Repeat("---|", len(PluginPhases)))
+		for _, p := range r.PodStart {
+			if p.PhaseP50ms == nil {
+				continue
+			}
+			cells := make([]string, len(PluginPhases))
+			for i, ph := range PluginPhases {
+				cells[i] = fmt.Sprintf("%.2f / %.2f", p.PhaseP50ms[ph], p.PhaseP99ms[ph])
+			}
+			fmt.Fprintf(w, "| %d | %s |\n", p.Policies, strings.Join(cells, " | "))
 		}
 		fmt.Fprintln(w)
 	}
