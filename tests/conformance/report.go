@@ -54,7 +54,7 @@ func (r *Report) Header(e *Env, setup time.Duration) {
 	}
 	fmt.Fprintln(r.out, viaNote(e.Via))
 	if e.KubeProxy {
-		fmt.Fprintln(r.out, "note: kube-proxy (iptables) runs on every node and kube-controller-manager writes the EndpointSlices; Palisade translates ClusterIPs on the sending pod's veth before kube-proxy sees them")
+		fmt.Fprintln(r.out, "note: kube-proxy (iptables) runs on every node and kube-controller-manager writes the EndpointSlices; Palisade translates ClusterIPs and NodePorts on the sending pod's veth before kube-proxy sees them")
 	} else {
 		fmt.Fprintln(r.out, "note: no kube-proxy (--kube-proxy=false): ClusterIPs are translated by Palisade's own eBPF Service translation only; the runner writes the EndpointSlices")
 	}
