@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -27,7 +28,11 @@ type Model struct {
 	Pods       []ModelPod        `json:"pods"`
 	Services   []ModelService    `json:"services"`
 	PodIPs     map[string]string `json:"pod_ips,omitempty"`
-	byID       map[string]*ModelPod
+	// ClusterPolicyCRD is the ClusterNetworkPolicy CRD the run installs,
+	// relative to model.json's directory (Load makes it absolute); empty:
+	// the standard-channel CRD Palisade ships (clusterpolicy.go).
+	ClusterPolicyCRD string `json:"cluster_policy_crd,omitempty"`
+	byID             map[string]*ModelPod
 }
 
 // Namespace is a namespace of the model and the labels it is created with.
@@ -273,6 +278,9 @@ func Load(modelPath, casesPath string) (*Catalog, error) {
 	}
 	if err := m.index(); err != nil {
 		return nil, fmt.Errorf("model %s: %w", modelPath, err)
+	}
+	if m.ClusterPolicyCRD != "" && !filepath.IsAbs(m.ClusterPolicyCRD) {
+		m.ClusterPolicyCRD = filepath.Join(filepath.Dir(modelPath), m.ClusterPolicyCRD)
 	}
 	var cases []Case
 	if err := readJSON(casesPath, &cases); err != nil {

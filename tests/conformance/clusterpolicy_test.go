@@ -3,6 +3,7 @@ package conformance
 import (
 	"encoding/json"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -108,6 +109,10 @@ func TestNetworkPolicyAPICatalog(t *testing.T) {
 	cat, err := Load(filepath.Join(dir, "model.json"), filepath.Join(dir, "cases.json"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The experimental cases' fields survive only the experimental CRD.
+	if crd, err := os.ReadFile(cat.Model.ClusterPolicyCRD); err != nil || !strings.Contains(string(crd), "policy.networking.k8s.io/channel: experimental") {
+		t.Errorf("cluster_policy_crd %q: not the experimental channel's CRD (%v)", cat.Model.ClusterPolicyCRD, err)
 	}
 	standard := 0
 	fakeIP := func(string) (netip.Addr, bool) { return netip.MustParseAddr("10.244.1.2"), true }

@@ -146,7 +146,11 @@ func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
 	}
 	// The ClusterNetworkPolicy CRD goes in before the agents start: an
 	// agent looks for the resource once, at start.
-	e.CP.InstallClusterPolicyCRD(tb)
+	if m.ClusterPolicyCRD != "" {
+		e.CP.InstallClusterPolicyCRDFile(tb, m.ClusterPolicyCRD)
+	} else {
+		e.CP.InstallClusterPolicyCRD(tb)
+	}
 	// Real Flannel (VXLAN), with palisade chained by install-cni into
 	// kube-flannel's own conflist: the pods run what a Flannel cluster runs.
 	for i := 1; i <= nodes; i++ {

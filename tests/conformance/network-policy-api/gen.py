@@ -129,6 +129,10 @@ def build_model(d):
         "pod_order": [p["id"] for p in pods],
         "pods": pods,
         "services": [],
+        # The experimental channel's CRD, so that the experimental cases'
+        # fields (destinationNamedPort, nodes) are kept, not pruned; it is
+        # the standard one plus those fields.
+        "cluster_policy_crd": "experimental-crd.yaml",
         "notes": [
             "Pods are the StatefulSets' replicas with the labels the StatefulSet controller gives them "
             "(statefulset.kubernetes.io/pod-name, apps.kubernetes.io/pod-index; controller-revision-hash left out).",
