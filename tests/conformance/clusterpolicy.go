@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+
+	"github.com/palisade-cni/palisade/daemon/k8s"
 )
 
 // What a catalog's apply and delete steps may carry, by apiVersion and
@@ -157,25 +161,61 @@ func (e *Env) applyClusterPolicy(ctx context.Context, raw json.RawMessage, mode 
 		return err
 	}
 	api := e.CP.CNP.PolicyV1beta1().ClusterNetworkPolicies()
+	var gen int64
 	if mode == "update" {
 		// A full replacement of the spec, as upstream's
 		// PatchClusterNetworkPolicy (a merge patch of the whole object).
-		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			cur, err := api.Get(ctx, pol.Name, metav1.GetOptions{})
 			if err != nil {
 				return fmt.Errorf("update clusternetworkpolicy %s: %w", pol.Name, err)
 			}
 			cur.Spec = pol.Spec
-			if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+			up, err := api.Update(ctx, cur, metav1.UpdateOptions{})
+			if err != nil {
 				return fmt.Errorf("update clusternetworkpolicy %s: %w", pol.Name, err)
 			}
+			gen = up.Generation
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+	} else {
+		made, err := api.Create(ctx, pol, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("create clusternetworkpolicy %s: %w", pol.Name, err)
+		}
+		gen = made.Generation
 	}
-	if _, err := api.Create(ctx, pol, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create clusternetworkpolicy %s: %w", pol.Name, err)
+	return e.waitProgrammed(ctx, pol.Name, gen)
+}
+
+// waitProgrammed waits until an agent has set the Programmed condition
+// for generation gen of the policy (True, or False with the parts that
+// fail closed). Without it the probes that follow, which retry until they
+// see the expected verdict, could pass on the state before the change
+// when it happens to give that verdict: a policy whose Accept the
+// datapath got wrong would pass a probe made before it was enforced.
+// The condition is one for all agents (they compute the same), so this
+// proves that one agent enforces the generation; the others follow the
+// same informer events.
+func (e *Env) waitProgrammed(ctx context.Context, name string, gen int64) error {
+	api := e.CP.CNP.PolicyV1beta1().ClusterNetworkPolicies()
+	for {
+		cur, err := api.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("wait for clusternetworkpolicy %s to be programmed: %w", name, err)
+		}
+		if c := meta.FindStatusCondition(cur.Status.Conditions, k8s.ProgrammedCondition); c != nil && c.ObservedGeneration >= gen {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("clusternetworkpolicy %s generation %d: no agent set %s: %w", name, gen, k8s.ProgrammedCondition, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return nil
 }
 
 // deleteClusterPolicy is a delete step of a ClusterNetworkPolicy.
