@@ -148,8 +148,10 @@ func (iso *isolation) setFreezer(state string) error {
 	if err := writeFile(f, state); err != nil {
 		return err
 	}
-	// FREEZING lasts until every task has stopped.
-	deadline := time.Now().Add(5 * time.Second)
+	// FREEZING lasts until every task has stopped; on a loaded machine a
+	// task in an uninterruptible sleep can hold it for seconds.
+	const wait = 10 * time.Second
+	deadline := time.Now().Add(wait)
 	for {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -159,7 +161,7 @@ func (iso *isolation) setFreezer(state string) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: still %s, not %s, after 5 s", f, strings.TrimSpace(string(b)), state)
+			return fmt.Errorf("%s: still %s, not %s, after %v", f, strings.TrimSpace(string(b)), state, wait)
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -45,8 +45,12 @@ type DatapathRun struct {
 	// NetRXLoadCPUShare is the share of the machine's NET_RX softirqs
 	// during the rounds that ran on the load CPU.
 	NetRXLoadCPUShare float64 `json:"net_rx_load_cpu_share,omitempty"`
-	LoadBefore        string  `json:"loadavg_before"`
-	LoadAfter         string  `json:"loadavg_after"`
+	// Unfrozen of Measurements (the warm-up pass's too) ran with the testbed
+	// thawed because it did not freeze in time (see isolation.Freeze).
+	Measurements int    `json:"measurements"`
+	Unfrozen     int    `json:"unfrozen,omitempty"`
+	LoadBefore   string `json:"loadavg_before"`
+	LoadAfter    string `json:"loadavg_after"`
 }
 
 func (r *DatapathRun) writeTo(w io.Writer) {
@@ -56,6 +60,9 @@ func (r *DatapathRun) writeTo(w io.Writer) {
 	fmt.Fprintf(w, "Rounds in shuffled order, seed %d; load average %s before the rounds, %s after.", r.Seed, r.LoadBefore, r.LoadAfter)
 	if r.Isolation != "" {
 		fmt.Fprintf(w, " Isolation: %s; %.1f %% of the machine's NET_RX softirqs ran on the load CPU.", r.Isolation, 100*r.NetRXLoadCPUShare)
+		if r.Unfrozen > 0 {
+			fmt.Fprintf(w, " %d of %d measurements ran with the testbed thawed: it did not freeze within 10 s.", r.Unfrozen, r.Measurements)
+		}
 	} else {
 		fmt.Fprintf(w, " No isolation (-isolate=false).")
 	}
