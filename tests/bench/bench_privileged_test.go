@@ -36,7 +36,7 @@ import (
 var (
 	flagOut       = flag.String("out", "", "write the results as JSON here; the benchmark runs only with it")
 	flagTable     = flag.String("table", "", "also write the Markdown table here")
-	flagRounds    = flag.Int("rounds", 15, "rounds over all datapath configurations, each in its own shuffled order")
+	flagRounds    = flag.Int("rounds", 15, "datapath rounds, each in its own shuffled order")
 	flagSeed      = flag.Uint64("seed", 0, "seed of the rounds' order and the bootstrap intervals (0: from the clock; the run prints it)")
 	flagIsolate   = flag.Bool("isolate", true, "during the datapath rounds, keep the testbed's processes off the load generators' CPU and frozen while a configuration is measured")
 	flagDuration  = flag.Duration("duration", time.Second, "length of one datapath measurement")
@@ -231,12 +231,12 @@ func createPolicy(t *testing.T, c *testbed.Cluster, p *networkingv1.NetworkPolic
 }
 
 // datapath measures every configuration and metric after one unrecorded
-// warm-up pass, then in -rounds rounds, each visiting every configuration
-// and placement once in an order shuffled by -seed, so that a slow minute
-// of the machine cannot fall on one configuration more than on another.
-// With -isolate the measurements have the load CPU to themselves (see
-// isolation). Each ratio comes with a bootstrap 95 % interval paired by
-// round.
+// warm-up pass, then in -rounds rounds, each running every generator from
+// every placement against every configuration once, in an order shuffled
+// by -seed, so that a slow minute of the machine cannot fall on one
+// configuration more than on another. With -isolate the measurements have
+// the load CPU to themselves (see isolation). Each ratio comes with a
+// bootstrap 95 % interval paired by round.
 func datapath(t *testing.T, configs []*measured) ([]DatapathRow, *DatapathRun) {
 	type key struct {
 		placement string
@@ -267,7 +267,7 @@ func datapath(t *testing.T, configs []*measured) ([]DatapathRow, *DatapathRun) {
 			iso.LoadCPU, len(iso.Pids), iso.OtherCPUs)
 		t.Logf("datapath: %s (pids %v)", run.Isolation, iso.Pids)
 	}
-	measure := func(from *testbed.Pod, m *measured) (map[string]float64, error) {
+	measure := func(from *testbed.Pod, m *measured, g int) (map[string]float64, error) {
 		// The collector's work left from the last measurement is done
 		// now, not during this one.
 		runtime.GC()
@@ -285,7 +285,8 @@ func datapath(t *testing.T, configs []*measured) ([]DatapathRow, *DatapathRun) {
 				}
 			}
 		}
-		got, err := measureOnce(from, m, *flagDuration)
+		got := map[string]float64{}
+		err := measureGenerator(from, m, g, *flagDuration, got)
 		if iso != nil {
 			// Thawed between measurements, the control plane and the
 			// agents keep their leases and watches alive.
@@ -295,32 +296,48 @@ func datapath(t *testing.T, configs []*measured) ([]DatapathRow, *DatapathRun) {
 	}
 	values := map[key]map[string][]float64{}
 	placements := []string{"same-node", "cross-node"}
-	var order []key
-	for i := range configs {
-		for _, pl := range placements {
-			order = append(order, key{pl, i})
+	// A round runs each (placement, generator) block in shuffled order,
+	// and within a block every configuration back to back in shuffled
+	// order: the values a ratio compares are seconds apart, not a round
+	// apart, so a burst of load from elsewhere falls on both alike.
+	type block struct {
+		placement string
+		g         int
+	}
+	var blocks []block
+	for _, pl := range placements {
+		for g := range generators {
+			blocks = append(blocks, block{pl, g})
 		}
 	}
+	idx := make([]int, len(configs))
+	for i := range idx {
+		idx[i] = i
+	}
 	for round := -1; round < *flagRounds; round++ {
-		rng.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
-		for _, k := range order {
-			m := configs[k.i]
-			from := m.same
-			if k.placement == "cross-node" {
-				from = m.cross
-			}
-			got, err := measure(from, m)
-			if err != nil {
-				t.Fatalf("round %d, %s %s: %v", round, m.namespace, k.placement, err)
-			}
-			if round < 0 {
-				continue // warm-up
-			}
-			if values[k] == nil {
-				values[k] = map[string][]float64{}
-			}
-			for name, v := range got {
-				values[k][name] = append(values[k][name], v)
+		rng.Shuffle(len(blocks), func(a, b int) { blocks[a], blocks[b] = blocks[b], blocks[a] })
+		for _, b := range blocks {
+			rng.Shuffle(len(idx), func(a, c int) { idx[a], idx[c] = idx[c], idx[a] })
+			for _, i := range idx {
+				m := configs[i]
+				from := m.same
+				if b.placement == "cross-node" {
+					from = m.cross
+				}
+				got, err := measure(from, m, b.g)
+				if err != nil {
+					t.Fatalf("round %d, %s %s: %v", round, m.namespace, b.placement, err)
+				}
+				if round < 0 {
+					continue // warm-up
+				}
+				k := key{b.placement, i}
+				if values[k] == nil {
+					values[k] = map[string][]float64{}
+				}
+				for name, v := range got {
+					values[k][name] = append(values[k][name], v)
+				}
 			}
 		}
 		t.Logf("datapath round %d done", round)
@@ -362,32 +379,55 @@ func loadAvg() string {
 	return strings.Join(f[:min(3, len(f))], " ")
 }
 
-// measureOnce runs every load generator once from the client's namespace.
-func measureOnce(from *testbed.Pod, m *measured, d time.Duration) (map[string]float64, error) {
-	out := map[string]float64{}
-	err := from.NetNS.Do(func() error {
-		var err error
-		if out["stream1_gbps"], err = Stream(dial, m.tcpAddr(), 1, d); err != nil {
-			return err
-		}
-		if out["stream4_gbps"], err = Stream(dial, m.tcpAddr(), 4, d); err != nil {
-			return err
-		}
+// generators are the load generators, each filling its metrics in out.
+var generators = []struct {
+	name string
+	run  func(m *measured, d time.Duration, out map[string]float64) error
+}{
+	{"stream1", func(m *measured, d time.Duration, out map[string]float64) (err error) {
+		out["stream1_gbps"], err = Stream(dial, m.tcpAddr(), 1, d)
+		return err
+	}},
+	{"stream4", func(m *measured, d time.Duration, out map[string]float64) (err error) {
+		out["stream4_gbps"], err = Stream(dial, m.tcpAddr(), 4, d)
+		return err
+	}},
+	{"rr", func(m *measured, d time.Duration, out map[string]float64) error {
 		rr, err := RR(dial, m.tcpAddr(), d)
-		if err != nil {
-			return err
-		}
 		out["rr_tps"] = rr.Rate
 		out["rr_p50_ms"] = Millis(Percentile(rr.Latencies, 50))
 		out["rr_p99_ms"] = Millis(Percentile(rr.Latencies, 99))
-		if out["crr_cps"], err = CRR(dial, m.tcpAddr(), d); err != nil {
-			return err
-		}
+		return err
+	}},
+	{"crr", func(m *measured, d time.Duration, out map[string]float64) (err error) {
+		out["crr_cps"], err = CRR(dial, m.tcpAddr(), d)
+		return err
+	}},
+	{"udp_rr", func(m *measured, d time.Duration, out map[string]float64) error {
 		urr, err := UDPRR(dial, m.udpAddr(), d)
 		out["udp_rr_tps"] = urr.Rate
 		return err
-	})
-	return out, err
+	}},
+}
+
+// measureOnce runs every load generator once from the client's namespace.
+func measureOnce(from *testbed.Pod, m *measured, d time.Duration) (map[string]float64, error) {
+	out := map[string]float64{}
+	for g := range generators {
+		if err := measureGenerator(from, m, g, d, out); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// measureGenerator runs generator g once from the client's namespace.
+func measureGenerator(from *testbed.Pod, m *measured, g int, d time.Duration, out map[string]float64) error {
+	err := from.NetNS.Do(func() error { return generators[g].run(m, d, out) })
+	if err != nil {
+		return fmt.Errorf("%s: %w", generators[g].name, err)
+	}
+	return nil
 }
 
 // propOptions shape one propagation measurement.
