@@ -25,8 +25,9 @@ type cniOptions struct {
 	last       string
 	cniVersion string
 	dualStack  bool
-	// ip is the address the pod asks host-local for (CNI_ARGS IP=).
-	ip netip.Addr
+	// ips are the addresses the pod asks host-local for (CNI_ARGS IP=,
+	// one per family at most).
+	ips []netip.Addr
 }
 
 // WithoutPalisade drops the palisade entry: the baseline pod network, with no
@@ -46,8 +47,9 @@ func WithCNIVersion(v string) CNIOption { return func(o *cniOptions) { o.cniVers
 // WithIP asks for a fixed pod address, as a runtime does with CNI_ARGS
 // "IP=" (host-local honours it: the address must lie in the node's range
 // and be free). ADD fails if the chain gives the pod another address, so a
-// fixed IP plan is never shifted silently.
-func WithIP(ip netip.Addr) CNIOption { return func(o *cniOptions) { o.ip = ip } }
+// fixed IP plan is never shifted silently. A dual-stack pod may be given
+// one address of each family (host-local takes "IP=a,b").
+func WithIP(ip netip.Addr) CNIOption { return func(o *cniOptions) { o.ips = append(o.ips, ip) } }
 
 func buildCNIOptions(opts []CNIOption) cniOptions {
 	o := cniOptions{last: "palisade"}
@@ -112,7 +114,7 @@ func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
 				return nil, fmt.Errorf("conflist %s: bridge has no ipam object", path)
 			}
 			ipam["ranges"] = []any{[]any{map[string]any{"subnet": n.PodCIDR.String()}}}
-			if o.dualStack {
+			if o.dualStack || n.DualStack {
 				ipam["ranges"] = append(ipam["ranges"].([]any), []any{map[string]any{"subnet": n.PodCIDR6().String()}})
 				ipam["routes"] = append(ipam["routes"].([]any), map[string]any{"dst": ClusterCIDR6.String()})
 			}
