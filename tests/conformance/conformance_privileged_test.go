@@ -30,6 +30,7 @@ var (
 	// every 5th, 0 none.
 	flagGenEvery = flag.Int("generated-every", 1, "without --model: replay every Nth case of tests/conformance/generated (0: none)")
 	flagProxy    = flag.Bool("kube-proxy", true, "run kube-controller-manager and kube-proxy (iptables); false: the runner writes EndpointSlices and ClusterIPs rely on Palisade's own translation")
+	flagFamily   = flag.String("family", "4", "address family of pods, Services, ipBlocks and probes: 4, 6 or dual (family.go)")
 	flagCLI      = flag.Bool("cli", false, "scripts/conformance mode: the report alone on stdout, exit status from the results")
 	// Issue #6: explain must agree with the datapath on every probed pair.
 	flagExplain = flag.Bool("explain", true, "after each probe step, ask the agents to explain every probed pair and fail on a disagreement with the observation")
@@ -121,6 +122,11 @@ func TestPrivilegedConformance(t *testing.T) {
 		cli.err = fmt.Errorf("need both --model and --cases")
 		t.Fatal(cli.err)
 	}
+	family, err := ParseFamily(*flagFamily)
+	if err != nil {
+		cli.err = err
+		t.Fatal(err)
+	}
 	cli.want = len(specs)
 	var only []string
 	if *flagOnly != "" {
@@ -156,7 +162,8 @@ func TestPrivilegedConformance(t *testing.T) {
 			}
 			report := NewReport(out, spec.name, cat.Model.PodOrder)
 			start := time.Now()
-			env := Setup(t, cat.Model, *flagNodes, *flagProxy)
+			cat.Family = string(family)
+			env := SetupFamily(t, cat.Model, *flagNodes, *flagProxy, family)
 			env.Explain = *flagExplain
 			report.Header(env, time.Since(start))
 			for i := range cases {

@@ -234,7 +234,7 @@ func TestCheckMembership(t *testing.T) {
 		{"not a cidr", map[string][]string{"x/a": {"x/a"}}, "ipblock_membership"},
 	}
 	for _, tt := range tests {
-		err := checkMembership(tt.membership, blocks, ids, podIP)
+		err := checkMembership(tt.membership, blocks, ids, podIP, v4)
 		if (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
 			t.Errorf("%s: checkMembership = %v, want %q", tt.name, err, tt.wantErr)
 		}
