@@ -53,6 +53,9 @@ type Env struct {
 	// Explain: after each probe step, ask the agents to explain every
 	// probed pair and compare with the observation (explain.go).
 	Explain bool
+	// Via is how probes reach their destination (via.go); set by
+	// WithVia, since it decides the type of the Services Setup makes.
+	Via Via
 	// Family is the address family of the run (family.go); af is the
 	// one the probe in progress uses, the first of Family's otherwise.
 	Family Family
@@ -81,13 +84,17 @@ type liveService struct {
 	clusterIP netip.Addr
 	// clusterIPs are all its ClusterIPs, one per family it has.
 	clusterIPs []netip.Addr
-	backends   []string // pod ids in its EndpointSlice
+	nodePorts  map[string]int // by servicePortKey, with Via nodeport
+	backends   []string       // pod ids in its EndpointSlice
 	// owner is the pod the Service was made for (its selector matches
 	// that pod alone when made); deleting the pod deletes it.
 	owner string
 	model bool
 	scope *scope
 }
+
+// SetupOption changes how Setup brings the model up.
+type SetupOption func(*Env)
 
 // NodesFor is how many nodes the model needs: n, or more when its fixed IP
 // plan puts a pod in 10.244.N.0/24 for a larger N (node N's pod CIDR).
@@ -127,15 +134,7 @@ func nodeIndexOf(ip netip.Addr) (int, error) {
 // Setup brings m up on a new testbed of nodes nodes (at least 1, and as
 // many as the model's IP plan needs). Any failure fails tb; tb's cleanup
 // removes everything.
-func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
-	tb.Helper()
-	return SetupFamily(tb, m, nodes, kubeProxy, Family4)
-}
-
-// SetupFamily is Setup for a family (family.go): for "6" and "dual" the
-// nodes are dual-stack (testbed.DualStackNode) and the Services of that
-// family.
-func SetupFamily(tb testing.TB, m *Model, nodes int, kubeProxy bool, family Family) *Env {
+func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool, opts ...SetupOption) *Env {
 	tb.Helper()
 	need, err := NodesFor(m, nodes)
 	if err != nil {
@@ -153,16 +152,19 @@ func SetupFamily(tb testing.TB, m *Model, nodes int, kubeProxy bool, family Fami
 		podLabels: map[string]map[string]string{}, dirtyPods: map[string]bool{}, dirtyNS: map[string]bool{},
 		KubeProxy: kubeProxy, tb: tb, scopes: map[string]*scope{},
 		runtimePods: map[string]bool{}, createdNS: map[string]bool{}, deletedNS: map[string]bool{}, deletedPods: map[string]bool{},
-		appliedPolicy: map[string]*networkingv1.NetworkPolicy{},
-		Family:        family, af: family.addrFamilies()[0],
+		appliedPolicy: map[string]*networkingv1.NetworkPolicy{}, Via: ViaClusterIP, Family: Family4,
 	}
+	for _, o := range opts {
+		o(e)
+	}
+	e.af = e.Family.addrFamilies()[0]
 	if kubeProxy {
 		e.CP.StartControllerManager(tb)
 	}
 	// Real Flannel (VXLAN), with palisade chained by install-cni into
 	// kube-flannel's own conflist: the pods run what a Flannel cluster runs.
 	var nodeOpts []testbed.NodeOption
-	if family.dualStackNetwork() {
+	if e.Family.dualStackNetwork() {
 		nodeOpts = append(nodeOpts, testbed.DualStackNode())
 	}
 	for i := 1; i <= nodes; i++ {
@@ -336,6 +338,7 @@ func (e *Env) createService(tb testbed.TB, ls *liveService) {
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name}}
+	svc.Spec.Type = e.serviceType()
 	if e.KubeProxy {
 		svc.Spec.Selector = s.Selector
 	}
@@ -369,6 +372,7 @@ func (e *Env) createService(tb testbed.TB, ls *liveService) {
 		}
 		ls.clusterIPs = append(ls.clusterIPs, ip)
 	}
+	ls.nodePorts = nodePortsOf(created)
 	if e.KubeProxy {
 		// One slice per family of the Service, each listing every backend.
 		if err := e.CP.WaitEndpoints(ctx, s.Namespace, s.Name, len(ls.backends)*len(ls.clusterIPs)); err != nil {

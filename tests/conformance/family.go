@@ -32,6 +32,10 @@ const (
 	FamilyDual Family = "dual"
 )
 
+// WithFamily runs the model on family f: for "6" and "dual" the nodes are
+// dual-stack (testbed.DualStackNode) and the Services of that family.
+func WithFamily(f Family) SetupOption { return func(e *Env) { e.Family = f } }
+
 // ParseFamily parses --family.
 func ParseFamily(s string) (Family, error) {
 	switch f := Family(s); f {

@@ -1,13 +1,9 @@
 package conformance
 
 import (
-	"path/filepath"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/palisade-cni/palisade/tests/privileged"
-	"github.com/palisade-cni/palisade/tests/testbed"
 )
 
 // TestPrivilegedConformanceFamilies replays catalogs on the other address
@@ -21,41 +17,16 @@ func TestPrivilegedConformanceFamilies(t *testing.T) {
 	if *flagCLI || *flagModel != "" {
 		t.Skip("scripts/conformance mode: --family chooses the family of TestPrivilegedConformance")
 	}
-	root := testbed.ModuleRoot(t)
+	specs := defaultCatalogs(t) // upstream, ours, …
 	for _, tc := range []struct {
-		catalog string
-		family  Family
+		spec   catalogSpec
+		family Family
 	}{
-		{"upstream", Family6},
-		{"catalog", FamilyDual},
+		{specs[0], Family6},
+		{specs[1], FamilyDual},
 	} {
-		t.Run(tc.catalog+"-"+string(tc.family), func(t *testing.T) {
-			dir := filepath.Join(root, "tests", "conformance", tc.catalog)
-			cat, err := Load(filepath.Join(dir, "model.json"), filepath.Join(dir, "cases.json"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cat.Family = string(tc.family)
-			report := NewReport(&logWriter{t: t}, tc.catalog, cat.Model.PodOrder)
-			start := time.Now()
-			env := SetupFamily(t, cat.Model, 2, true, tc.family)
-			env.Explain = true
-			report.Header(env, time.Since(start))
-			for i := range cat.Cases {
-				c := &cat.Cases[i]
-				res := Run(env, cat, c)
-				report.Add(res)
-				if d := res.ExplainDisagreements(); len(d) > 0 {
-					t.Errorf("%s: explain disagrees with the datapath on %d pairs:\n%s", c.ID, len(d), strings.Join(d, "\n"))
-				}
-				switch res.Status {
-				case Fail:
-					t.Errorf("%s", FormatCase(res, cat.Model.PodOrder))
-				case Skip:
-					t.Errorf("%s skipped, and this catalog must run in full: %s", c.ID, res.Reason)
-				}
-			}
-			report.Finish()
+		t.Run(tc.spec.name+"-"+string(tc.family), func(t *testing.T) {
+			report := replayCatalog(t, tc.spec, nil, ViaClusterIP, tc.family)
 			// Every probe was of the family asked for, and there were some.
 			want := map[string]bool{}
 			for _, af := range tc.family.addrFamilies() {

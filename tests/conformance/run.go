@@ -240,10 +240,7 @@ func (pr *ProbeResult) familyLabel() string {
 // pairs again until they match or ProbeDeadline passes.
 func (e *Env) probe(p *Probe, step string) ProbeResult {
 	start := time.Now()
-	target := p.Target
-	if target == "" {
-		target = "service"
-	}
+	target := e.targetOf(p)
 	method := "connect"
 	if p.Protocol == corev1.ProtocolSCTP {
 		method = e.SCTPMode
@@ -258,8 +255,7 @@ func (e *Env) probe(p *Probe, step string) ProbeResult {
 			if from == to && p.IgnoreLoopback {
 				continue
 			}
-			want, _ := p.want(from, to)
-			pr.Expected.set(from, to, want)
+			pr.Expected.set(from, to, e.want(p, target, from, to))
 			pending = append(pending, pair{from, to})
 		}
 	}
@@ -273,7 +269,7 @@ func (e *Env) probe(p *Probe, step string) ProbeResult {
 			o := obs[i]
 			pr.Observed.set(pp.from, pp.to, o.connected)
 			key := pp.from + "->" + pp.to
-			if want, _ := p.want(pp.from, pp.to); o.invalid || o.connected != want {
+			if o.invalid || o.connected != e.want(p, target, pp.from, pp.to) {
 				again = append(again, pp)
 				pr.Details[key] = o.detail
 			} else {
@@ -313,38 +309,25 @@ func (e *Env) probePairs(pairs []pair, p *Probe, target string) []observation {
 	return out
 }
 
-// probeOne probes one pair: from the source pod to the destination's
-// Service ClusterIP (or pod IP), on the probe's port and protocol.
+// probeOne probes one pair: from the source pod to each destination of
+// the run's Via (dests), on the probe's port and protocol.
 func (e *Env) probeOne(pp pair, p *Probe, target string) observation {
-	ctx := context.Background()
-	src, dst := e.Pods[pp.from], e.Pods[pp.to]
-	addr, ok := e.podIP(pp.to)
-	if !ok {
-		return observation{invalid: true, detail: fmt.Sprintf("%s has no %s address", pp.to, e.af)}
+	ds, backends, reason := e.dests(pp, p, target)
+	if reason != "" {
+		return observation{invalid: true, detail: reason}
 	}
-	backends := []string{pp.to}
-	if target == "service" {
-		ls, ok := e.serviceOf(pp.to, p.Port, p.Protocol)
-		if !ok {
-			return observation{invalid: true, detail: fmt.Sprintf("no Service leads to %s on %s/%d", pp.to, p.Protocol, p.Port)}
-		}
-		if addr, ok = ls.clusterIPOf(e.af); !ok {
-			return observation{invalid: true, detail: fmt.Sprintf("Service %s/%s has no %s ClusterIP (%v)", ls.spec.Namespace, ls.spec.Name, e.af, ls.clusterIPs)}
-		}
-		backends = ls.backends
+	obs := make([]observation, len(ds))
+	for i, d := range ds {
+		obs[i] = e.probeDest(pp, p, d, backends)
 	}
-	switch p.Protocol {
-	case corev1.ProtocolSCTP:
-		return e.probeSCTP(ctx, src, dst, addr, p.Port)
-	default:
-		v := testbed.Probe(ctx, src, addr, p.Port, p.Protocol)
-		o := observation{connected: v.Outcome == testbed.Connected, detail: fmt.Sprintf("%s via %s", v, addr)}
-		if o.connected && !containsPodName(backends, v.Reply) {
-			o.invalid = true
-			o.detail = fmt.Sprintf("answered by %q, not by a backend of %s (%v)", v.Reply, addr, backends)
-		}
-		return o
-	}
+	return combineDests(obs, ds, e.want(p, target, pp.from, pp.to))
+}
+
+// want is the expected result of from->to on probe p sent to target: the
+// catalog's, unless the path itself decides (expectVia).
+func (e *Env) want(p *Probe, target, from, to string) bool {
+	v, _ := p.want(from, to)
+	return expectVia(target, p.Protocol, v)
 }
 
 // containsPodName reports whether reply is the name of one of ids' pods;
@@ -358,7 +341,8 @@ func containsPodName(ids []string, reply string) bool {
 	return false
 }
 
-func (e *Env) probeSCTP(ctx context.Context, src, dst *testbed.Pod, addr netip.Addr, port int) observation {
+func (e *Env) probeSCTP(src, dst *testbed.Pod, addr netip.Addr, port int) observation {
+	ctx := context.Background()
 	var ok bool
 	var err error
 	if e.SCTPMode == testbed.SCTPAssociation {
@@ -371,5 +355,5 @@ func (e *Env) probeSCTP(ctx context.Context, src, dst *testbed.Pod, addr netip.A
 	if err != nil {
 		return observation{invalid: true, detail: err.Error()}
 	}
-	return observation{connected: ok, detail: fmt.Sprintf("%s %v via %s", e.SCTPMode, ok, addr)}
+	return observation{connected: ok, detail: fmt.Sprintf("%s %v via %s:%d", e.SCTPMode, ok, addr, port)}
 }

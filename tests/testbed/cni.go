@@ -28,6 +28,8 @@ type cniOptions struct {
 	// ips are the addresses the pod asks host-local for (CNI_ARGS IP=,
 	// one per family at most).
 	ips []netip.Addr
+	// pluginLog, if set, is palisade's logFile, at level info.
+	pluginLog string
 }
 
 // WithoutPalisade drops the palisade entry: the baseline pod network, with no
@@ -51,6 +53,40 @@ func WithCNIVersion(v string) CNIOption { return func(o *cniOptions) { o.cniVers
 // one address of each family (host-local takes "IP=a,b").
 func WithIP(ip netip.Addr) CNIOption { return func(o *cniOptions) { o.ips = append(o.ips, ip) } }
 
+// WithPluginLog has palisade log at level info to path: its ADD records
+// the time of each phase ("Programs attached", vethLookup=…), which the
+// benchmark reads.
+func WithPluginLog(path string) CNIOption { return func(o *cniOptions) { o.pluginLog = path } }
+
+// setPluginLog points the palisade entry at the end of list at o.pluginLog.
+func setPluginLog(list *libcni.NetworkConfigList, o cniOptions) (*libcni.NetworkConfigList, error) {
+	if o.pluginLog == "" || o.last != "palisade" {
+		return list, nil
+	}
+	var conf map[string]any
+	if err := json.Unmarshal(list.Bytes, &conf); err != nil {
+		return nil, fmt.Errorf("parse conflist: %w", err)
+	}
+	plugins, _ := conf["plugins"].([]any)
+	if len(plugins) == 0 {
+		return nil, fmt.Errorf("conflist %s has no plugins", list.Name)
+	}
+	last, ok := plugins[len(plugins)-1].(map[string]any)
+	if !ok || last["type"] != "palisade" {
+		return nil, fmt.Errorf("conflist %s does not end with palisade", list.Name)
+	}
+	last["logFile"], last["logLevel"] = o.pluginLog, "info"
+	out, err := json.Marshal(conf)
+	if err != nil {
+		return nil, fmt.Errorf("encode conflist: %w", err)
+	}
+	list, err = libcni.NetworkConfFromBytes(out)
+	if err != nil {
+		return nil, fmt.Errorf("reload conflist with the plugin log: %w", err)
+	}
+	return list, nil
+}
+
 func buildCNIOptions(opts []CNIOption) cniOptions {
 	o := cniOptions{last: "palisade"}
 	for _, opt := range opts {
@@ -72,6 +108,9 @@ func (n *Node) cni(tb TB, o cniOptions) (*libcni.CNIConfig, *libcni.NetworkConfi
 		b.Plugin(tb)
 	}
 	list, err := n.conflist(o)
+	if err == nil {
+		list, err = setPluginLog(list, o)
+	}
 	if err != nil {
 		tb.Fatalf("node %s: %v", n.Name, err)
 	}

@@ -254,6 +254,9 @@ func (n *Node) flannelCNI(tb TB, o cniOptions) (*libcni.CNIConfig, *libcni.Netwo
 		b.Plugin(tb)
 	}
 	list, err := n.loadFlannelConflist(o)
+	if err == nil {
+		list, err = setPluginLog(list, o)
+	}
 	if err != nil {
 		tb.Fatalf("node %s: %v", n.Name, err)
 	}
