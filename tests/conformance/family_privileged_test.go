@@ -17,16 +17,23 @@ func TestPrivilegedConformanceFamilies(t *testing.T) {
 	if *flagCLI || *flagModel != "" {
 		t.Skip("scripts/conformance mode: --family chooses the family of TestPrivilegedConformance")
 	}
-	specs := defaultCatalogs(t) // upstream, ours, …
+	specs := map[string]catalogSpec{}
+	for _, spec := range defaultCatalogs(t) {
+		specs[spec.name] = spec
+	}
 	for _, tc := range []struct {
-		spec   catalogSpec
-		family Family
+		catalog string
+		family  Family
 	}{
-		{specs[0], Family6},
-		{specs[1], FamilyDual},
+		{"upstream-netpol", Family6},
+		{"palisade", FamilyDual},
 	} {
-		t.Run(tc.spec.name+"-"+string(tc.family), func(t *testing.T) {
-			report := replayCatalog(t, tc.spec, nil, ViaClusterIP, tc.family)
+		t.Run(tc.catalog+"-"+string(tc.family), func(t *testing.T) {
+			spec, ok := specs[tc.catalog]
+			if !ok {
+				t.Fatalf("no default catalog %s", tc.catalog)
+			}
+			report := replayCatalog(t, spec, nil, ViaClusterIP, tc.family)
 			// Every probe was of the family asked for, and there were some.
 			want := map[string]bool{}
 			for _, af := range tc.family.addrFamilies() {
