@@ -34,6 +34,9 @@ type AgentOptions struct {
 	// so that the agent adopts pods that started without palisade, as the
 	// DaemonSet's agent reads the host's /var/lib/cni.
 	AdoptFromCNICache bool
+	// Env is added to the agent's environment ("KEY=value"), as a
+	// DaemonSet's env would be: GOGC or GOMEMLIMIT for the benchmarks.
+	Env []string
 }
 
 // Agent is a palisade-agent running inside a node's namespace.
@@ -85,6 +88,7 @@ func (n *Node) StartAgent(tb TB, opts AgentOptions) *Agent {
 		args = append(args, "--cni-cache-dir="+n.CNICacheDir())
 	}
 	a.proc = NewProcess(tb, n.NetNS, "palisade-agent-"+n.Name, append(args, opts.Args...)...)
+	a.proc.Setenv(opts.Env...)
 	if err := a.Start(); err != nil {
 		tb.Fatal(err)
 	}
