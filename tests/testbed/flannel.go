@@ -206,9 +206,12 @@ func (n *Node) InstallCNI(tb TB, extra ...string) string {
 
 func (n *Node) runAgentCommand(tb TB, args ...string) string {
 	tb.Helper()
+	// The first call builds the agent, minutes on a loaded machine: not
+	// out of the command's time.
+	agent := Binaries(tb).Agent(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, Binaries(tb).Agent(tb), args...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, agent, args...).CombinedOutput()
 	if err != nil {
 		tb.Fatalf("node %s: palisade-agent %s: %v\n%s", n.Name, args[0], err, out)
 	}
