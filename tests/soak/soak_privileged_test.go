@@ -516,13 +516,21 @@ func (s *soak) stillTarget(to target) bool {
 	return ok && p != nil && p.IP() == to.ip
 }
 
-// managed says whether p's node agent holds an endpoint with p's address.
-// An agent being restarted does not answer: the pod waits for later.
+// managed says whether p's node agent holds an endpoint with p's address
+// and Palisade's programs run on its host veth. An agent being restarted
+// does not answer: the pod waits for later. The registry alone is not
+// enough: an adopted pod is registered before its programs go on (after
+// its policy is in the maps), and an agent killed in between puts them on
+// only after its first sync once restarted; until then the pod runs as
+// unprotected as it did before the adoption.
 func (s *soak) managed(p *testbed.Pod) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	ep, err := s.agentOf(p).Client().Get(ctx, agentapi.EndpointID(p.ContainerID, testbed.PodIfName))
-	return err == nil && slices.Contains(ep.IPs, p.IP())
+	if err != nil || !slices.Contains(ep.IPs, p.IP()) {
+		return false
+	}
+	return p.Node.NetNS.Do(func() error { return bpf.Attached(ep.HostIfIndex) }) == nil
 }
 
 func (s *soak) agentOf(p *testbed.Pod) *testbed.Agent {
