@@ -297,3 +297,71 @@ func TestPrivilegedNodeAddrs(t *testing.T) {
 		t.Errorf("after delete: %v, want %v", got, want[1:])
 	}
 }
+
+// TestPrivilegedServiceFlowKeptInConntrack checks what keeping a Service
+// flow's translation in conntrack (so that its packets skip the Service
+// tables) must not change: a policy change still reaches the flow, and a
+// flow keeps its backend, as before, until its entry expires.
+func TestPrivilegedServiceFlowKeptInConntrack(t *testing.T) {
+	tests := []struct {
+		name string
+		// change is applied between the flow's first packets and the next.
+		change func(t *testing.T, f *fixture)
+		want   uint32
+	}{
+		{"a new revision without the rule cuts the flow", func(t *testing.T, f *fixture) {
+			f.isolate(t, FlagEgressIsolated, 2, nil, nil)
+		}, tcActShot},
+		{"a new revision that still admits the backend keeps the flow", func(t *testing.T, f *fixture) {
+			f.isolate(t, FlagEgressIsolated, 2, nil, allow(t, peerID, tcp, PortRange{8080, 8080}))
+		}, tcActOK},
+		{"a Service deleted keeps its established flows on their backend", func(t *testing.T, f *fixture) {
+			if err := f.objs.DeleteService(NewServiceKey(vip, 80, tcp), 1, 1); err != nil {
+				t.Fatal(err)
+			}
+		}, tcActOK},
+		{"a Service given another backend keeps its established flows on theirs", func(t *testing.T, f *fixture) {
+			if err := f.objs.SetService(NewServiceKey(vip, 80, tcp), 1, 0, []Backend{{otherIP, 8080}}, 1); err != nil {
+				t.Fatal(err)
+			}
+		}, tcActOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			if err := f.objs.SetService(NewServiceKey(vip, 80, tcp), 1, 0, []Backend{{peerIP, 8080}}, 0); err != nil {
+				t.Fatal(err)
+			}
+			f.isolate(t, FlagEgressIsolated, 1, nil, allow(t, peerID, tcp, PortRange{8080, 8080}))
+			out := pkt{Src: subjectIP, Dst: vip, Proto: tcp, SrcPort: 40100, DstPort: 80, TCPFlags: syn}
+			reply := pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 8080, DstPort: 40100, TCPFlags: syn | ack}
+			next := out
+			next.TCPFlags = ack
+			for i, step := range []struct {
+				d   Direction
+				p   pkt
+				dst netip.Addr
+			}{{FromPod, out, peerIP}, {ToPod, reply, subjectIP}, {FromPod, next, peerIP}} {
+				verdict, data := f.runOut(t, step.d, step.p.Frame())
+				if got := packet.Decode(data); verdict != tcActOK || got.Dst != step.dst {
+					t.Fatalf("packet %d of the flow: verdict %d to %s, want pass to %s", i, verdict, got.Dst, step.dst)
+				}
+			}
+			tt.change(t, f)
+			verdict, data := f.runOut(t, FromPod, next.Frame())
+			if verdict != tt.want {
+				t.Fatalf("packet after the change: verdict %d, want %d", verdict, tt.want)
+			}
+			if verdict != tcActOK {
+				return
+			}
+			if got := packet.Decode(data); got.Dst != peerIP || got.DstPort != 8080 || !got.ChecksumsOK {
+				t.Errorf("packet after the change translated to %s:%d (checksums ok: %v), want %s:8080", got.Dst, got.DstPort, got.ChecksumsOK, peerIP)
+			}
+			verdict, data = f.runOut(t, ToPod, reply.Frame())
+			if got := packet.Decode(data); verdict != tcActOK || got.Src != vip || got.SrcPort != 80 {
+				t.Errorf("reply after the change: verdict %d from %s:%d, want pass from %s:80", verdict, got.Src, got.SrcPort, vip)
+			}
+		})
+	}
+}

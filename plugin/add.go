@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -43,16 +44,21 @@ func add(ctx context.Context, conf *Conf, prev *current.Result, args *skel.CmdAr
 	log, closeLog := newLogger(conf, args, pa.pod())
 	defer closeLog()
 
+	// Each phase's time goes into the log, so that a slow pod start on a
+	// node can be split into its parts without rebuilding the plugin.
+	start := time.Now()
 	hv, err := findHostVeth(args.Netns, args.IfName, prev)
 	if err != nil {
 		return err
 	}
+	tVeth := time.Since(start)
 	ips, err := containerIPs(prev, args.IfName)
 	if err != nil {
 		return err
 	}
 	client := agentapi.NewClient(conf.AgentSocket)
 	id := agentapi.EndpointID(args.ContainerID, args.IfName)
+	start = time.Now()
 	resp, err := client.Add(ctx, &agentapi.AddRequest{
 		ContainerID:  args.ContainerID,
 		IfName:       args.IfName,
@@ -67,6 +73,7 @@ func add(ctx context.Context, conf *Conf, prev *current.Result, args *skel.CmdAr
 	if err != nil {
 		return fmt.Errorf("register endpoint %s of pod %s with palisade-agent: %w", id, pa.pod(), err)
 	}
+	tRegister := time.Since(start)
 	log.Info("Endpoint registered", "endpoint", id, "revision", resp.Endpoint.Revision)
 
 	if resp.BPFRoot == "" {
@@ -77,6 +84,7 @@ func add(ctx context.Context, conf *Conf, prev *current.Result, args *skel.CmdAr
 		}
 		resp.BPFRoot, resp.AttachMode = st.BPFRoot, st.AttachMode
 	}
+	start = time.Now()
 	mode, err := bpf.Attach(resp.BPFRoot, hv.Index, id, bpf.AttachMode(resp.AttachMode))
 	if err != nil {
 		// No half state: the agent must not keep an endpoint whose programs
@@ -84,7 +92,8 @@ func add(ctx context.Context, conf *Conf, prev *current.Result, args *skel.CmdAr
 		err = fmt.Errorf("attach programs to host veth %s (ifindex %d): %w", hv.Name, hv.Index, err)
 		return errors.Join(err, detach(resp.BPFRoot, hv, id), unregister(ctx, client, id))
 	}
-	log.Info("Programs attached", "endpoint", id, "ifname", hv.Name, "ifindex", hv.Index, "mode", mode)
+	log.Info("Programs attached", "endpoint", id, "ifname", hv.Name, "ifindex", hv.Index, "mode", mode,
+		"vethLookup", tVeth, "register", tRegister, "attach", time.Since(start))
 	return nil
 }
 

@@ -142,6 +142,107 @@ func TestPrivilegedFindHostVeth(t *testing.T) {
 	}
 }
 
+// addVeth adds a veth from the node netns, host end hostName there and
+// container end podName in pod.
+func addVeth(tb testing.TB, node, pod ns.NetNS, hostName, podName string) {
+	tb.Helper()
+	err := node.Do(func(ns.NetNS) error {
+		la := netlink.NewLinkAttrs()
+		la.Name = hostName
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: podName, PeerNamespace: netlink.NsFd(int(pod.Fd()))})
+	})
+	if err != nil {
+		tb.Fatalf("add veth %s/%s: %v", hostName, podName, err)
+	}
+}
+
+// The fast path takes the host veth from prevResult only when the kernel
+// confirms it; a prevResult naming someone else's veth must not be attached
+// to (DESIGN.md "Whose packet is it").
+func TestPrivilegedHostVethFromPrev(t *testing.T) {
+	privileged.Require(t)
+	pn := newPodNet(t)
+	other := newNetNS(t)
+	addVeth(t, pn.node, other, "vethother", "eth0")   // another pod's veth
+	addVeth(t, pn.node, pn.pod, "vethsecond", "eth1") // this pod's second veth
+	err := pn.node.Do(func(ns.NetNS) error {
+		la := netlink.NewLinkAttrs()
+		la.Name = "cni0"
+		return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la})
+	})
+	if err != nil {
+		t.Fatalf("add cni0 to node netns: %v", err)
+	}
+	host := func(names ...string) []*current.Interface {
+		var ifs []*current.Interface
+		for _, n := range names {
+			ifs = append(ifs, &current.Interface{Name: n})
+		}
+		return append(ifs, &current.Interface{Name: "eth0", Sandbox: pn.pod.Path()})
+	}
+	tests := []struct {
+		name       string
+		netns      string
+		interfaces []*current.Interface // nil: prevResult's as bridge writes it
+		wantFast   bool
+		wantErr    string // of findHostVeth, after the fallback; "" for vethpal0
+	}{
+		{name: "bridge's prevResult is proven without entering the netns", netns: pn.pod.Path(), wantFast: true},
+		{name: "the pod's veth after others is found", netns: pn.pod.Path(), interfaces: host("vethother", "vethsecond", "cni0", "vethpal0"), wantFast: true},
+		{name: "another pod's veth is refused", netns: pn.pod.Path(), interfaces: host("cni0", "vethother"), wantErr: "not among prevResult's host interfaces"},
+		{name: "the pod's veth of another interface is refused", netns: pn.pod.Path(), interfaces: host("vethsecond"), wantErr: "not among prevResult's host interfaces"},
+		{name: "a name that does not exist is refused", netns: pn.pod.Path(), interfaces: host("vethgone"), wantErr: "not among prevResult's host interfaces"},
+		{name: "no host interfaces falls back to the netns", netns: pn.pod.Path(), interfaces: host()},
+		{name: "this pod's veth for another pod's netns is refused", netns: other.Path(), wantErr: "not among prevResult's host interfaces"},
+	}
+	for _, ver := range cniVersions {
+		_, prev, err := parseConfig(netconf(t, ver, set("prevResult", prevResult(t, ver, pn.pod.Path()))))
+		if err != nil {
+			t.Fatalf("parseConfig %s: %v", ver, err)
+		}
+		for _, tt := range tests {
+			t.Run(tt.name+"/"+ver, func(t *testing.T) {
+				p := *prev
+				if tt.interfaces != nil {
+					p.Interfaces = tt.interfaces
+				}
+				var (
+					fast    hostVeth
+					fastOK  bool
+					got     hostVeth
+					findErr error
+				)
+				err := pn.node.Do(func(ns.NetNS) error {
+					fast, fastOK = hostVethFromPrev(tt.netns, "eth0", &p)
+					got, findErr = findHostVeth(tt.netns, "eth0", &p)
+					return nil
+				})
+				if err != nil {
+					t.Fatalf("enter node netns: %v", err)
+				}
+				if fastOK != tt.wantFast {
+					t.Errorf("hostVethFromPrev proved %v (%+v), want %v", fastOK, fast, tt.wantFast)
+				}
+				if fastOK && fast != pn.host {
+					t.Errorf("hostVethFromPrev = %+v, want %+v", fast, pn.host)
+				}
+				if tt.wantErr != "" {
+					if findErr == nil || !strings.Contains(findErr.Error(), tt.wantErr) {
+						t.Errorf("findHostVeth = %+v, %v; want an error containing %q", got, findErr, tt.wantErr)
+					}
+					return
+				}
+				if findErr != nil {
+					t.Fatalf("findHostVeth: %v", findErr)
+				}
+				if got != pn.host {
+					t.Errorf("findHostVeth = %+v, want %+v", got, pn.host)
+				}
+			})
+		}
+	}
+}
+
 // fakeAgent serves the agentapi routes on a unix socket from canned state
 // and records what the plugin sent.
 type fakeAgent struct {
@@ -488,3 +589,41 @@ func registeredThenRemoved(t *testing.T, fa *fakeAgent, _ string) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// BenchmarkPrivilegedFindHostVeth compares the two ways ADD finds the host
+// veth: proven from prevResult in the host netns, and by entering the pod's
+// netns (the fallback, and the only way before).
+func BenchmarkPrivilegedFindHostVeth(b *testing.B) {
+	privileged.Require(b)
+	pn := newPodNet(b)
+	_, prev, err := parseConfig(netconf(b, "0.3.1", set("prevResult", prevResult(b, "0.3.1", pn.pod.Path()))))
+	if err != nil {
+		b.Fatalf("parseConfig: %v", err)
+	}
+	ways := []struct {
+		name string
+		find func() (hostVeth, error)
+	}{
+		{"prevResult", func() (hostVeth, error) { return findHostVeth(pn.pod.Path(), "eth0", prev) }},
+		{"netns", func() (hostVeth, error) { return hostVethFromNetns(pn.pod.Path(), "eth0", prev) }},
+	}
+	for _, w := range ways {
+		b.Run(w.name, func(b *testing.B) {
+			err := pn.node.Do(func(ns.NetNS) error {
+				for b.Loop() {
+					hv, err := w.find()
+					if err != nil {
+						return err
+					}
+					if hv != pn.host {
+						return fmt.Errorf("found %+v, want %+v", hv, pn.host)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}

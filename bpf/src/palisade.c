@@ -46,8 +46,9 @@ static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u
 }
 
 /* handle judges one packet seen by the endpoint on skb->ifindex.
- * A packet of a known flow costs one conntrack lookup (two for a reply);
- * policy is consulted only for a flow's first packet, or when the policy
+ * A packet of a known flow costs one conntrack lookup (two for a reply),
+ * a packet to a Service included: its translation is kept in conntrack.
+ * Policy is consulted only for a flow's first packet, or when the policy
  * revision that admitted the flow is stale. */
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
@@ -57,9 +58,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	 * and it cannot tie frag_admit's FRAG_FIRST to frag_begin's. */
 	struct frag_state fs = {};
 	struct endpoint_info *ep;
-	struct ct_entry *ct, entry = {};
+	struct ct_entry *ct, *svc = 0, entry = {};
 	struct ct_key key;
-	__u32 ifindex = skb->ifindex, peer, rule;
+	__u32 ifindex = skb->ifindex, peer, rule, isolated;
+	__u64 revision;
 	__u8 vip[16];
 	__be16 vport = 0;
 	int ret, arp, lb = LB_NONE;
@@ -91,34 +93,60 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	 * the pod's checked above, it is not policy's to judge. */
 	if (f.nd)
 		return TC_ACT_OK;
+	/* Read once: the agent may write the entry while this packet runs. */
+	revision = ep->revision;
 
 	now = bpf_ktime_get_ns();
 	if (frag_begin(&fs, &f, dir, ifindex, now) < 0)
 		return drop(skb, &f, dir, REASON_FRAGMENT, 0);
-	if (dir == DIR_EGRESS) {
-		lb = lb_translate(skb, &f, ifindex, now, vip, &vport);
-		if (lb == LB_ERROR)
-			return drop(skb, &f, dir, REASON_NAT, 0);
-	}
 
 	/* An ICMP error belongs to the flow of the packet it quotes, which
 	 * crossed this endpoint in the other direction. */
-	if (f.icmp_error && ct_find(&inner, dir ^ 1, ifindex, now, &key))
-		return TC_ACT_OK;
+	if (f.icmp_error) {
+		ct = ct_find(&inner, dir ^ 1, ifindex, now, &key);
+		if (ct && !(ct->flags & CT_F_SERVICE))
+			return TC_ACT_OK;
+	}
 
+	/* Conntrack first, with the tuple as the pod sent it: a known flow,
+	 * translated or not, needs no Service table. */
 	ct = ct_find(&f, dir, ifindex, now, &key);
-	if (ct && key.dir == dir && rejudge && lb != LB_SELF && ct->revision != ep->revision) {
+	if (ct && (ct->flags & CT_F_SERVICE)) {
+		/* Only what the pod sends goes to a Service address. */
+		if (key.dir == DIR_EGRESS && dir == DIR_EGRESS)
+			svc = ct;
+		ct = 0;
+	}
+	if (dir == DIR_EGRESS && !ct) {
+		lb = lb_translate(skb, &f, ifindex, now, svc, vip, &vport);
+		if (lb == LB_ERROR)
+			return drop(skb, &f, dir, REASON_NAT, 0);
+		if (lb == LB_TRANSLATED) {
+			/* An established Service flow judged at this revision
+			 * is done. Once its deadline moves, the translated
+			 * flow's entry, which its replies need, moves too: the
+			 * slow path below refreshes it, and judges the flow
+			 * again should it have gone. */
+			if (svc && (!rejudge || svc->revision == revision) && !ct_refresh(svc, now, ct_lifetime(&f))) {
+				frag_admit(&fs, &f);
+				return TC_ACT_OK;
+			}
+			ct = ct_find(&f, dir, ifindex, now, &key);
+		}
+	}
+
+	if (ct && key.dir == dir && rejudge && !(ct->flags & CT_F_SELF) && ct->revision != revision) {
 		/* The policy changed since this flow was admitted here. */
 		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
 		if (!policy_allows(ep, dir, peer, &f, &rule)) {
 			ct_delete(&key);
 			return drop_rule(skb, &f, dir, REASON_REJUDGED, peer, rule);
 		}
-		ct->revision = ep->revision;
+		ct->revision = revision;
 		ct->rule = rule;
 	}
 	if (ct) {
-		ct->expires = now + ct_lifetime(&f);
+		ct_refresh(ct, now, ct_lifetime(&f));
 		/* A reply of a flow that was sent to a Service must come from
 		 * the Service's address. */
 		if (key.dir != dir && (ct->flags & CT_F_NAT)) {
@@ -129,6 +157,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			if (nat_rewrite(skb, &f, 0, addr, port) < 0)
 				return drop(skb, &f, dir, REASON_NAT, 0);
 		}
+		if (svc)
+			svc->revision = revision;
+		else if (lb == LB_TRANSLATED)
+			lb_record(&f, ifindex, now, revision, vip, vport);
 		frag_admit(&fs, &f);
 		return TC_ACT_OK;
 	}
@@ -141,7 +173,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	 * come back from the Service address, pass as replies. */
 	rule = 0;
 	peer = 0;
-	if (lb != LB_SELF) {
+	/* The peer's identity is looked up only where policy judges: a
+	 * direction no policy isolates allows every peer, and an event names
+	 * the peer only when one is emitted. */
+	isolated = ep->flags & (dir == DIR_INGRESS ? EP_F_INGRESS_ISOLATED : EP_F_EGRESS_ISOLATED);
+	if (lb != LB_SELF && isolated) {
 		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
 		if (!policy_allows(ep, dir, peer, &f, &rule))
 			return drop_rule(skb, &f, dir, REASON_POLICY, peer, rule);
@@ -149,16 +185,26 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	ct_key_forward(&key, &f, dir);
 	entry.expires = now + ct_lifetime(&f);
-	entry.revision = ep->revision;
+	entry.revision = revision;
 	entry.ifindex = ifindex;
 	entry.rule = rule;
+	if (lb == LB_SELF)
+		entry.flags = CT_F_SELF;
 	if (lb == LB_TRANSLATED) {
 		entry.flags = CT_F_NAT;
 		entry.nat_port = vport;
 		__builtin_memcpy(entry.nat_addr, vip, 16);
 	}
 	ct_store(&key, &entry);
-	emit_allow(skb, &f, dir, peer, rule);
+	if (svc)
+		svc->revision = revision;
+	else if (lb == LB_TRANSLATED)
+		lb_record(&f, ifindex, now, revision, vip, vport);
+	if (allow_sampled(dir)) {
+		if (lb != LB_SELF && !isolated)
+			peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
+		emit_event(skb, &f, dir, REASON_ALLOWED, peer, rule);
+	}
 	frag_admit(&fs, &f);
 	return TC_ACT_OK;
 }

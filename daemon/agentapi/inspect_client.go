@@ -7,20 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 )
 
 // Policy returns the compiled policy of a local pod, named "namespace/name".
 func (c *Client) Policy(ctx context.Context, pod string) (*PodPolicy, error) {
 	var out PodPolicy
-	return &out, c.do(ctx, http.MethodGet, "/v1/policy?pod="+url.QueryEscape(pod), nil, &out)
+	return &out, c.do(ctx, "GET", "/v1/policy?pod="+url.QueryEscape(pod), nil, &out)
 }
 
 // Explain asks for the verdict on a flow, one Explanation per port.
 func (c *Client) Explain(ctx context.Context, req *ExplainRequest) ([]Explanation, error) {
 	var out []Explanation
-	return out, c.do(ctx, http.MethodPost, "/v1/explain", req, &out)
+	return out, c.do(ctx, "POST", "/v1/explain", req, &out)
 }
 
 // Flows calls fn with each flow the filter selects: the recent ones, then,
@@ -37,16 +36,11 @@ func (c *Client) Flows(ctx context.Context, filter FlowFilter, fn func(*Flow) er
 	if filter.Follow {
 		q.Set("follow", "true")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/v1/flows?"+q.Encode(), nil)
+	resp, err := c.roundTrip(ctx, "GET", "/v1/flows?"+q.Encode(), nil, 0)
 	if err != nil {
-		return fmt.Errorf("build flows request: %w", err)
+		return err
 	}
-	hc := &http.Client{Transport: c.hc.Transport}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w: GET /v1/flows on %s: %w", ErrAgentUnavailable, c.socket, err)
-	}
-	defer resp.Body.Close()
+	defer resp.Close()
 	if resp.StatusCode/100 != 2 {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		apiErr := &Error{Code: CodeInternal, Message: string(data)}

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -34,7 +36,9 @@ import (
 var (
 	flagOut       = flag.String("out", "", "write the results as JSON here; the benchmark runs only with it")
 	flagTable     = flag.String("table", "", "also write the Markdown table here")
-	flagRounds    = flag.Int("rounds", 5, "rounds over all datapath configurations")
+	flagRounds    = flag.Int("rounds", 15, "rounds over all datapath configurations, each in its own shuffled order")
+	flagSeed      = flag.Uint64("seed", 0, "seed of the rounds' order and the bootstrap intervals (0: from the clock; the run prints it)")
+	flagIsolate   = flag.Bool("isolate", true, "during the datapath rounds, keep the testbed's processes off the load generators' CPU and frozen while a configuration is measured")
 	flagDuration  = flag.Duration("duration", time.Second, "length of one datapath measurement")
 	flagRules     = flag.String("rules", "0,100,1000,10000", "policy rules selecting the measured pods, one configuration each")
 	flagPropIters = flag.Int("prop-iterations", 20, "policy changes measured per event kind and stage")
@@ -91,9 +95,13 @@ func TestPrivilegedBench(t *testing.T) {
 	}
 	sample("pods up, no policies")
 
-	t.Run("pod start/0 policies", func(t *testing.T) {
-		res.PodStart = append(res.PodStart, podStart(t, c, configs[len(configs)-1].namespace, 0)...)
-	})
+	// -pod-starts=0 and -prop-iterations=0 leave the datapath alone to
+	// measure (issue #19's focused runs).
+	if *flagPodStarts > 0 {
+		t.Run("pod start/0 policies", func(t *testing.T) {
+			res.PodStart = append(res.PodStart, podStart(t, c, configs[len(configs)-1].namespace, 0)...)
+		})
+	}
 
 	// Policies go in smallest first, so propagation is measured at two
 	// cluster sizes on the way.
@@ -105,7 +113,7 @@ func TestPrivilegedBench(t *testing.T) {
 			policies++
 		}
 		waitAllowed(t, m)
-		if m.rules >= 1000 && !propDone[m.rules] {
+		if m.rules >= 1000 && !propDone[m.rules] && *flagPropIters > 0 {
 			propDone[m.rules] = true
 			t.Run(fmt.Sprintf("propagation/%d policies", policies), func(t *testing.T) {
 				res.Propagation = append(res.Propagation, propagation(t, c, prop, policies, propOptions{iterations: *flagPropIters})...)
@@ -114,13 +122,15 @@ func TestPrivilegedBench(t *testing.T) {
 		}
 	}
 	sample("all policies")
-	t.Run(fmt.Sprintf("pod start/%d policies", policies), func(t *testing.T) {
-		res.PodStart = append(res.PodStart, podStart(t, c, configs[len(configs)-1].namespace, policies)...)
-		profilePodStarts(t, c, configs[len(configs)-1].namespace, policies,
-			filepath.Join(filepath.Dir(*flagOut), fmt.Sprintf("agent-podstart-%d.pprof", policies)))
-	})
+	if *flagPodStarts > 0 {
+		t.Run(fmt.Sprintf("pod start/%d policies", policies), func(t *testing.T) {
+			res.PodStart = append(res.PodStart, podStart(t, c, configs[len(configs)-1].namespace, policies)...)
+			profilePodStarts(t, c, configs[len(configs)-1].namespace, policies,
+				filepath.Join(filepath.Dir(*flagOut), fmt.Sprintf("agent-podstart-%d.pprof", policies)))
+		})
+	}
 
-	t.Run("datapath", func(t *testing.T) { res.Datapath = datapath(t, configs) })
+	t.Run("datapath", func(t *testing.T) { res.Datapath, res.DatapathRun = datapath(t, configs) })
 	t.Run("bpf cost", func(t *testing.T) {
 		var err error
 		if res.BPFCost, err = bpfCost(c, configs, *flagDuration); err != nil {
@@ -220,55 +230,136 @@ func createPolicy(t *testing.T, c *testbed.Cluster, p *networkingv1.NetworkPolic
 	}
 }
 
-// datapath measures every configuration and metric, the configurations
-// interleaved round by round (each round starting one further along), after
-// one unrecorded warm-up pass.
-func datapath(t *testing.T, configs []*measured) []DatapathRow {
+// datapath measures every configuration and metric after one unrecorded
+// warm-up pass, then in -rounds rounds, each visiting every configuration
+// and placement once in an order shuffled by -seed, so that a slow minute
+// of the machine cannot fall on one configuration more than on another.
+// With -isolate the measurements have the load CPU to themselves (see
+// isolation). Each ratio comes with a bootstrap 95 % interval paired by
+// round.
+func datapath(t *testing.T, configs []*measured) ([]DatapathRow, *DatapathRun) {
 	type key struct {
 		placement string
 		i         int
 	}
+	run := &DatapathRun{Seed: *flagSeed, LoadBefore: loadAvg()}
+	if run.Seed == 0 {
+		run.Seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("datapath: seed %d (-seed=%d repeats this order), load average %s", run.Seed, run.Seed, run.LoadBefore)
+	rng := rand.New(rand.NewPCG(run.Seed, 0))
+	var iso *isolation
+	if *flagIsolate {
+		var err error
+		if iso, err = isolate(runtime.NumCPU() - 1); err != nil {
+			t.Fatalf("%v (-isolate=false measures without)", err)
+		}
+		// One P for one CPU: the generators, the servers and the
+		// runtime take turns instead of two threads contending for it.
+		runtime.GOMAXPROCS(1)
+		t.Cleanup(func() {
+			runtime.SetDefaultGOMAXPROCS()
+			if err := iso.Close(); err != nil {
+				t.Errorf("undo isolation: %v", err)
+			}
+		})
+		run.Isolation = fmt.Sprintf("load generators, servers and their softirq on CPU %d (GOMAXPROCS 1); %d testbed processes on CPU %s, frozen while a configuration is measured",
+			iso.LoadCPU, len(iso.Pids), iso.OtherCPUs)
+		t.Logf("datapath: %s (pids %v)", run.Isolation, iso.Pids)
+	}
+	measure := func(from *testbed.Pod, m *measured) (map[string]float64, error) {
+		// The collector's work left from the last measurement is done
+		// now, not during this one.
+		runtime.GC()
+		run.Measurements++
+		if iso != nil {
+			// The freezer stops a task only once it leaves an
+			// uninterruptible sleep (etcd's fsync, a busy disk). Rather
+			// than lose the round, measure with the testbed thawed but
+			// still off the load CPU, and count it.
+			if err := iso.Freeze(); err != nil {
+				run.Unfrozen++
+				t.Logf("measuring without the freeze: %v", err)
+				if err := iso.Thaw(); err != nil {
+					return nil, err
+				}
+			}
+		}
+		got, err := measureOnce(from, m, *flagDuration)
+		if iso != nil {
+			// Thawed between measurements, the control plane and the
+			// agents keep their leases and watches alive.
+			err = errors.Join(err, iso.Thaw())
+		}
+		return got, err
+	}
 	values := map[key]map[string][]float64{}
 	placements := []string{"same-node", "cross-node"}
+	var order []key
+	for i := range configs {
+		for _, pl := range placements {
+			order = append(order, key{pl, i})
+		}
+	}
 	for round := -1; round < *flagRounds; round++ {
-		for j := range configs {
-			i := (j + max(round, 0)) % len(configs)
-			m := configs[i]
-			for _, pl := range placements {
-				from := m.same
-				if pl == "cross-node" {
-					from = m.cross
-				}
-				got, err := measureOnce(from, m, *flagDuration)
-				if err != nil {
-					t.Fatalf("round %d, %s %s: %v", round, m.namespace, pl, err)
-				}
-				if round < 0 {
-					continue // warm-up
-				}
-				k := key{pl, i}
-				if values[k] == nil {
-					values[k] = map[string][]float64{}
-				}
-				for name, v := range got {
-					values[k][name] = append(values[k][name], v)
-				}
+		rng.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+		for _, k := range order {
+			m := configs[k.i]
+			from := m.same
+			if k.placement == "cross-node" {
+				from = m.cross
+			}
+			got, err := measure(from, m)
+			if err != nil {
+				t.Fatalf("round %d, %s %s: %v", round, m.namespace, k.placement, err)
+			}
+			if round < 0 {
+				continue // warm-up
+			}
+			if values[k] == nil {
+				values[k] = map[string][]float64{}
+			}
+			for name, v := range got {
+				values[k][name] = append(values[k][name], v)
 			}
 		}
 		t.Logf("datapath round %d done", round)
 	}
+	if iso != nil {
+		share, err := iso.NetRXShare()
+		if err != nil {
+			t.Errorf("softirq share: %v", err)
+		}
+		run.NetRXLoadCPUShare = share
+		t.Logf("datapath: %.1f %% of NET_RX softirqs ran on CPU %d", 100*share, iso.LoadCPU)
+	}
+	run.LoadAfter = loadAvg()
 	var rows []DatapathRow
 	for _, pl := range placements {
 		base := values[key{pl, 0}]
 		for i, m := range configs {
 			row := DatapathRow{Placement: pl, Rules: m.rules, Metrics: map[string]Summary{}}
-			for name, vs := range values[key{pl, i}] {
-				row.Metrics[name] = Summarize(vs).WithRatio(Summarize(base[name]))
+			for j, metric := range DatapathMetrics {
+				vs := values[key{pl, i}][metric.Key]
+				// A seed of its own per cell, reproducible from the run's.
+				seed := run.Seed ^ uint64(len(rows)<<8|j)
+				row.Metrics[metric.Key] = Summarize(vs).WithRatioInterval(Summarize(base[metric.Key]), seed)
 			}
 			rows = append(rows, row)
 		}
 	}
-	return rows
+	return rows, run
+}
+
+// loadAvg is the first three fields of /proc/loadavg: what else the
+// machine ran while the benchmark measured.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 // measureOnce runs every load generator once from the client's namespace.
@@ -489,6 +580,9 @@ func podStart(t *testing.T, c *testbed.Cluster, ns string, policies int) []PodSt
 		{ChainNoop, []testbed.CNIOption{testbed.WithNoopInsteadOfPalisade()}},
 		{ChainPalisade, nil},
 	}
+	// Palisade logs the time of each phase of its ADD; the log is read below.
+	pluginLog := filepath.Join(t.TempDir(), "palisade.log")
+	chains[len(chains)-1].opts = append(chains[len(chains)-1].opts, testbed.WithPluginLog(pluginLog))
 	times := make([][]time.Duration, len(chains))
 	for i := range *flagPodStarts {
 		for j, chain := range chains {
@@ -510,6 +604,22 @@ func podStart(t *testing.T, c *testbed.Cluster, ns string, policies int) []PodSt
 		ds := times[j]
 		rows = append(rows, PodStartRow{Policies: policies, Chain: chain.name, N: len(ds),
 			P50ms: Millis(Percentile(ds, 50)), P99ms: Millis(Percentile(ds, 99))})
+	}
+	log, err := os.ReadFile(pluginLog)
+	if err != nil {
+		t.Fatalf("read palisade's log: %v", err)
+	}
+	phases, err := ParsePhases(string(log))
+	if err != nil {
+		t.Fatalf("palisade's log: %v", err)
+	}
+	last := &rows[len(rows)-1]
+	last.PhaseP50ms, last.PhaseP99ms = map[string]float64{}, map[string]float64{}
+	for phase, ds := range phases {
+		if len(ds) != *flagPodStarts {
+			t.Errorf("palisade's log has %d %s times for %d ADDs", len(ds), phase, *flagPodStarts)
+		}
+		last.PhaseP50ms[phase], last.PhaseP99ms[phase] = Millis(Percentile(ds, 50)), Millis(Percentile(ds, 99))
 	}
 	return rows
 }

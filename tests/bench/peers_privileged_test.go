@@ -135,7 +135,7 @@ func benchPeer(t *testing.T, p Peer, bin string, rules []int, r *PeerResult) {
 	}
 
 	run.settle("datapath")
-	t.Run("datapath", func(t *testing.T) { r.Datapath = datapath(t, configs) })
+	t.Run("datapath", func(t *testing.T) { r.Datapath, r.DatapathRun = datapath(t, configs) })
 	run.sample("after datapath")
 }
 

@@ -33,6 +33,7 @@ type PeerResult struct {
 	// Datapath rows are ratios to the first configuration (0 rules: the
 	// peer running, no policy selecting the pods).
 	Datapath    []DatapathRow    `json:"datapath,omitempty"`
+	DatapathRun *DatapathRun     `json:"datapath_run,omitempty"`
 	Propagation []PropagationRow `json:"propagation,omitempty"`
 	Cost        []PeerCost       `json:"cost,omitempty"`
 	// SettleSeconds is how long the peer stayed busy with earlier changes
@@ -79,7 +80,7 @@ const peerHold = time.Second
 
 // WriteTable writes the peers' results as Markdown.
 func (r *PeerResults) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "Peers. Kernel %s, %d CPUs, %d rounds of %s per measurement; median (ratio to the same peer's 0-rule median of the same run), [min–max].\n\n", r.Kernel, r.CPUs, r.Rounds, r.Duration)
+	fmt.Fprintf(w, "Peers. Kernel %s, %d CPUs, %d rounds of %s per measurement; ratios are to the same peer's 0-rule median of the same run.\n\n", r.Kernel, r.CPUs, r.Rounds, r.Duration)
 	for _, p := range r.Peers {
 		p.writeTable(w)
 	}
@@ -94,6 +95,7 @@ func (p *PeerResult) writeTable(w io.Writer) {
 	if e := p.Enforcement; e != nil {
 		fmt.Fprintf(w, "Enforcement verified in %s: default deny blocked the flow after %.0f ms, the allows re-opened it after %.0f ms.\n\n", e.Namespace, e.DenyMs, e.AllowMs)
 	}
+	p.DatapathRun.writeTo(w)
 	for _, placement := range []string{"same-node", "cross-node"} {
 		writeDatapath(w, placement, p.Datapath)
 	}
@@ -117,24 +119,4 @@ func (p *PeerResult) writeTable(w io.Writer) {
 	for _, k := range sortedKeys(p.SettleSeconds) {
 		fmt.Fprintf(w, "Before %s the peer was busy with earlier changes for %.1f s more.\n\n", k, p.SettleSeconds[k])
 	}
-}
-
-func writeDatapath(w io.Writer, placement string, rows []DatapathRow) {
-	fmt.Fprintf(w, "Datapath, %s:\n\n| config |", placement)
-	for _, m := range DatapathMetrics {
-		fmt.Fprintf(w, " %s |", m.Title)
-	}
-	fmt.Fprintf(w, "\n|---|%s\n", strings.Repeat("---|", len(DatapathMetrics)))
-	for _, row := range rows {
-		if row.Placement != placement {
-			continue
-		}
-		fmt.Fprintf(w, "| %d rules |", row.Rules)
-		for _, m := range DatapathMetrics {
-			s := row.Metrics[m.Key]
-			fmt.Fprintf(w, " %s (%.3f) [%s–%s] |", num(s.Median), s.Ratio, num(s.Min), num(s.Max))
-		}
-		fmt.Fprintln(w)
-	}
-	fmt.Fprintln(w)
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"time"
 )
@@ -26,12 +27,148 @@ type Results struct {
 	Rounds      int              `json:"rounds"`
 	Duration    string           `json:"duration_per_measurement"`
 	Datapath    []DatapathRow    `json:"datapath"`
+	DatapathRun *DatapathRun     `json:"datapath_run,omitempty"`
 	BPFCost     []BPFCostRow     `json:"bpf_cost"`
 	Programs    []ProgramInfo    `json:"programs"`
 	Propagation []PropagationRow `json:"propagation"`
 	PodStart    []PodStartRow    `json:"pod_start"`
 	Churn       *ChurnResult     `json:"churn,omitempty"`
 	Agent       []AgentSample    `json:"agent"`
+}
+
+// DatapathRun is how the datapath rounds ran: their order's seed, the
+// isolation of the load CPU, and the machine's load around them.
+type DatapathRun struct {
+	Seed uint64 `json:"seed"`
+	// Isolation says what ran where ("" without -isolate).
+	Isolation string `json:"isolation,omitempty"`
+	// NetRXLoadCPUShare is the share of the machine's NET_RX softirqs
+	// during the rounds that ran on the load CPU.
+	NetRXLoadCPUShare float64 `json:"net_rx_load_cpu_share,omitempty"`
+	// Unfrozen of Measurements (the warm-up pass's too) ran with the testbed
+	// thawed because it did not freeze in time (see isolation.Freeze).
+	Measurements int    `json:"measurements"`
+	Unfrozen     int    `json:"unfrozen,omitempty"`
+	LoadBefore   string `json:"loadavg_before"`
+	LoadAfter    string `json:"loadavg_after"`
+}
+
+func (r *DatapathRun) writeTo(w io.Writer) {
+	if r == nil {
+		return
+	}
+	fmt.Fprintf(w, "Rounds in shuffled order, seed %d; load average %s before the rounds, %s after.", r.Seed, r.LoadBefore, r.LoadAfter)
+	if r.Isolation != "" {
+		fmt.Fprintf(w, " Isolation: %s; %.1f %% of the machine's NET_RX softirqs ran on the load CPU.", r.Isolation, 100*r.NetRXLoadCPUShare)
+		if r.Unfrozen > 0 {
+			fmt.Fprintf(w, " %d of %d measurements ran with the testbed thawed: it did not freeze within 10 s.", r.Unfrozen, r.Measurements)
+		}
+	} else {
+		fmt.Fprintf(w, " No isolation (-isolate=false).")
+	}
+	fmt.Fprintf(w, " Cells: median, then its ratio to the baseline's median with the ratio's bootstrap 95 %% interval, `ratio [lo, hi]`, paired by round.\n\n")
+}
+
+// Targets of issue #19 for a configuration under Palisade: at least 0.97
+// of the baseline's throughput, request/response and connect rates, and
+// a p99 latency at most 1.05 of its.
+var datapathTargets = []struct {
+	Key   string
+	Bound float64
+	Upper bool // the ratio must stay at or below Bound, not above
+}{
+	{"stream1_gbps", 0.97, false},
+	{"stream4_gbps", 0.97, false},
+	{"rr_tps", 0.97, false},
+	{"rr_p99_ms", 1.05, true},
+	{"crr_cps", 0.97, false},
+	{"udp_rr_tps", 0.97, false},
+}
+
+// Verdict on one target: met when the whole interval is on the right
+// side of the bound, missed when all of it is on the wrong side, and
+// unresolved when the interval holds the bound.
+func targetVerdict(s Summary, bound float64, upper bool) string {
+	lo, hi := s.RatioLo, s.RatioHi
+	if upper {
+		lo, hi = -hi, -lo
+		bound = -bound
+	}
+	switch {
+	case s.Ratio == 0:
+		return "no data"
+	case lo >= bound:
+		return "met"
+	case hi < bound:
+		return fmt.Sprintf("missed by %.1f %%", 100*math.Abs(s.Ratio-math.Abs(bound))/math.Abs(bound))
+	default:
+		return "unresolved"
+	}
+}
+
+// writeTargets writes each target's verdict for the rows at minRules
+// rules or more.
+func writeTargets(w io.Writer, rows []DatapathRow, minRules int) {
+	fmt.Fprintf(w, "Targets (≥ 0.97 × the baseline, p99 ≤ 1.05 ×): met when the whole interval is on the right side, missed when all of it is on the wrong side.\n\n| placement | config |")
+	for _, tg := range datapathTargets {
+		fmt.Fprintf(w, " %s |", metricTitle(tg.Key))
+	}
+	fmt.Fprintf(w, " widest ± |\n|---|---|%s---|\n", strings.Repeat("---|", len(datapathTargets)))
+	for _, row := range rows {
+		if row.Rules < minRules {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s |", row.Placement, row.Config())
+		widest := 0.0
+		for _, tg := range datapathTargets {
+			s := row.Metrics[tg.Key]
+			widest = max(widest, s.HalfWidth())
+			fmt.Fprintf(w, " %s: %s |", ratioInterval(s), targetVerdict(s, tg.Bound, tg.Upper))
+		}
+		fmt.Fprintf(w, " %.1f %% |\n", 100*widest)
+	}
+	fmt.Fprintln(w)
+}
+
+func metricTitle(key string) string {
+	for _, m := range DatapathMetrics {
+		if m.Key == key {
+			return m.Title
+		}
+	}
+	return key
+}
+
+// ratioInterval prints a ratio with its interval: "0.982 [0.971, 0.990]".
+func ratioInterval(s Summary) string {
+	return fmt.Sprintf("%.3f [%.3f, %.3f]", s.Ratio, s.RatioLo, s.RatioHi)
+}
+
+// writeDatapath writes one placement's rows: the baseline (or reference)
+// row as median [min–max], the others as median and ratio [lo, hi].
+func writeDatapath(w io.Writer, placement string, rows []DatapathRow) {
+	fmt.Fprintf(w, "Datapath, %s:\n\n| config |", placement)
+	for _, m := range DatapathMetrics {
+		fmt.Fprintf(w, " %s |", m.Title)
+	}
+	fmt.Fprintf(w, "\n|---|%s\n", strings.Repeat("---|", len(DatapathMetrics)))
+	for _, row := range rows {
+		if row.Placement != placement {
+			continue
+		}
+		fmt.Fprintf(w, "| %s |", row.Config())
+		for _, m := range DatapathMetrics {
+			s := row.Metrics[m.Key]
+			// The reference row itself: its ratio to itself is 1 [1, 1].
+			if s.Ratio == 0 || (s.RatioLo == 1 && s.RatioHi == 1 && s.Ratio == 1) {
+				fmt.Fprintf(w, " %s [%s–%s] |", num(s.Median), num(s.Min), num(s.Max))
+				continue
+			}
+			fmt.Fprintf(w, " %s · %s |", num(s.Median), ratioInterval(s))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
 }
 
 // DatapathRow is one configuration: where the client is and how many rules
@@ -69,6 +206,10 @@ type PodStartRow struct {
 	N        int     `json:"n"`
 	P50ms    float64 `json:"p50_ms"`
 	P99ms    float64 `json:"p99_ms"`
+	// PhaseP50ms and PhaseP99ms split palisade's own ADD by the times it
+	// logs (PluginPhases), for the palisade chain only.
+	PhaseP50ms map[string]float64 `json:"phase_p50_ms,omitempty"`
+	PhaseP99ms map[string]float64 `json:"phase_p99_ms,omitempty"`
 }
 
 // The chains whose CNI ADD is timed: the pod network alone, with upstream's
@@ -91,29 +232,13 @@ type ChurnResult struct {
 
 // WriteTable writes the results as Markdown tables.
 func (r *Results) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "Kernel %s, %d CPUs, %d rounds of %s per measurement; median (ratio to the baseline's median of the same run), [min–max].\n\n", r.Kernel, r.CPUs, r.Rounds, r.Duration)
+	fmt.Fprintf(w, "Kernel %s, %d CPUs, %d rounds of %s per measurement.\n\n", r.Kernel, r.CPUs, r.Rounds, r.Duration)
+	r.DatapathRun.writeTo(w)
 	for _, placement := range []string{"same-node", "cross-node"} {
-		fmt.Fprintf(w, "Datapath, %s:\n\n| config |", placement)
-		for _, m := range DatapathMetrics {
-			fmt.Fprintf(w, " %s |", m.Title)
-		}
-		fmt.Fprintf(w, "\n|---|%s\n", strings.Repeat("---|", len(DatapathMetrics)))
-		for _, row := range r.Datapath {
-			if row.Placement != placement {
-				continue
-			}
-			fmt.Fprintf(w, "| %s |", row.Config())
-			for _, m := range DatapathMetrics {
-				s := row.Metrics[m.Key]
-				ratio := ""
-				if row.Rules >= 0 && s.Ratio != 0 {
-					ratio = fmt.Sprintf(" (%.3f)", s.Ratio)
-				}
-				fmt.Fprintf(w, " %s%s [%s–%s] |", num(s.Median), ratio, num(s.Min), num(s.Max))
-			}
-			fmt.Fprintln(w)
-		}
-		fmt.Fprintln(w)
+		writeDatapath(w, placement, r.Datapath)
+	}
+	if len(r.Datapath) > 0 {
+		writeTargets(w, r.Datapath, 1)
 	}
 	if len(r.BPFCost) > 0 {
 		fmt.Fprintf(w, "BPF program cost (kernel run statistics, two passes of their own after the rounds: in order, then reversed):\n\n| placement | rules | program runs | ns per run | in order | reversed |\n|---|---|---|---|---|---|\n")
@@ -140,6 +265,19 @@ func (r *Results) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, "CNI ADD of the whole chain (without palisade; with the no-op sample plugin in its place; with palisade):\n\n| policies | chain | n | p50 ms | p99 ms |\n|---|---|---|---|---|\n")
 		for _, p := range r.PodStart {
 			fmt.Fprintf(w, "| %d | %s | %d | %.1f | %.1f |\n", p.Policies, p.Chain, p.N, p.P50ms, p.P99ms)
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "Palisade's ADD by phase, as the plugin logs it (p50 / p99 ms):\n\n| policies | %s |\n|---|%s\n",
+			strings.Join(PluginPhases, " | "), strings.Repeat("---|", len(PluginPhases)))
+		for _, p := range r.PodStart {
+			if p.PhaseP50ms == nil {
+				continue
+			}
+			cells := make([]string, len(PluginPhases))
+			for i, ph := range PluginPhases {
+				cells[i] = fmt.Sprintf("%.2f / %.2f", p.PhaseP50ms[ph], p.PhaseP99ms[ph])
+			}
+			fmt.Fprintf(w, "| %d | %s |\n", p.Policies, strings.Join(cells, " | "))
 		}
 		fmt.Fprintln(w)
 	}

@@ -53,6 +53,9 @@ type Env struct {
 	// Explain: after each probe step, ask the agents to explain every
 	// probed pair and compare with the observation (explain.go).
 	Explain bool
+	// Via is how probes reach their destination (via.go); set by
+	// WithVia, since it decides the type of the Services Setup makes.
+	Via Via
 
 	tb        testing.TB
 	explain   *explainer
@@ -75,13 +78,17 @@ type Env struct {
 type liveService struct {
 	spec      ModelService
 	clusterIP netip.Addr
-	backends  []string // pod ids in its EndpointSlice
+	nodePorts map[string]int // by servicePortKey, with Via nodeport
+	backends  []string       // pod ids in its EndpointSlice
 	// owner is the pod the Service was made for (its selector matches
 	// that pod alone when made); deleting the pod deletes it.
 	owner string
 	model bool
 	scope *scope
 }
+
+// SetupOption changes how Setup brings the model up.
+type SetupOption func(*Env)
 
 // NodesFor is how many nodes the model needs: n, or more when its fixed IP
 // plan puts a pod in 10.244.N.0/24 for a larger N (node N's pod CIDR).
@@ -121,7 +128,7 @@ func nodeIndexOf(ip netip.Addr) (int, error) {
 // Setup brings m up on a new testbed of nodes nodes (at least 1, and as
 // many as the model's IP plan needs). Any failure fails tb; tb's cleanup
 // removes everything.
-func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
+func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool, opts ...SetupOption) *Env {
 	tb.Helper()
 	need, err := NodesFor(m, nodes)
 	if err != nil {
@@ -139,10 +146,20 @@ func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool) *Env {
 		podLabels: map[string]map[string]string{}, dirtyPods: map[string]bool{}, dirtyNS: map[string]bool{},
 		KubeProxy: kubeProxy, tb: tb, scopes: map[string]*scope{},
 		runtimePods: map[string]bool{}, createdNS: map[string]bool{}, deletedNS: map[string]bool{}, deletedPods: map[string]bool{},
-		appliedPolicy: map[string]*networkingv1.NetworkPolicy{},
+		appliedPolicy: map[string]*networkingv1.NetworkPolicy{}, Via: ViaClusterIP,
+	}
+	for _, o := range opts {
+		o(e)
 	}
 	if kubeProxy {
 		e.CP.StartControllerManager(tb)
+	}
+	// The ClusterNetworkPolicy CRD goes in before the agents start: an
+	// agent looks for the resource once, at start.
+	if m.ClusterPolicyCRD != "" {
+		e.CP.InstallClusterPolicyCRDFile(tb, m.ClusterPolicyCRD)
+	} else {
+		e.CP.InstallClusterPolicyCRD(tb)
 	}
 	// Real Flannel (VXLAN), with palisade chained by install-cni into
 	// kube-flannel's own conflist: the pods run what a Flannel cluster runs.
@@ -311,6 +328,7 @@ func (e *Env) createService(tb testbed.TB, ls *liveService) {
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name}}
+	svc.Spec.Type = e.serviceType()
 	if e.KubeProxy {
 		svc.Spec.Selector = s.Selector
 	}
@@ -336,6 +354,7 @@ func (e *Env) createService(tb testbed.TB, ls *liveService) {
 		tb.Fatalf("service %s/%s: clusterIP %q: %v", s.Namespace, s.Name, created.Spec.ClusterIP, err)
 	}
 	ls.clusterIP = ip
+	ls.nodePorts = nodePortsOf(created)
 	if e.KubeProxy {
 		if err := e.CP.WaitEndpoints(ctx, s.Namespace, s.Name, len(ls.backends)); err != nil {
 			tb.Fatal(err)
@@ -458,6 +477,9 @@ func (e *Env) podIP(id string) (netip.Addr, bool) {
 // step, filling its templates from the live pods. The policy is decoded as
 // strictly as the API server, so a field we do not know is an error.
 func (e *Env) Apply(ctx context.Context, raw json.RawMessage, mode string) error {
+	if isClusterPolicy(raw) {
+		return e.applyClusterPolicy(ctx, raw, mode)
+	}
 	pol, err := e.apply(ctx, raw, mode)
 	if err == nil {
 		e.appliedPolicy[pol.Namespace+"/"+pol.Name] = pol
@@ -503,6 +525,9 @@ func (e *Env) apply(ctx context.Context, raw json.RawMessage, mode string) (*net
 
 // DeletePolicy deletes a policy.
 func (e *Env) DeletePolicy(ctx context.Context, ref ObjectRef) error {
+	if ref.Kind == kindCNP {
+		return e.deleteClusterPolicy(ctx, ref.Name)
+	}
 	delete(e.appliedPolicy, ref.Namespace+"/"+ref.Name)
 	if err := e.CP.Client.NetworkingV1().NetworkPolicies(ref.Namespace).Delete(ctx, ref.Name, metav1.DeleteOptions{}); err != nil {
 		return fmt.Errorf("delete networkpolicy %s/%s: %w", ref.Namespace, ref.Name, err)
@@ -576,11 +601,14 @@ func (e *Env) setPodLabels(ctx context.Context, id string, set map[string]string
 	return nil
 }
 
-// Reset returns the cluster to the model: no NetworkPolicy in any model
-// namespace, no run-time pod or namespace, the model's namespaces, pods,
+// Reset returns the cluster to the model: no ClusterNetworkPolicy, no
+// NetworkPolicy in any model namespace, no run-time pod or namespace, the model's namespaces, pods,
 // Services and labels back, and the slices that follow from them.
 func (e *Env) Reset(ctx context.Context) error {
 	clear(e.appliedPolicy)
+	if err := e.deleteClusterPolicies(ctx); err != nil {
+		return err
+	}
 	for _, ns := range e.Model.Namespaces {
 		if e.deletedNS[ns.Name] {
 			continue

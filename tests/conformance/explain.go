@@ -250,7 +250,7 @@ func (e *Env) explainProbe(p *Probe, pr *ProbeResult) *ExplainCheck {
 	var ports []int
 	for _, pp := range pairs {
 		port := p.Port
-		if pr.Target == "service" {
+		if pr.Target != "pod" {
 			ls, ok := e.serviceOf(pp.to, p.Port, p.Protocol)
 			if !ok {
 				continue
@@ -269,7 +269,8 @@ func (e *Env) explainProbe(p *Probe, pr *ProbeResult) *ExplainCheck {
 	total := &ExplainCheck{}
 	start := time.Now()
 	for _, port := range ports {
-		c := e.explainer().check(byPort[port], port, p.Protocol, pr.Observed, pr.Expected)
+		observed, expected := explainBasis(p, pr)
+		c := e.explainer().check(byPort[port], port, p.Protocol, observed, expected)
 		total.Pairs += c.Pairs
 		total.Calls += c.Calls
 		total.Rounds = max(total.Rounds, c.Rounds)

@@ -17,6 +17,7 @@ type Report struct {
 	Nodes     int          `json:"nodes"`
 	KubeProxy bool         `json:"kube_proxy"`
 	SCTPMode  string       `json:"sctp_mode"`
+	Via       Via          `json:"via"`
 	Started   time.Time    `json:"started"`
 	Setup     float64      `json:"setup_seconds"`
 	Wall      float64      `json:"wall_seconds"`
@@ -38,7 +39,7 @@ func NewReport(out io.Writer, catalog string, podOrder []string) *Report {
 
 // Header prints what the run is about, including how SCTP is probed.
 func (r *Report) Header(e *Env, setup time.Duration) {
-	r.Nodes, r.SCTPMode, r.Setup, r.KubeProxy = len(e.Nodes), e.SCTPMode, setup.Seconds(), e.KubeProxy
+	r.Nodes, r.SCTPMode, r.Setup, r.KubeProxy, r.Via = len(e.Nodes), e.SCTPMode, setup.Seconds(), e.KubeProxy, e.Via
 	var place []string
 	for _, id := range r.ids {
 		place = append(place, id+"@"+e.NodeOf(id))
@@ -51,8 +52,9 @@ func (r *Report) Header(e *Env, setup time.Duration) {
 	default:
 		fmt.Fprintln(r.out, "note: SCTP probes set up real associations")
 	}
+	fmt.Fprintln(r.out, viaNote(e.Via))
 	if e.KubeProxy {
-		fmt.Fprintln(r.out, "note: kube-proxy (iptables) runs on every node and kube-controller-manager writes the EndpointSlices; Palisade translates ClusterIPs on the sending pod's veth before kube-proxy sees them")
+		fmt.Fprintln(r.out, "note: kube-proxy (iptables) runs on every node and kube-controller-manager writes the EndpointSlices; Palisade translates ClusterIPs and NodePorts on the sending pod's veth before kube-proxy sees them")
 	} else {
 		fmt.Fprintln(r.out, "note: no kube-proxy (--kube-proxy=false): ClusterIPs are translated by Palisade's own eBPF Service translation only; the runner writes the EndpointSlices")
 	}

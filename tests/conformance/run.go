@@ -63,6 +63,9 @@ type ProbeResult struct {
 	Details    map[string]string `json:"details,omitempty"`
 	// Explain is the explain check of a probe step, with Env.Explain.
 	Explain *ExplainCheck `json:"explain,omitempty"`
+	// NotAsserted counts the pairs a "listed" probe leaves out: not
+	// probed, not counted as passing (shown as "." in the tables).
+	NotAsserted int `json:"not_asserted,omitempty"`
 }
 
 // pair is one ordered pair of pods of a probe.
@@ -206,10 +209,7 @@ func allTrue(ids []string) map[string]map[string]bool {
 // pairs again until they match or ProbeDeadline passes.
 func (e *Env) probe(p *Probe, step string) ProbeResult {
 	start := time.Now()
-	target := p.Target
-	if target == "" {
-		target = "service"
-	}
+	target := e.targetOf(p)
 	method := "connect"
 	if p.Protocol == corev1.ProtocolSCTP {
 		method = e.SCTPMode
@@ -217,19 +217,13 @@ func (e *Env) probe(p *Probe, step string) ProbeResult {
 	pr := ProbeResult{Step: step, Port: p.Port, Protocol: p.Protocol, Target: target, Method: method,
 		Expected: Matrix{}, Observed: Matrix{}, Details: map[string]string{}}
 	// Every pair of the pods alive now: the model's that are left and the
-	// run-time ones (expected_extra).
-	var pending []pair
-	for _, from := range e.order {
-		for _, to := range e.order {
-			if from == to && p.IgnoreLoopback {
-				continue
-			}
-			want, _ := p.want(from, to)
-			pr.Expected.set(from, to, want)
-			pending = append(pending, pair{from, to})
-		}
+	// run-time ones (expected_extra); for a "listed" probe only its pairs
+	// (clusterpolicy.go).
+	pending, notAsserted := p.pairsToProbe(e.order)
+	for _, pp := range pending {
+		pr.Expected.set(pp.from, pp.to, e.want(p, target, pp.from, pp.to))
 	}
-	pr.Pairs = len(pending)
+	pr.Pairs, pr.NotAsserted = len(pending), notAsserted
 	deadline := start.Add(ProbeDeadline)
 	for {
 		pr.Rounds++
@@ -239,7 +233,7 @@ func (e *Env) probe(p *Probe, step string) ProbeResult {
 			o := obs[i]
 			pr.Observed.set(pp.from, pp.to, o.connected)
 			key := pp.from + "->" + pp.to
-			if want, _ := p.want(pp.from, pp.to); o.invalid || o.connected != want {
+			if o.invalid || o.connected != e.want(p, target, pp.from, pp.to) {
 				again = append(again, pp)
 				pr.Details[key] = o.detail
 			} else {
@@ -279,32 +273,25 @@ func (e *Env) probePairs(pairs []pair, p *Probe, target string) []observation {
 	return out
 }
 
-// probeOne probes one pair: from the source pod to the destination's
-// Service ClusterIP (or pod IP), on the probe's port and protocol.
+// probeOne probes one pair: from the source pod to each destination of
+// the run's Via (dests), on the probe's port and protocol.
 func (e *Env) probeOne(pp pair, p *Probe, target string) observation {
-	ctx := context.Background()
-	src, dst := e.Pods[pp.from], e.Pods[pp.to]
-	addr := dst.IP()
-	backends := []string{pp.to}
-	if target == "service" {
-		ls, ok := e.serviceOf(pp.to, p.Port, p.Protocol)
-		if !ok {
-			return observation{invalid: true, detail: fmt.Sprintf("no Service leads to %s on %s/%d", pp.to, p.Protocol, p.Port)}
-		}
-		addr, backends = ls.clusterIP, ls.backends
+	ds, backends, reason := e.dests(pp, p, target)
+	if reason != "" {
+		return observation{invalid: true, detail: reason}
 	}
-	switch p.Protocol {
-	case corev1.ProtocolSCTP:
-		return e.probeSCTP(ctx, src, dst, addr, p.Port)
-	default:
-		v := testbed.Probe(ctx, src, addr, p.Port, p.Protocol)
-		o := observation{connected: v.Outcome == testbed.Connected, detail: fmt.Sprintf("%s via %s", v, addr)}
-		if o.connected && !containsPodName(backends, v.Reply) {
-			o.invalid = true
-			o.detail = fmt.Sprintf("answered by %q, not by a backend of %s (%v)", v.Reply, addr, backends)
-		}
-		return o
+	obs := make([]observation, len(ds))
+	for i, d := range ds {
+		obs[i] = e.probeDest(pp, p, d, backends)
 	}
+	return combineDests(obs, ds, e.want(p, target, pp.from, pp.to))
+}
+
+// want is the expected result of from->to on probe p sent to target: the
+// catalog's, unless the path itself decides (expectVia).
+func (e *Env) want(p *Probe, target, from, to string) bool {
+	v, _ := p.want(from, to)
+	return expectVia(target, p.Protocol, v)
 }
 
 // containsPodName reports whether reply is the name of one of ids' pods;
@@ -318,7 +305,8 @@ func containsPodName(ids []string, reply string) bool {
 	return false
 }
 
-func (e *Env) probeSCTP(ctx context.Context, src, dst *testbed.Pod, addr netip.Addr, port int) observation {
+func (e *Env) probeSCTP(src, dst *testbed.Pod, addr netip.Addr, port int) observation {
+	ctx := context.Background()
 	var ok bool
 	var err error
 	if e.SCTPMode == testbed.SCTPAssociation {
@@ -331,5 +319,5 @@ func (e *Env) probeSCTP(ctx context.Context, src, dst *testbed.Pod, addr netip.A
 	if err != nil {
 		return observation{invalid: true, detail: err.Error()}
 	}
-	return observation{connected: ok, detail: fmt.Sprintf("%s %v via %s", e.SCTPMode, ok, addr)}
+	return observation{connected: ok, detail: fmt.Sprintf("%s %v via %s:%d", e.SCTPMode, ok, addr, port)}
 }

@@ -27,6 +27,8 @@ type cniOptions struct {
 	dualStack  bool
 	// ip is the address the pod asks host-local for (CNI_ARGS IP=).
 	ip netip.Addr
+	// pluginLog, if set, is palisade's logFile, at level info.
+	pluginLog string
 }
 
 // WithoutPalisade drops the palisade entry: the baseline pod network, with no
@@ -49,6 +51,40 @@ func WithCNIVersion(v string) CNIOption { return func(o *cniOptions) { o.cniVers
 // fixed IP plan is never shifted silently.
 func WithIP(ip netip.Addr) CNIOption { return func(o *cniOptions) { o.ip = ip } }
 
+// WithPluginLog has palisade log at level info to path: its ADD records
+// the time of each phase ("Programs attached", vethLookup=…), which the
+// benchmark reads.
+func WithPluginLog(path string) CNIOption { return func(o *cniOptions) { o.pluginLog = path } }
+
+// setPluginLog points the palisade entry at the end of list at o.pluginLog.
+func setPluginLog(list *libcni.NetworkConfigList, o cniOptions) (*libcni.NetworkConfigList, error) {
+	if o.pluginLog == "" || o.last != "palisade" {
+		return list, nil
+	}
+	var conf map[string]any
+	if err := json.Unmarshal(list.Bytes, &conf); err != nil {
+		return nil, fmt.Errorf("parse conflist: %w", err)
+	}
+	plugins, _ := conf["plugins"].([]any)
+	if len(plugins) == 0 {
+		return nil, fmt.Errorf("conflist %s has no plugins", list.Name)
+	}
+	last, ok := plugins[len(plugins)-1].(map[string]any)
+	if !ok || last["type"] != "palisade" {
+		return nil, fmt.Errorf("conflist %s does not end with palisade", list.Name)
+	}
+	last["logFile"], last["logLevel"] = o.pluginLog, "info"
+	out, err := json.Marshal(conf)
+	if err != nil {
+		return nil, fmt.Errorf("encode conflist: %w", err)
+	}
+	list, err = libcni.NetworkConfFromBytes(out)
+	if err != nil {
+		return nil, fmt.Errorf("reload conflist with the plugin log: %w", err)
+	}
+	return list, nil
+}
+
 func buildCNIOptions(opts []CNIOption) cniOptions {
 	o := cniOptions{last: "palisade"}
 	for _, opt := range opts {
@@ -70,6 +106,9 @@ func (n *Node) cni(tb TB, o cniOptions) (*libcni.CNIConfig, *libcni.NetworkConfi
 		b.Plugin(tb)
 	}
 	list, err := n.conflist(o)
+	if err == nil {
+		list, err = setPluginLog(list, o)
+	}
 	if err != nil {
 		tb.Fatalf("node %s: %v", n.Name, err)
 	}

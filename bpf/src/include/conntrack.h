@@ -32,14 +32,27 @@ struct ct_key {
 };
 
 #define CT_F_NAT (1 << 0) /* replies get their source rewritten to nat_addr */
+/* A flow to a Service, keyed by the tuple the pod sent (before translation)
+ * in DIR_EGRESS: nat_addr and nat_port are the backend it was given, and
+ * revision the endpoint revision at which the translated flow's own entry
+ * (keyed by the backend's tuple, CT_F_NAT) was last judged and found live.
+ * A packet of an established Service flow finds it with the one lookup
+ * any packet the pod sends makes first, and is translated without the
+ * Service tables. Never the entry of a reply: replies match the translated
+ * flow's entry. */
+#define CT_F_SERVICE (1 << 1)
+/* A flow to a Service that leads only to the pod itself, left to
+ * kube-proxy untranslated: a pod's traffic with itself, never re-judged. */
+#define CT_F_SELF (1 << 2)
 
 struct ct_entry {
 	__u64 expires;  /* bpf_ktime_get_ns() deadline */
 	__u64 revision; /* endpoint revision that admitted the flow */
 	__u32 ifindex;  /* endpoint that admitted the flow */
 	__u32 rule;
-	/* DIR_SERVICE entry: the backend the flow was given. Translated flow's
-	 * entry: the Service address its replies must appear to come from. */
+	/* CT_F_SERVICE (or an older version's DIR_SERVICE) entry: the backend
+	 * the flow was given. CT_F_NAT entry: the Service address its replies
+	 * must appear to come from. */
 	__u8 nat_addr[16];
 	__be16 nat_port;
 	__u16 flags; /* CT_F_* */

@@ -130,17 +130,16 @@ static __always_inline void emit_event(const struct __sk_buff *skb, const struct
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* emit_allow records a flow admitted by policy: counted always, offered as
- * an event one time in allow_sample_rate. */
-static __always_inline void emit_allow(const struct __sk_buff *skb, const struct flow *f, __u8 dir,
-				       __u32 peer, __u32 rule)
+/* allow_sampled counts a flow admitted by policy and says whether to offer
+ * it as an event: one time in allow_sample_rate. */
+static __always_inline int allow_sampled(__u8 dir)
 {
 	count_verdict(dir, REASON_ALLOWED);
 	if (!allow_sample_rate)
-		return;
+		return 0;
 	if (allow_sample_rate > 1 && bpf_get_prandom_u32() % allow_sample_rate)
-		return;
-	emit_event(skb, f, dir, REASON_ALLOWED, peer, rule);
+		return 0;
+	return 1;
 }
 
 /* emit_drop records a dropped packet: counted always, offered as an event

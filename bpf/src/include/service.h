@@ -211,11 +211,12 @@ static __always_inline struct backend_value *lb_pick(const struct service_value 
 	return be;
 }
 
-/* lb_translate rewrites a packet sent to a Service to the flow's backend.
- * On LB_TRANSLATED, vip and vport hold the Service address the flow's
- * replies must come from. */
+/* lb_translate rewrites a packet sent to a Service to the flow's backend:
+ * the one svc records when the flow is known (its CT_F_SERVICE entry),
+ * else one chosen now. On LB_TRANSLATED, vip and vport hold the Service
+ * address the flow's replies must come from, and f the backend. */
 static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, __u32 ifindex, __u64 now,
-					__u8 *vip, __be16 *vport)
+					const struct ct_entry *svc_ct, __u8 *vip, __be16 *vport)
 {
 	struct service_key sk = {.port_net = f->dport, .proto = f->proto};
 	struct service_value *svc;
@@ -225,6 +226,11 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 	__u32 slot;
 	int nodeport = 0;
 
+	if (svc_ct) {
+		ne.nat_port = svc_ct->nat_port;
+		__builtin_memcpy(ne.nat_addr, svc_ct->nat_addr, 16);
+		goto rewrite;
+	}
 	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP && f->proto != IPPROTO_SCTP)
 		return LB_NONE;
 	__builtin_memcpy(sk.addr, f->daddr, 16);
@@ -240,10 +246,11 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 	if (!svc || svc->count == 0)
 		return LB_NONE;
 
+	/* A flow an older version translated keeps its backend: it recorded
+	 * the choice under DIR_SERVICE. */
 	ct_key_forward(&key, f, DIR_SERVICE);
 	e = ct_lookup(&key);
 	if (e && e->ifindex == ifindex && e->expires > now) {
-		e->expires = now + ct_lifetime(f);
 		ne.nat_port = e->nat_port;
 		__builtin_memcpy(ne.nat_addr, e->nat_addr, 16);
 	} else {
@@ -252,9 +259,6 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 			return LB_NONE;
 		ne.nat_port = be->port_net;
 		__builtin_memcpy(ne.nat_addr, be->addr, 16);
-		ne.expires = now + ct_lifetime(f);
-		ne.ifindex = ifindex;
-		ct_store(&key, &ne);
 	}
 	if (addr_eq(ne.nat_addr, f->saddr))
 		return LB_SELF;
@@ -264,9 +268,31 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 	 * past its policy: it is dropped instead. */
 	if (f->proto == IPPROTO_SCTP && ne.nat_port != f->dport)
 		return nodeport ? LB_ERROR : LB_NONE;
+rewrite:
 	__builtin_memcpy(vip, f->daddr, 16);
 	*vport = f->dport;
 	if (nat_rewrite(skb, f, 1, ne.nat_addr, ne.nat_port) < 0)
 		return LB_ERROR;
 	return LB_TRANSLATED;
+}
+
+/* lb_record keeps the translation of the flow f (translated from vip and
+ * vport) in its CT_F_SERVICE entry, at the endpoint's revision: its next
+ * packets are translated from there. */
+static __always_inline void lb_record(const struct flow *f, __u32 ifindex, __u64 now, __u64 revision,
+				      const __u8 *vip, __be16 vport)
+{
+	struct ct_entry ne = {};
+	struct ct_key key;
+
+	ct_key_forward(&key, f, DIR_EGRESS);
+	__builtin_memcpy(key.daddr, vip, 16);
+	key.dport = vport;
+	ne.expires = now + ct_lifetime(f);
+	ne.revision = revision;
+	ne.ifindex = ifindex;
+	ne.flags = CT_F_SERVICE;
+	ne.nat_port = f->dport;
+	__builtin_memcpy(ne.nat_addr, f->daddr, 16);
+	ct_store(&key, &ne);
 }

@@ -26,6 +26,22 @@ static __always_inline __u64 ct_lifetime(const struct flow *f)
 	return CT_TCP_ESTABLISHED;
 }
 
+/* ct_refresh moves e's deadline to now + lifetime, but only when that moves
+ * it by a second or more: a write on every packet would dirty the entry's
+ * cache line on every packet, and bounce it between CPUs when the two
+ * directions of a flow are handled on different ones. A flow may so expire
+ * up to a second before its lifetime after its last packet. It returns 1
+ * when it wrote. */
+static __always_inline int ct_refresh(struct ct_entry *e, __u64 now, __u64 lifetime)
+{
+	__u64 expires = now + lifetime;
+
+	if (expires - e->expires < NSEC || e->expires - expires < NSEC)
+		return 0;
+	e->expires = expires;
+	return 1;
+}
+
 static __always_inline void ct_key_forward(struct ct_key *k, const struct flow *f, __u8 dir)
 {
 	__builtin_memcpy(k->saddr, f->saddr, 16);
