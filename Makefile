@@ -42,9 +42,11 @@ test: kube flannel helm
 # NetworkPolicy conformance: the upstream e2e suite's catalog and ours,
 # replayed on a two-node testbed, with the report (README "Conformance").
 # `make test` runs the same cases as TestPrivilegedConformance.
+# VIA=nodeport (or pod) probes through NodePorts (pod IPs) instead of
+# ClusterIPs.
 .PHONY: conformance
 conformance: kube flannel
-	scripts/conformance
+	scripts/conformance $(if $(VIA),--via $(VIA))
 
 # The performance benchmark on the testbed against a no-Palisade baseline
 # (README "Performance"); minutes long, so not part of `make test`.

@@ -589,3 +589,41 @@ func registeredThenRemoved(t *testing.T, fa *fakeAgent, _ string) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// BenchmarkPrivilegedFindHostVeth compares the two ways ADD finds the host
+// veth: proven from prevResult in the host netns, and by entering the pod's
+// netns (the fallback, and the only way before).
+func BenchmarkPrivilegedFindHostVeth(b *testing.B) {
+	privileged.Require(b)
+	pn := newPodNet(b)
+	_, prev, err := parseConfig(netconf(b, "0.3.1", set("prevResult", prevResult(b, "0.3.1", pn.pod.Path()))))
+	if err != nil {
+		b.Fatalf("parseConfig: %v", err)
+	}
+	ways := []struct {
+		name string
+		find func() (hostVeth, error)
+	}{
+		{"prevResult", func() (hostVeth, error) { return findHostVeth(pn.pod.Path(), "eth0", prev) }},
+		{"netns", func() (hostVeth, error) { return hostVethFromNetns(pn.pod.Path(), "eth0", prev) }},
+	}
+	for _, w := range ways {
+		b.Run(w.name, func(b *testing.B) {
+			err := pn.node.Do(func(ns.NetNS) error {
+				for b.Loop() {
+					hv, err := w.find()
+					if err != nil {
+						return err
+					}
+					if hv != pn.host {
+						return fmt.Errorf("found %+v, want %+v", hv, pn.host)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}

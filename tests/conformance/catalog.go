@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -27,7 +28,11 @@ type Model struct {
 	Pods       []ModelPod        `json:"pods"`
 	Services   []ModelService    `json:"services"`
 	PodIPs     map[string]string `json:"pod_ips,omitempty"`
-	byID       map[string]*ModelPod
+	// ClusterPolicyCRD is the ClusterNetworkPolicy CRD the run installs,
+	// relative to model.json's directory (Load makes it absolute); empty:
+	// the standard-channel CRD Palisade ships (clusterpolicy.go).
+	ClusterPolicyCRD string `json:"cluster_policy_crd,omitempty"`
+	byID             map[string]*ModelPod
 }
 
 // Namespace is a namespace of the model and the labels it is created with.
@@ -86,6 +91,9 @@ type Case struct {
 	Preconditions *Preconditions  `json:"preconditions,omitempty"`
 	Setup         []Step          `json:"setup"`
 	Cleanup       json.RawMessage `json:"cleanup,omitempty"`
+	// Source is provenance the runner does not need: the upstream file
+	// and subtest a transcribed case comes from.
+	Source json.RawMessage `json:"source,omitempty"`
 }
 
 // Preconditions are the all-allow checks made before a case's first step.
@@ -114,6 +122,11 @@ type Probe struct {
 	// (create_pod), expected_extra[from][to]; Expected stays the model's
 	// table.
 	ExpectedExtra map[string]map[string]bool `json:"expected_extra,omitempty"`
+	// Pairs is "all" (the default: every pair of the pods alive must be
+	// in Expected or ExpectedExtra) or "listed": only the pairs in
+	// Expected are probed and judged, every other pair is not asserted
+	// (clusterpolicy.go; a suite that pokes single pairs is written so).
+	Pairs string `json:"pairs,omitempty"`
 
 	// Provenance the runner does not need: which pods upstream asserts
 	// (the runner checks every pair, a superset) and how the rest were
@@ -148,8 +161,11 @@ type LabelPod struct {
 	Replace   bool              `json:"replace,omitempty"`
 }
 
-// ObjectRef names a namespaced object (a delete or delete_pod step).
+// ObjectRef names an object: a policy of a delete step (Kind
+// NetworkPolicy, the default, or ClusterNetworkPolicy, which has no
+// namespace) or a pod of a delete_pod step.
 type ObjectRef struct {
+	Kind      string `json:"kind,omitempty"`
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
 }
@@ -262,6 +278,9 @@ func Load(modelPath, casesPath string) (*Catalog, error) {
 	}
 	if err := m.index(); err != nil {
 		return nil, fmt.Errorf("model %s: %w", modelPath, err)
+	}
+	if m.ClusterPolicyCRD != "" && !filepath.IsAbs(m.ClusterPolicyCRD) {
+		m.ClusterPolicyCRD = filepath.Join(filepath.Dir(modelPath), m.ClusterPolicyCRD)
 	}
 	var cases []Case
 	if err := readJSON(casesPath, &cases); err != nil {
@@ -404,6 +423,9 @@ func (cat *Catalog) checkStep(st *caseState, s Step) error {
 		if err := json.Unmarshal(s["apply"], &pol); err != nil {
 			return fmt.Errorf("decode apply step: %w", err)
 		}
+		if err := checkApplyKind(pol); err != nil {
+			return err
+		}
 		return checkTemplates(pol, st.alive)
 	case "probe":
 		var p Probe
@@ -429,7 +451,10 @@ func (cat *Catalog) checkStep(st *caseState, s Step) error {
 		}
 	case "delete":
 		var r ObjectRef
-		return s.Decode(kind, &r)
+		if err := s.Decode(kind, &r); err != nil {
+			return err
+		}
+		return checkDelete(r)
 	case "create_namespace":
 		var c CreateNamespace
 		if err := s.Decode(kind, &c); err != nil {
@@ -512,6 +537,12 @@ func (cat *Catalog) checkProbe(st *caseState, p *Probe) error {
 	}
 	if p.Target != "pod" && !cat.hasServicePort(p.Port, p.Protocol) {
 		return fmt.Errorf("probe %s/%d: no Service of the model has that port", p.Protocol, p.Port)
+	}
+	if p.Pairs == "listed" {
+		return checkListedPairs(st, p)
+	}
+	if p.Pairs != "" && p.Pairs != "all" {
+		return fmt.Errorf("probe pairs %q is not supported by this runner", p.Pairs)
 	}
 	for _, table := range []map[string]map[string]bool{p.Expected, p.ExpectedExtra} {
 		for from, row := range table {

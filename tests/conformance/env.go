@@ -154,6 +154,13 @@ func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool, opts ...SetupOpti
 	if kubeProxy {
 		e.CP.StartControllerManager(tb)
 	}
+	// The ClusterNetworkPolicy CRD goes in before the agents start: an
+	// agent looks for the resource once, at start.
+	if m.ClusterPolicyCRD != "" {
+		e.CP.InstallClusterPolicyCRDFile(tb, m.ClusterPolicyCRD)
+	} else {
+		e.CP.InstallClusterPolicyCRD(tb)
+	}
 	// Real Flannel (VXLAN), with palisade chained by install-cni into
 	// kube-flannel's own conflist: the pods run what a Flannel cluster runs.
 	for i := 1; i <= nodes; i++ {
@@ -470,6 +477,9 @@ func (e *Env) podIP(id string) (netip.Addr, bool) {
 // step, filling its templates from the live pods. The policy is decoded as
 // strictly as the API server, so a field we do not know is an error.
 func (e *Env) Apply(ctx context.Context, raw json.RawMessage, mode string) error {
+	if isClusterPolicy(raw) {
+		return e.applyClusterPolicy(ctx, raw, mode)
+	}
 	pol, err := e.apply(ctx, raw, mode)
 	if err == nil {
 		e.appliedPolicy[pol.Namespace+"/"+pol.Name] = pol
@@ -515,6 +525,9 @@ func (e *Env) apply(ctx context.Context, raw json.RawMessage, mode string) (*net
 
 // DeletePolicy deletes a policy.
 func (e *Env) DeletePolicy(ctx context.Context, ref ObjectRef) error {
+	if ref.Kind == kindCNP {
+		return e.deleteClusterPolicy(ctx, ref.Name)
+	}
 	delete(e.appliedPolicy, ref.Namespace+"/"+ref.Name)
 	if err := e.CP.Client.NetworkingV1().NetworkPolicies(ref.Namespace).Delete(ctx, ref.Name, metav1.DeleteOptions{}); err != nil {
 		return fmt.Errorf("delete networkpolicy %s/%s: %w", ref.Namespace, ref.Name, err)
@@ -588,11 +601,14 @@ func (e *Env) setPodLabels(ctx context.Context, id string, set map[string]string
 	return nil
 }
 
-// Reset returns the cluster to the model: no NetworkPolicy in any model
-// namespace, no run-time pod or namespace, the model's namespaces, pods,
+// Reset returns the cluster to the model: no ClusterNetworkPolicy, no
+// NetworkPolicy in any model namespace, no run-time pod or namespace, the model's namespaces, pods,
 // Services and labels back, and the slices that follow from them.
 func (e *Env) Reset(ctx context.Context) error {
 	clear(e.appliedPolicy)
+	if err := e.deleteClusterPolicies(ctx); err != nil {
+		return err
+	}
 	for _, ns := range e.Model.Namespaces {
 		if e.deletedNS[ns.Name] {
 			continue

@@ -63,6 +63,9 @@ type ProbeResult struct {
 	Details    map[string]string `json:"details,omitempty"`
 	// Explain is the explain check of a probe step, with Env.Explain.
 	Explain *ExplainCheck `json:"explain,omitempty"`
+	// NotAsserted counts the pairs a "listed" probe leaves out: not
+	// probed, not counted as passing (shown as "." in the tables).
+	NotAsserted int `json:"not_asserted,omitempty"`
 }
 
 // pair is one ordered pair of pods of a probe.
@@ -214,18 +217,13 @@ func (e *Env) probe(p *Probe, step string) ProbeResult {
 	pr := ProbeResult{Step: step, Port: p.Port, Protocol: p.Protocol, Target: target, Method: method,
 		Expected: Matrix{}, Observed: Matrix{}, Details: map[string]string{}}
 	// Every pair of the pods alive now: the model's that are left and the
-	// run-time ones (expected_extra).
-	var pending []pair
-	for _, from := range e.order {
-		for _, to := range e.order {
-			if from == to && p.IgnoreLoopback {
-				continue
-			}
-			pr.Expected.set(from, to, e.want(p, target, from, to))
-			pending = append(pending, pair{from, to})
-		}
+	// run-time ones (expected_extra); for a "listed" probe only its pairs
+	// (clusterpolicy.go).
+	pending, notAsserted := p.pairsToProbe(e.order)
+	for _, pp := range pending {
+		pr.Expected.set(pp.from, pp.to, e.want(p, target, pp.from, pp.to))
 	}
-	pr.Pairs = len(pending)
+	pr.Pairs, pr.NotAsserted = len(pending), notAsserted
 	deadline := start.Add(ProbeDeadline)
 	for {
 		pr.Rounds++

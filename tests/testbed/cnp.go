@@ -30,23 +30,32 @@ var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Ver
 // before starting agents: an agent looks for the resource once, at start.
 func (cp *ControlPlane) InstallClusterPolicyCRD(tb TB) {
 	tb.Helper()
-	if err := cp.installCRD(); err != nil {
+	root, err := moduleRoot()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cp.InstallClusterPolicyCRDFile(tb, filepath.Join(root, clusterPolicyCRD))
+}
+
+// InstallClusterPolicyCRDFile is InstallClusterPolicyCRD with another
+// copy of the CRD, such as the experimental channel's (a conformance
+// catalog that probes experimental fields needs it: the standard CRD
+// prunes them).
+func (cp *ControlPlane) InstallClusterPolicyCRDFile(tb TB, path string) {
+	tb.Helper()
+	if err := cp.installCRD(path); err != nil {
 		tb.Fatal(err)
 	}
 }
 
-func (cp *ControlPlane) installCRD() error {
-	root, err := moduleRoot()
-	if err != nil {
-		return err
-	}
-	raw, err := os.ReadFile(filepath.Join(root, clusterPolicyCRD))
+func (cp *ControlPlane) installCRD(path string) error {
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read CRD: %w", err)
 	}
 	var obj map[string]any
 	if err := yaml.Unmarshal(raw, &obj); err != nil {
-		return fmt.Errorf("parse CRD %s: %w", clusterPolicyCRD, err)
+		return fmt.Errorf("parse CRD %s: %w", path, err)
 	}
 	dyn, err := dynamic.NewForConfig(cp.RestConfig)
 	if err != nil {

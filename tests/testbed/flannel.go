@@ -206,9 +206,14 @@ func (n *Node) InstallCNI(tb TB, extra ...string) string {
 
 func (n *Node) runAgentCommand(tb TB, args ...string) string {
 	tb.Helper()
+	// The first call of a test process builds the agent: that build (tens
+	// of seconds on a loaded machine) must not eat the command's own
+	// time, or install-cni fails with "context deadline exceeded" before
+	// it has started.
+	bin := Binaries(tb).Agent(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, Binaries(tb).Agent(tb), args...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	if err != nil {
 		tb.Fatalf("node %s: palisade-agent %s: %v\n%s", n.Name, args[0], err, out)
 	}
