@@ -166,8 +166,13 @@ func TestPrivilegedConformanceNodePort(t *testing.T) {
 	if *flagCLI || *flagModel != "" {
 		t.Skip("scripts/conformance and --model runs choose their --via themselves")
 	}
-	spec := defaultCatalogs(t)[0]
-	replayCatalog(t, spec, nil, ViaNodePort, Family4)
+	for _, spec := range defaultCatalogs(t) {
+		if spec.name == "upstream-netpol" {
+			replayCatalog(t, spec, nil, ViaNodePort, Family4)
+			return
+		}
+	}
+	t.Fatal("no upstream-netpol catalog among the default ones")
 }
 
 // replayCatalog replays one catalog (only the cases named in only, if

@@ -86,6 +86,11 @@ func (cp *ControlPlane) AddNetworkNode(tb TB, name string, index int, network Po
 				tb.Fatalf("add node %s: %v", name, err)
 			}
 		}
+		// The node's view is a copy taken now: the host's bpffs must be
+		// there before it, for palisade to open the agent's pins.
+		if err := hostBPFFS(); err != nil {
+			tb.Fatalf("add node %s: %v", name, err)
+		}
 		v, err := newMountView(n.dir)
 		if err != nil {
 			tb.Fatalf("add node %s: %v", name, err)
