@@ -256,7 +256,12 @@ func (e *Env) podAddrOf(af addrFamily) func(string) (netip.Addr, bool) {
 }
 
 // fixedIPs are the addresses a pod of the fixed IP plan asks for: the
-// plan's IPv4 one and, on a dual-stack network, its IPv6 image.
+// plan's IPv4 one. On a dual-stack network its IPv6 image (v6Addr) would be
+// needed too, and kube-flannel's conflist cannot ask for it: host-local
+// takes one address from CNI_ARGS IP=, and two only through the "ips"
+// capability, which the unmodified conflist does not declare (so no
+// runtime passes it). The plan is refused with that reason rather than
+// run with IPv6 addresses that its ipBlocks do not describe.
 func (e *Env) fixedIPs(ip netip.Addr) ([]netip.Addr, error) {
 	if !e.Family.dualStackNetwork() {
 		return []netip.Addr{ip}, nil
@@ -265,7 +270,7 @@ func (e *Env) fixedIPs(ip netip.Addr) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []netip.Addr{ip, ip6}, nil
+	return nil, fmt.Errorf("--family %s: a fixed IP plan needs %s and %s, and kube-flannel's conflist gives host-local one address per ADD (CNI_ARGS IP=; two need the \"ips\" capability, which the conflist does not declare): catalogs with pod_ips run on --family 4 only", e.Family, ip, ip6)
 }
 
 // clusterIPOf is the Service's ClusterIP in family af.

@@ -49,8 +49,9 @@ func WithCNIVersion(v string) CNIOption { return func(o *cniOptions) { o.cniVers
 // WithIP asks for a fixed pod address, as a runtime does with CNI_ARGS
 // "IP=" (host-local honours it: the address must lie in the node's range
 // and be free). ADD fails if the chain gives the pod another address, so a
-// fixed IP plan is never shifted silently. A dual-stack pod may be given
-// one address of each family (host-local takes "IP=a,b").
+// fixed IP plan is never shifted silently. host-local reads one address
+// from CNI_ARGS (two, one per family, need the "ips" capability, which
+// kube-flannel's conflist does not declare), so ADD refuses "IP=a,b".
 func WithIP(ip netip.Addr) CNIOption { return func(o *cniOptions) { o.ips = append(o.ips, ip) } }
 
 // WithPluginLog has palisade log at level info to path: its ADD records
