@@ -92,7 +92,7 @@ func TestPrivilegedBenchScaleCNP(t *testing.T) {
 	t.Cleanup(func() { deleteSimulatedPods(t, c, sim) })
 	res.GrowSeconds = growTo(t, sim, max(0, *flagCNPPods-realPods))
 	res.Pods = realPods + sim.Pods()
-	settleCNP(t, c, res.Pods)
+	settle(t, c, res.Pods, anyPolicies)
 	waitAllowed(t, m)
 
 	cost := func(policies int) {
@@ -123,43 +123,13 @@ func TestPrivilegedBenchScaleCNP(t *testing.T) {
 		c.ApplyClusterPolicy(t, p)
 	}
 	t.Logf("created %d cluster policies in %v", *flagCNPPolicies, time.Since(start).Round(time.Millisecond))
-	settleCNP(t, c, res.Pods)
+	settle(t, c, res.Pods, anyPolicies)
 	waitAllowed(t, m)
 	cost(*flagCNPPolicies + 1)
 
 	res.Propagation = cnpPropagation(t, c, m, res.Pods, *flagCNPPolicies+1)
 	for _, r := range res.Propagation {
 		t.Logf("%s: p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d, %d failures)", r.Event, r.P50ms, r.P99ms, r.MaxMs, r.N, r.Failures)
-	}
-}
-
-// settleCNP waits until both agents hold the pods in their ipcache and
-// have not compiled for two seconds.
-func settleCNP(t *testing.T, c *testbed.Cluster, pods int) {
-	t.Helper()
-	ctx := context.Background()
-	deadline := time.Now().Add(settleTimeout)
-	syncs := make([]float64, len(c.Agents))
-	quietSince := time.Now()
-	for {
-		ready := true
-		for i := range c.Agents {
-			mt, err := AgentMetrics(ctx, c.Nodes[i])
-			if err != nil {
-				t.Fatalf("settle: %v", err)
-			}
-			if n := mt["palisade_policy_compile_duration_seconds_count"]; n != syncs[i] {
-				syncs[i], quietSince = n, time.Now()
-			}
-			ready = ready && mt[`palisade_map_entries{map="ipcache"}`] >= float64(pods)
-		}
-		if ready && time.Since(quietSince) >= 2*time.Second {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agents did not settle at %d pods within %v", pods, settleTimeout)
-		}
-		time.Sleep(250 * time.Millisecond)
 	}
 }
 

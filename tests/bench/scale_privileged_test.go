@@ -196,9 +196,14 @@ func forEach(n int, fn func(int) error) error {
 	return <-errs // nil when closed empty
 }
 
-// settle waits until both agents count the cluster's policies, hold an
-// ipcache entry per pod, and have stopped syncing for a second: the stage
-// is absorbed and propagation measures one change, not a backlog.
+// anyPolicies tells settle not to count NetworkPolicies: a stage made of
+// ClusterNetworkPolicies has none.
+const anyPolicies = -1
+
+// settle waits until both agents count the cluster's policies (unless
+// policies is anyPolicies), hold an ipcache entry per pod, and have stopped
+// syncing for two seconds: the stage is absorbed and propagation measures
+// one change, not a backlog.
 func settle(t *testing.T, c *testbed.Cluster, pods, policies int) {
 	t.Helper()
 	ctx := context.Background()
@@ -216,9 +221,10 @@ func settle(t *testing.T, c *testbed.Cluster, pods, policies int) {
 			if n != syncs[i] {
 				syncs[i], quietSince = n, time.Now()
 			}
-			ready = ready && mt["palisade_policies"] == float64(policies) && mt[`palisade_map_entries{map="ipcache"}`] >= float64(pods)
+			counted := policies == anyPolicies || mt["palisade_policies"] == float64(policies)
+			ready = ready && counted && mt[`palisade_map_entries{map="ipcache"}`] >= float64(pods)
 		}
-		if ready && time.Since(quietSince) >= time.Second {
+		if ready && time.Since(quietSince) >= 2*time.Second {
 			return
 		}
 		if time.Now().After(deadline) {
