@@ -43,10 +43,10 @@ test: kube flannel helm
 # replayed on a two-node testbed, with the report (README "Conformance").
 # `make test` runs the same cases as TestPrivilegedConformance.
 # VIA=nodeport (or pod) probes through NodePorts (pod IPs) instead of
-# ClusterIPs.
+# ClusterIPs; FAMILY=6 (or dual) replays them on IPv6 (both families).
 .PHONY: conformance
 conformance: kube flannel
-	scripts/conformance $(if $(VIA),--via $(VIA))
+	scripts/conformance $(if $(VIA),--via $(VIA)) $(if $(FAMILY),--family $(FAMILY))
 
 # The performance benchmark on the testbed against a no-Palisade baseline
 # (README "Performance"); minutes long, so not part of `make test`.

@@ -45,19 +45,47 @@ func (v *View) resolve(s string) (end, error) {
 	if p == nil {
 		return end{}, fmt.Errorf("pod %s not found", s)
 	}
-	// The pod's address as the datapath sees it: a local endpoint's from the
-	// CNI chain, else the first one in the Pod's status.
-	for _, ep := range v.Endpoints {
-		if ep.PodNamespace == ns && ep.PodName == pn && len(ep.IPs) > 0 {
-			return end{addr: ep.IPs[0].Unmap(), pod: p}, nil
-		}
-	}
-	for _, ip := range p.Status.PodIPs {
-		if a, err := netip.ParseAddr(ip.IP); err == nil {
-			return end{addr: a, pod: p}, nil
-		}
+	if addrs := v.podAddrs(p); len(addrs) > 0 {
+		return end{addr: addrs[0], pod: p}, nil
 	}
 	return end{}, fmt.Errorf("pod %s has no IP address yet", s)
+}
+
+// podAddrs are the pod's addresses as the datapath sees them: a local
+// endpoint's from the CNI chain, else those in the Pod's status, in order.
+func (v *View) podAddrs(p *corev1.Pod) []netip.Addr {
+	for _, ep := range v.Endpoints {
+		if ep.PodNamespace == p.Namespace && ep.PodName == p.Name && len(ep.IPs) > 0 {
+			out := make([]netip.Addr, len(ep.IPs))
+			for i, a := range ep.IPs {
+				out[i] = a.Unmap()
+			}
+			return out
+		}
+	}
+	var out []netip.Addr
+	for _, ip := range p.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// inFamily is e with the pod's address of like's family, if it has one: a
+// flow has one family, so a dual-stack pod named on one side of an address
+// given on the other sends or receives from its address of that family
+// (an ipBlock of /128s judges its IPv6 address, never its IPv4 one).
+func (v *View) inFamily(e end, like netip.Addr) end {
+	if e.pod == nil || e.addr.Is4() == like.Is4() {
+		return e
+	}
+	for _, a := range v.podAddrs(e.pod) {
+		if a.Is4() == like.Is4() {
+			return end{addr: a, pod: e.pod}
+		}
+	}
+	return e
 }
 
 // Explain answers what the datapath of this node does with the first packet
@@ -70,6 +98,11 @@ func (v *View) Explain(req agentapi.ExplainRequest) ([]agentapi.Explanation, err
 	to, err := v.resolve(req.To)
 	if err != nil {
 		return nil, fmt.Errorf("--to: %w", err)
+	}
+	if _, err := netip.ParseAddr(req.From); err != nil {
+		from = v.inFamily(from, to.addr)
+	} else if _, err := netip.ParseAddr(req.To); err != nil {
+		to = v.inFamily(to, from.addr)
 	}
 	type target struct {
 		proto uint8

@@ -321,3 +321,59 @@ func TestExplainNamesTierObjectAndRule(t *testing.T) {
 		}
 	}
 }
+
+// TestExplainDualStackSourceFamily: a dual-stack pod named as the source of
+// a flow to an IPv6 address is judged by its IPv6 address, as the datapath
+// sees the packet: an ipBlock of its /128 admits it, one of its /32 does
+// not. (Found by the conformance replay with --family 6: explain denied what
+// the datapath allowed.)
+func TestExplainDualStackSourceFamily(t *testing.T) {
+	backend := pod("prod", "backend", node, "10.244.1.10", map[string]string{"role": "backend"}, corev1.ContainerPort{ContainerPort: 6379})
+	frontend := pod("prod", "frontend", node, "10.244.1.11", map[string]string{"role": "frontend"})
+	backend.Status.PodIPs = append(backend.Status.PodIPs, corev1.PodIP{IP: "fd00:10:244:1::a"})
+	frontend.Status.PodIPs = append(frontend.Status.PodIPs, corev1.PodIP{IP: "fd00:10:244:1::b"})
+	pods := []*corev1.Pod{backend, frontend}
+	fromBlock := func(cidr string) tweak {
+		return func(p *networkingv1.NetworkPolicy) {
+			p.Spec.Ingress = append(p.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{
+				From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: cidr}}},
+			})
+		}
+	}
+	for _, tc := range []struct {
+		name, cidr, from, to string
+		allowed              bool
+	}{
+		{"IPv6 /128 of the named source, IPv6 destination", "fd00:10:244:1::b/128", "prod/frontend", "fd00:10:244:1::a", true},
+		{"IPv4 /32 of the named source, IPv6 destination", "10.244.1.11/32", "prod/frontend", "fd00:10:244:1::a", false},
+		{"IPv4 /32 of the named source, IPv4 destination", "10.244.1.11/32", "prod/frontend", "10.244.1.10", true},
+		{"IPv6 source address, named destination", "fd00:10:244:1::b/128", "fd00:10:244:1::b", "prod/backend", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pols := []*networkingv1.NetworkPolicy{netpol("backend-from-block", map[string]string{"role": "backend"}, fromBlock(tc.cidr))}
+			var eps []agentapi.Endpoint
+			var peps []policy.Endpoint
+			for i, p := range pods {
+				var ips []netip.Addr
+				for _, ip := range p.Status.PodIPs {
+					ips = append(ips, netip.MustParseAddr(ip.IP))
+				}
+				id := "c" + p.Name + "_eth0"
+				eps = append(eps, agentapi.Endpoint{ID: id, PodNamespace: p.Namespace, PodName: p.Name, HostIfIndex: 10 + i, IPs: ips})
+				peps = append(peps, policy.Endpoint{ID: id, Ifindex: 10 + i, Pod: p, IPs: ips})
+			}
+			res := policy.Compile(policy.State{
+				Pods: pods, Policies: pols, Endpoints: peps,
+				Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "prod", Labels: map[string]string{"kubernetes.io/metadata.name": "prod"}}}},
+				NodeIPs:    []netip.Addr{netip.MustParseAddr("198.18.0.11")},
+			}, identity.NewAllocator())
+			xs, err := NewView(&res, pods, pols, eps, node).Explain(agentapi.ExplainRequest{From: tc.from, To: tc.to, Port: 6379, Protocol: "TCP"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(xs) != 1 || xs[0].Allowed != tc.allowed {
+				t.Fatalf("allowed %v, want %v: %+v", xs[0].Allowed, tc.allowed, xs)
+			}
+		})
+	}
+}

@@ -6,11 +6,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/palisade-cni/palisade/bpf"
 	"github.com/palisade-cni/palisade/daemon/endpoint"
+	"github.com/palisade-cni/palisade/daemon/statefile"
 )
 
 // UninstallConfig says where Palisade's pieces are on the node.
@@ -19,6 +21,9 @@ type UninstallConfig struct {
 	ConfDir  string
 	BPFRoot  string
 	StateDir string
+	// LockWait is how long to wait for a stopping agent to let go of the
+	// state directory before giving up.
+	LockWait time.Duration
 }
 
 // Uninstall takes Palisade off the node, in the order that never leaves a
@@ -27,7 +32,19 @@ type UninstallConfig struct {
 // (running pods become unenforced, as before Palisade), then the agent's
 // state, and the plugin binary last. Run it after the agent has stopped; it
 // is idempotent.
+//
+// It takes the agent's lock first, and refuses while an agent holds it: a
+// running agent would re-pin what this removes and re-attach programs to
+// the veths it sees, leaving a half-enforced node that says it has no
+// Palisade.
 func Uninstall(log *slog.Logger, cfg UninstallConfig) error {
+	lock, err := statefile.LockWait(cfg.StateDir, cfg.LockWait)
+	if err != nil {
+		return fmt.Errorf("uninstall needs the agent stopped (delete its DaemonSet first): %w", err)
+	}
+	// Held until the state directory, lock file included, is gone: an agent
+	// that starts after that finds nothing to resume.
+	defer lock.Close()
 	var errs []error
 	if err := unchainAll(log, cfg.ConfDir); err != nil {
 		errs = append(errs, err)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,4 +48,18 @@ func Lock(dir string) (*os.File, error) {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return f, nil
+}
+
+// LockWait is Lock, retried until wait has passed while another agent
+// holds the directory: an agent that is shutting down (its pod in its
+// grace period) lets go within seconds.
+func LockWait(dir string, wait time.Duration) (*os.File, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		f, err := Lock(dir)
+		if !errors.Is(err, ErrLocked) || !time.Now().Before(deadline) {
+			return f, err
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }

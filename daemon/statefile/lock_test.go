@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLockRefusesASecondHolder(t *testing.T) {
@@ -31,4 +32,29 @@ func TestLockRefusesASecondHolder(t *testing.T) {
 		t.Fatalf("Lock after the holder let go: %v", err)
 	}
 	again.Close()
+}
+
+// TestLockWaitOutlastsAStoppingHolder: LockWait gets the lock once the
+// holder lets go within the wait, and still refuses a holder that stays.
+func TestLockWaitOutlastsAStoppingHolder(t *testing.T) {
+	dir := t.TempDir()
+	held, err := Lock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LockWait(dir, 300*time.Millisecond); !errors.Is(err, ErrLocked) {
+		t.Fatalf("LockWait with the holder staying: err = %v, want ErrLocked", err)
+	}
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		held.Close()
+		close(released)
+	}()
+	got, err := LockWait(dir, 10*time.Second)
+	if err != nil {
+		t.Fatalf("LockWait while the holder stops: %v", err)
+	}
+	got.Close()
+	<-released
 }

@@ -20,11 +20,7 @@ func TestClusterPolicySteps(t *testing.T) {
 	listed := func(expected string) string {
 		return `{"probe":{"port":80,"protocol":"TCP","target":"pod","pairs":"listed","ignore_loopback":true,"expected":` + expected + `}}`
 	}
-	tests := []struct {
-		name  string
-		steps []string
-		want  string // substring; "" = runnable
-	}{
+	checkSkipReasons(t, []skipReasonCase{
 		{"create, update and delete a ClusterNetworkPolicy", []string{
 			`{"apply":` + tinyCNP + `}`, `{"apply":` + tinyCNP + `,"mode":"update"}`,
 			`{"delete":{"kind":"ClusterNetworkPolicy","name":"c"}}`,
@@ -40,20 +36,7 @@ func TestClusterPolicySteps(t *testing.T) {
 		{"listed probe of an ignored loopback", []string{listed(`{"x/a":{"x/a":true}}`)}, "loopback"},
 		{"unknown pairs mode", []string{`{"probe":{"port":80,"protocol":"TCP","target":"pod","pairs":"some","expected":{"x/a":{"x/b":true}}}}`}, `pairs "some"`},
 		{"a partial table without listed", []string{`{"probe":{"port":80,"protocol":"TCP","target":"pod","ignore_loopback":true,"expected":{"x/a":{"x/b":true}}}}`}, "missing"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cat := tinyCatalog(t)
-			c := &Case{ID: "c"}
-			for _, s := range tt.steps {
-				c.Setup = append(c.Setup, step(t, s))
-			}
-			got := cat.SkipReason(c)
-			if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
-				t.Errorf("SkipReason = %q, want %q", got, tt.want)
-			}
-		})
-	}
+	})
 }
 
 // TestPairsToProbe: a listed probe probes its pairs alone and counts the

@@ -31,6 +31,7 @@ var (
 	flagGenEvery = flag.Int("generated-every", 1, "without --model: replay every Nth case of tests/conformance/generated (0: none)")
 	flagVia      = flag.String("via", "clusterip", "how probes reach the destination: clusterip (its Service's ClusterIP), pod (its pod IP) or nodeport (its Service's NodePort on two nodes' addresses)")
 	flagProxy    = flag.Bool("kube-proxy", true, "run kube-controller-manager and kube-proxy (iptables); false: the runner writes EndpointSlices and ClusterIPs rely on Palisade's own translation")
+	flagFamily   = flag.String("family", "4", "address family of pods, Services, ipBlocks and probes: 4, 6 or dual (family.go)")
 	flagCLI      = flag.Bool("cli", false, "scripts/conformance mode: the report alone on stdout, exit status from the results")
 	// Issue #6: explain must agree with the datapath on every probed pair.
 	flagExplain = flag.Bool("explain", true, "after each probe step, ask the agents to explain every probed pair and fail on a disagreement with the observation")
@@ -130,6 +131,11 @@ func TestPrivilegedConformance(t *testing.T) {
 		cli.err = err
 		t.Fatal(err)
 	}
+	family, err := ParseFamily(*flagFamily)
+	if err != nil {
+		cli.err = err
+		t.Fatal(err)
+	}
 	cli.want = len(specs)
 	var only []string
 	if *flagOnly != "" {
@@ -139,7 +145,7 @@ func TestPrivilegedConformance(t *testing.T) {
 		if spec.name == "" {
 			spec.name = filepath.Base(filepath.Dir(spec.model))
 		}
-		t.Run(spec.name, func(t *testing.T) { replayCatalog(t, spec, only, via) })
+		t.Run(spec.name, func(t *testing.T) { replayCatalog(t, spec, only, via, family) })
 	}
 	if *flagJSON != "" {
 		if err := writeJSON(*flagJSON, cli.reports); err != nil {
@@ -160,13 +166,19 @@ func TestPrivilegedConformanceNodePort(t *testing.T) {
 	if *flagCLI || *flagModel != "" {
 		t.Skip("scripts/conformance and --model runs choose their --via themselves")
 	}
-	spec := defaultCatalogs(t)[0]
-	replayCatalog(t, spec, nil, ViaNodePort)
+	for _, spec := range defaultCatalogs(t) {
+		if spec.name == "upstream-netpol" {
+			replayCatalog(t, spec, nil, ViaNodePort, Family4)
+			return
+		}
+	}
+	t.Fatal("no upstream-netpol catalog among the default ones")
 }
 
 // replayCatalog replays one catalog (only the cases named in only, if
-// any) on a testbed of its own, probing via via.
-func replayCatalog(t *testing.T, spec catalogSpec, only []string, via Via) {
+// any) on a testbed of its own, probing via via on family, and returns
+// its report.
+func replayCatalog(t *testing.T, spec catalogSpec, only []string, via Via, family Family) *Report {
 	cat, err := Load(spec.model, spec.cases)
 	if err != nil {
 		cli.err = err
@@ -192,7 +204,8 @@ func replayCatalog(t *testing.T, spec catalogSpec, only []string, via Via) {
 	}
 	report := NewReport(out, spec.name, cat.Model.PodOrder)
 	start := time.Now()
-	env := Setup(t, cat.Model, *flagNodes, *flagProxy, WithVia(via))
+	cat.Family = string(family)
+	env := Setup(t, cat.Model, *flagNodes, *flagProxy, WithVia(via), WithFamily(family))
 	env.Explain = *flagExplain
 	report.Header(env, time.Since(start))
 	for i := range cases {
@@ -226,6 +239,7 @@ func replayCatalog(t *testing.T, spec catalogSpec, only []string, via Via) {
 		(x == nil || x.Allowed == 0 || x.Allowed == x.Pairs-x.Disagreements) {
 		t.Errorf("explain check saw a single verdict over the whole catalog: %+v", x)
 	}
+	return report
 }
 
 // writeJSON writes one catalog's report, or with several a list of them.

@@ -78,11 +78,7 @@ func TestSkipReasonRunTimeObjects(t *testing.T) {
 		}
 		return s + "}}"
 	}
-	tests := []struct {
-		name  string
-		steps []string
-		want  string // substring; "" = runnable
-	}{
+	checkSkipReasons(t, []skipReasonCase{
 		{"created pod probed with expected_extra", []string{
 			`{"create_pod":{"namespace":"x","name":"c","labels":{"pod":"c"}}}`,
 			`{"apply":{"metadata":{"name":"p","namespace":"x"},"spec":{"ingress":[{"from":[{"ipBlock":{"cidr":"{{hostCIDR x/c}}"}}]}]}}}`,
@@ -118,20 +114,7 @@ func TestSkipReasonRunTimeObjects(t *testing.T) {
 			`{"apply":{"spec":{}},"ipblock_membership":{"10.244.0.0/16":["x/a","x/q"]}}`}, "no pod x/q"},
 		{"ipblock_membership in another form", []string{
 			`{"apply":{"spec":{}},"ipblock_membership":[{"cidr":"10.0.0.0/8"}]}`}, "decode ipblock_membership"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cat := tinyCatalog(t)
-			c := &Case{ID: "c"}
-			for _, s := range tt.steps {
-				c.Setup = append(c.Setup, step(t, s))
-			}
-			got := cat.SkipReason(c)
-			if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
-				t.Errorf("SkipReason = %q, want %q", got, tt.want)
-			}
-		})
-	}
+	})
 }
 
 func TestTagsAreCapabilities(t *testing.T) {
@@ -234,7 +217,7 @@ func TestCheckMembership(t *testing.T) {
 		{"not a cidr", map[string][]string{"x/a": {"x/a"}}, "ipblock_membership"},
 	}
 	for _, tt := range tests {
-		err := checkMembership(tt.membership, blocks, ids, podIP)
+		err := checkMembership(tt.membership, blocks, ids, podIP, v4)
 		if (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
 			t.Errorf("%s: checkMembership = %v, want %q", tt.name, err, tt.wantErr)
 		}
@@ -331,5 +314,30 @@ func TestGeneratedUsesEveryField(t *testing.T) {
 		if !seen[k] {
 			t.Errorf("the generated catalog never uses %s", k)
 		}
+	}
+}
+
+// skipReasonCase is a case made of steps (JSON, one per step) and the
+// SkipReason it must get: a substring, "" for runnable.
+type skipReasonCase struct {
+	name  string
+	steps []string
+	want  string
+}
+
+func checkSkipReasons(t *testing.T, tests []skipReasonCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cat := tinyCatalog(t)
+			c := &Case{ID: "c"}
+			for _, s := range tt.steps {
+				c.Setup = append(c.Setup, step(t, s))
+			}
+			got := cat.SkipReason(c)
+			if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
+				t.Errorf("SkipReason = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

@@ -56,6 +56,10 @@ type Env struct {
 	// Via is how probes reach their destination (via.go); set by
 	// WithVia, since it decides the type of the Services Setup makes.
 	Via Via
+	// Family is the address family of the run (family.go); af is the
+	// one the probe in progress uses, the first of Family's otherwise.
+	Family Family
+	af     addrFamily
 
 	tb        testing.TB
 	explain   *explainer
@@ -78,8 +82,10 @@ type Env struct {
 type liveService struct {
 	spec      ModelService
 	clusterIP netip.Addr
-	nodePorts map[string]int // by servicePortKey, with Via nodeport
-	backends  []string       // pod ids in its EndpointSlice
+	// clusterIPs are all its ClusterIPs, one per family it has.
+	clusterIPs []netip.Addr
+	nodePorts  map[string]int // by servicePortKey, with Via nodeport
+	backends   []string       // pod ids in its EndpointSlice
 	// owner is the pod the Service was made for (its selector matches
 	// that pod alone when made); deleting the pod deletes it.
 	owner string
@@ -146,11 +152,12 @@ func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool, opts ...SetupOpti
 		podLabels: map[string]map[string]string{}, dirtyPods: map[string]bool{}, dirtyNS: map[string]bool{},
 		KubeProxy: kubeProxy, tb: tb, scopes: map[string]*scope{},
 		runtimePods: map[string]bool{}, createdNS: map[string]bool{}, deletedNS: map[string]bool{}, deletedPods: map[string]bool{},
-		appliedPolicy: map[string]*networkingv1.NetworkPolicy{}, Via: ViaClusterIP,
+		appliedPolicy: map[string]*networkingv1.NetworkPolicy{}, Via: ViaClusterIP, Family: Family4,
 	}
 	for _, o := range opts {
 		o(e)
 	}
+	e.af = e.Family.addrFamilies()[0]
 	if kubeProxy {
 		e.CP.StartControllerManager(tb)
 	}
@@ -163,8 +170,12 @@ func Setup(tb testing.TB, m *Model, nodes int, kubeProxy bool, opts ...SetupOpti
 	}
 	// Real Flannel (VXLAN), with palisade chained by install-cni into
 	// kube-flannel's own conflist: the pods run what a Flannel cluster runs.
+	var nodeOpts []testbed.NodeOption
+	if e.Family.dualStackNetwork() {
+		nodeOpts = append(nodeOpts, testbed.DualStackNode())
+	}
 	for i := 1; i <= nodes; i++ {
-		e.Nodes = append(e.Nodes, e.CP.AddNetworkNode(tb, fmt.Sprintf("node-%d", i), i, testbed.FlannelVXLAN))
+		e.Nodes = append(e.Nodes, e.CP.AddNetworkNode(tb, fmt.Sprintf("node-%d", i), i, testbed.FlannelVXLAN, nodeOpts...))
 	}
 	testbed.StartFlannel(tb, e.Nodes, true)
 	for _, n := range e.Nodes {
@@ -230,7 +241,13 @@ func (e *Env) startPod(id string, lbls map[string]string, ports []corev1.Contain
 			return fmt.Errorf("pod_ips %s: %s needs node %d, the testbed has %d", id, ip, idx, len(e.Nodes))
 		}
 		node = e.Nodes[idx-1]
-		opts = append(opts, testbed.WithIP(ip))
+		ips, err := e.fixedIPs(ip)
+		if err != nil {
+			return fmt.Errorf("pod_ips %s: %w", id, err)
+		}
+		for _, ip := range ips {
+			opts = append(opts, testbed.WithIP(ip))
+		}
 	} else {
 		node = e.Nodes[e.next%len(e.Nodes)]
 		e.next++
@@ -332,6 +349,7 @@ func (e *Env) createService(tb testbed.TB, ls *liveService) {
 	if e.KubeProxy {
 		svc.Spec.Selector = s.Selector
 	}
+	e.Family.serviceSpec(&svc.Spec)
 	for _, p := range s.Ports {
 		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{
 			Name: p.Name, Protocol: p.Protocol, Port: p.Port, TargetPort: intstr.FromInt32(p.Target()),
@@ -354,25 +372,35 @@ func (e *Env) createService(tb testbed.TB, ls *liveService) {
 		tb.Fatalf("service %s/%s: clusterIP %q: %v", s.Namespace, s.Name, created.Spec.ClusterIP, err)
 	}
 	ls.clusterIP = ip
+	for _, c := range created.Spec.ClusterIPs {
+		ip, err := netip.ParseAddr(c)
+		if err != nil {
+			tb.Fatalf("service %s/%s: clusterIPs %q: %v", s.Namespace, s.Name, created.Spec.ClusterIPs, err)
+		}
+		ls.clusterIPs = append(ls.clusterIPs, ip)
+	}
 	ls.nodePorts = nodePortsOf(created)
 	if e.KubeProxy {
-		if err := e.CP.WaitEndpoints(ctx, s.Namespace, s.Name, len(ls.backends)); err != nil {
+		// One slice per family of the Service, each listing every backend.
+		if err := e.CP.WaitEndpoints(ctx, s.Namespace, s.Name, len(ls.backends)*len(ls.clusterIPs)); err != nil {
 			tb.Fatal(err)
 		}
 		return
 	}
-	slice := e.slice(ls)
-	if _, err := e.CP.Client.DiscoveryV1().EndpointSlices(s.Namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-		tb.Fatalf("create endpointslice of %s/%s: %v", s.Namespace, s.Name, err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
-		defer cancel()
-		err := e.CP.Client.DiscoveryV1().EndpointSlices(s.Namespace).Delete(ctx, slice.Name, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			tb.Errorf("delete endpointslice %s/%s: %v", s.Namespace, slice.Name, err)
+	for _, ip := range ls.clusterIPs {
+		slice := e.slice(ls, familyOf(ip))
+		if _, err := e.CP.Client.DiscoveryV1().EndpointSlices(s.Namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+			tb.Fatalf("create endpointslice of %s/%s: %v", s.Namespace, s.Name, err)
 		}
-	})
+		tb.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+			defer cancel()
+			err := e.CP.Client.DiscoveryV1().EndpointSlices(s.Namespace).Delete(ctx, slice.Name, metav1.DeleteOptions{})
+			if err != nil && !apierrors.IsNotFound(err) {
+				tb.Errorf("delete endpointslice %s/%s: %v", s.Namespace, slice.Name, err)
+			}
+		})
+	}
 }
 
 // backendsOf lists the pods s's selector matches now, in pod order. A
@@ -391,18 +419,25 @@ func (e *Env) backendsOf(s ModelService) []string {
 	return out
 }
 
-func (e *Env) slice(ls *liveService) *discoveryv1.EndpointSlice {
+// slice is the EndpointSlice of family af the controller would write for
+// ls: <name>-1 for IPv4, <name>-6 for IPv6.
+func (e *Env) slice(ls *liveService, af addrFamily) *discoveryv1.EndpointSlice {
 	s := ls.spec
 	ready := true
+	name, addrType := s.Name+"-1", discoveryv1.AddressTypeIPv4
+	if af == v6 {
+		name, addrType = s.Name+"-6", discoveryv1.AddressTypeIPv6
+	}
 	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: s.Name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		ObjectMeta:  metav1.ObjectMeta{Namespace: s.Namespace, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: s.Name}},
+		AddressType: addrType,
 	}
 	for _, id := range ls.backends {
 		p := e.Pods[id]
 		node := p.Node.Name
+		addr, _ := e.podAddr(id, af)
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
-			Addresses:  []string{p.IP().String()},
+			Addresses:  []string{addr.String()},
 			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
 			NodeName:   &node,
 			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: p.Namespace, Name: p.Name, APIVersion: "v1"},
@@ -430,18 +465,20 @@ func (e *Env) syncSlices(ctx context.Context) error {
 			// probes' retries cover its delay.
 			continue
 		}
-		want := e.slice(ls)
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			cur, err := e.CP.Client.DiscoveryV1().EndpointSlices(want.Namespace).Get(ctx, want.Name, metav1.GetOptions{})
-			if err != nil {
+		for _, ip := range ls.clusterIPs {
+			want := e.slice(ls, familyOf(ip))
+			err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				cur, err := e.CP.Client.DiscoveryV1().EndpointSlices(want.Namespace).Get(ctx, want.Name, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				cur.Endpoints, cur.Ports = want.Endpoints, want.Ports
+				_, err = e.CP.Client.DiscoveryV1().EndpointSlices(want.Namespace).Update(ctx, cur, metav1.UpdateOptions{})
 				return err
+			})
+			if err != nil {
+				return fmt.Errorf("update endpointslice of %s/%s: %w", ls.spec.Namespace, ls.spec.Name, err)
 			}
-			cur.Endpoints, cur.Ports = want.Endpoints, want.Ports
-			_, err = e.CP.Client.DiscoveryV1().EndpointSlices(want.Namespace).Update(ctx, cur, metav1.UpdateOptions{})
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("update endpointslice of %s/%s: %w", ls.spec.Namespace, ls.spec.Name, err)
 		}
 	}
 	return nil
@@ -464,14 +501,9 @@ func (e *Env) serviceOf(id string, port int, proto corev1.Protocol) (*liveServic
 	return nil, false
 }
 
-// podIP is the live pod IP of model pod id.
-func (e *Env) podIP(id string) (netip.Addr, bool) {
-	p, ok := e.Pods[id]
-	if !ok {
-		return netip.Addr{}, false
-	}
-	return p.IP(), true
-}
+// podIP is the live pod IP of model pod id, in the family of the probe in
+// progress (the run's first otherwise).
+func (e *Env) podIP(id string) (netip.Addr, bool) { return e.podAddr(id, e.af) }
 
 // Apply creates (or, with update, replaces) a policy from a catalog apply
 // step, filling its templates from the live pods. The policy is decoded as
@@ -491,6 +523,11 @@ func (e *Env) apply(ctx context.Context, raw json.RawMessage, mode string) (*net
 	var doc any
 	if err := json.Unmarshal(raw, &doc); err != nil {
 		return nil, fmt.Errorf("decode policy: %w", err)
+	}
+	// The ipBlocks first, for the run's family; then any template left.
+	doc, err := familyPolicy(doc, e.Family, e.podAddr)
+	if err != nil {
+		return nil, err
 	}
 	filled, err := fillTemplates(doc, e.podIP)
 	if err != nil {
@@ -842,20 +879,29 @@ func (e *Env) CheckIPBlocks(membership map[string][]string, s Step) error {
 			only = []string{meta.Metadata.Namespace + "/" + meta.Metadata.Name}
 		}
 	}
-	return checkMembership(membership, e.ipBlocks(only...), e.order, e.podIP)
+	var errs []error
+	for _, af := range e.Family.addrFamilies() {
+		err := checkMembership(membership, e.ipBlocks(only...), e.order, e.podAddrOf(af), af)
+		if err != nil && e.Family != Family4 {
+			err = fmt.Errorf("%s: %w", af, err)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
-// checkMembership checks that, for each cidr of membership, the pods of
-// ids whose address lies in it and in none of its except ranges (taken
-// from blocks with that cidr) are exactly the pods listed.
-func checkMembership(membership map[string][]string, blocks []*networkingv1.IPBlock, ids []string, podIP func(string) (netip.Addr, bool)) error {
+// checkMembership checks that, for each cidr of membership (resolved for
+// family af, as the policies' ipBlocks were), the pods of ids whose
+// address of that family lies in it and in none of its except ranges
+// (taken from blocks with that cidr) are exactly the pods listed.
+func checkMembership(membership map[string][]string, blocks []*networkingv1.IPBlock, ids []string, podIP func(string) (netip.Addr, bool), af addrFamily) error {
 	var errs []error
 	for _, key := range sortedKeys(membership) {
-		filled, err := fillTemplates(key, podIP)
+		filled, err := resolveCIDR(key, af, podIP)
 		if err != nil {
 			return fmt.Errorf("ipblock_membership: %w", err)
 		}
-		cidr, err := netip.ParsePrefix(filled.(string))
+		cidr, err := netip.ParsePrefix(filled)
 		if err != nil {
 			return fmt.Errorf("ipblock_membership: %w", err)
 		}

@@ -17,6 +17,7 @@ type Report struct {
 	Nodes     int          `json:"nodes"`
 	KubeProxy bool         `json:"kube_proxy"`
 	SCTPMode  string       `json:"sctp_mode"`
+	Family    Family       `json:"family"`
 	Via       Via          `json:"via"`
 	Started   time.Time    `json:"started"`
 	Setup     float64      `json:"setup_seconds"`
@@ -40,6 +41,7 @@ func NewReport(out io.Writer, catalog string, podOrder []string) *Report {
 // Header prints what the run is about, including how SCTP is probed.
 func (r *Report) Header(e *Env, setup time.Duration) {
 	r.Nodes, r.SCTPMode, r.Setup, r.KubeProxy, r.Via = len(e.Nodes), e.SCTPMode, setup.Seconds(), e.KubeProxy, e.Via
+	r.Family = e.Family
 	var place []string
 	for _, id := range r.ids {
 		place = append(place, id+"@"+e.NodeOf(id))
@@ -53,6 +55,9 @@ func (r *Report) Header(e *Env, setup time.Duration) {
 		fmt.Fprintln(r.out, "note: SCTP probes set up real associations")
 	}
 	fmt.Fprintln(r.out, viaNote(e.Via))
+	if note := familyNote(e.Family); note != "" {
+		fmt.Fprintln(r.out, note)
+	}
 	if e.KubeProxy {
 		fmt.Fprintln(r.out, "note: kube-proxy (iptables) runs on every node and kube-controller-manager writes the EndpointSlices; Palisade translates ClusterIPs and NodePorts on the sending pod's veth before kube-proxy sees them")
 	} else {

@@ -53,7 +53,9 @@ type ProbeResult struct {
 	Target   string          `json:"target"`
 	// Method says how the verdict was obtained: "connect", or for SCTP
 	// "association" or "init-arrival" (the forward verdict only).
-	Method     string            `json:"method"`
+	Method string `json:"method"`
+	// Family is the address family probed, with --family 6 or dual.
+	Family     string            `json:"family,omitempty"`
 	Seconds    float64           `json:"seconds"`
 	Rounds     int               `json:"rounds"`
 	Pairs      int               `json:"pairs"`
@@ -107,10 +109,12 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 	// every pair connects with no policy (upstream's waitForHTTPServers).
 	if c.Preconditions != nil {
 		for _, rp := range c.Preconditions.ReadinessProbes {
-			pr := e.probe(&Probe{Port: rp.Port, Protocol: rp.Protocol, IgnoreLoopback: true, Expected: allTrue(e.Model.PodOrder)}, "readiness")
-			res.Probes = append(res.Probes, pr)
-			if len(pr.Mismatches) > 0 {
-				return fail("readiness %s/%d: %d pairs do not connect with no policy", rp.Protocol, rp.Port, len(pr.Mismatches))
+			for _, af := range e.Family.addrFamilies() {
+				pr := e.probeFamily(&Probe{Port: rp.Port, Protocol: rp.Protocol, IgnoreLoopback: true, Expected: allTrue(e.Model.PodOrder)}, "readiness", af)
+				res.Probes = append(res.Probes, pr)
+				if len(pr.Mismatches) > 0 {
+					return fail("readiness %s%s/%d: %d pairs do not connect with no policy", pr.familyLabel(), rp.Protocol, rp.Port, len(pr.Mismatches))
+				}
 			}
 		}
 	}
@@ -165,14 +169,15 @@ func Run(e *Env, cat *Catalog, c *Case) (res CaseResult) {
 		case "probe":
 			var p Probe
 			if err = s.Decode(kind, &p); err == nil {
-				pr := e.probe(&p, fmt.Sprintf("step %d", i+1))
-				if e.Explain {
-					pr.Explain = e.explainProbe(&p, &pr)
-				}
-				res.Probes = append(res.Probes, pr)
-				if len(pr.Mismatches) > 0 && res.Status == Pass {
-					res.Status = Fail
-					res.Reason = fmt.Sprintf("%s: %s/%d: %d of %d pairs differ", label, p.Protocol, p.Port, len(pr.Mismatches), pr.Pairs)
+				// With --family dual the step is probed once per family,
+				// and the expected table holds for each.
+				for _, af := range e.Family.addrFamilies() {
+					pr := e.probeFamily(&p, fmt.Sprintf("step %d", i+1), af)
+					res.Probes = append(res.Probes, pr)
+					if len(pr.Mismatches) > 0 && res.Status == Pass {
+						res.Status = Fail
+						res.Reason = fmt.Sprintf("%s: %s%s/%d: %d of %d pairs differ", label, pr.familyLabel(), p.Protocol, p.Port, len(pr.Mismatches), pr.Pairs)
+					}
 				}
 			}
 		}
@@ -203,6 +208,35 @@ func allTrue(ids []string) map[string]map[string]bool {
 		}
 	}
 	return m
+}
+
+// probeFamily is probe on family af (its pod IPs and ClusterIPs), with the
+// explain check if asked for; the family is named in the result when the
+// run is not IPv4 alone.
+func (e *Env) probeFamily(p *Probe, step string, af addrFamily) ProbeResult {
+	first := e.af
+	e.af = af
+	defer func() { e.af = first }()
+	explain := e.Explain && step != "readiness"
+	if e.Family.dualStackNetwork() {
+		step += " " + af.String()
+	}
+	pr := e.probe(p, step)
+	if e.Family.dualStackNetwork() {
+		pr.Family = af.String()
+	}
+	if explain {
+		pr.Explain = e.explainProbe(p, &pr)
+	}
+	return pr
+}
+
+// familyLabel is "IPv6 " when the result names its family, else "".
+func (pr *ProbeResult) familyLabel() string {
+	if pr.Family == "" {
+		return ""
+	}
+	return pr.Family + " "
 }
 
 // probe runs one probe step: every pair in parallel, then the mismatched

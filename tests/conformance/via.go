@@ -113,14 +113,22 @@ func nodePortNodes(own, nodes int) []int {
 func (e *Env) dests(pp pair, p *Probe, target string) ([]dest, []string, string) {
 	dst := e.Pods[pp.to]
 	if target == "pod" {
-		return []dest{{"pod IP", dst.IP(), p.Port}}, []string{pp.to}, ""
+		ip, ok := e.podIP(pp.to)
+		if !ok {
+			return nil, nil, fmt.Sprintf("%s has no %s address", pp.to, e.af)
+		}
+		return []dest{{"pod IP", ip, p.Port}}, []string{pp.to}, ""
 	}
 	ls, ok := e.serviceOf(pp.to, p.Port, p.Protocol)
 	if !ok {
 		return nil, nil, fmt.Sprintf("no Service leads to %s on %s/%d", pp.to, p.Protocol, p.Port)
 	}
 	if target == "service" {
-		return []dest{{"ClusterIP", ls.clusterIP, p.Port}}, ls.backends, ""
+		ip, ok := ls.clusterIPOf(e.af)
+		if !ok {
+			return nil, nil, fmt.Sprintf("Service %s/%s has no %s ClusterIP (%v)", ls.spec.Namespace, ls.spec.Name, e.af, ls.clusterIPs)
+		}
+		return []dest{{"ClusterIP", ip, p.Port}}, ls.backends, ""
 	}
 	np := ls.nodePorts[servicePortKey(p.Protocol, p.Port)]
 	if np == 0 {
@@ -143,7 +151,13 @@ func (e *Env) dests(pp pair, p *Probe, target string) ([]dest, []string, string)
 				what = fmt.Sprintf("%s (backend's node) NodePort", n.Name)
 			}
 		}
-		out = append(out, dest{what, n.IP, np})
+		ip := n.IP
+		if e.af == v6 {
+			if ip = n.IP6; !ip.IsValid() {
+				return nil, nil, fmt.Sprintf("node %s has no IPv6 address for a NodePort", n.Name)
+			}
+		}
+		out = append(out, dest{what, ip, np})
 	}
 	return out, ls.backends, ""
 }

@@ -202,6 +202,15 @@ spec:
 		if err := a2.Stop(); err != nil {
 			t.Fatal(err)
 		}
+		// A clean stop writes its last word before the process exits: read
+		// at once, the Lease already says so, long before it goes stale.
+		sts, err := nodestatus.List(context.Background(), cp.Client, nodestatus.DefaultNamespace, time.Now())
+		if err != nil || len(sts) != 3 {
+			t.Fatalf("leases right after node-2's agent stopped: %d, %v", len(sts), err)
+		}
+		if s := sts[1]; s.Ready || !strings.Contains(s.Reason, "agent stopped") {
+			t.Errorf("node-2 right after its agent stopped: ready %v, reason %q; want not ready, \"agent stopped\"", s.Ready, s.Reason)
+		}
 		var out string
 		var code int
 		// The lease holds 8s (--status-lease-duration) after its last renewal.

@@ -88,7 +88,8 @@ type soak struct {
 	rng *rand.Rand // only the fault loop's goroutine uses it
 
 	dbs, clients, intruders []*testbed.Pod
-	flannel                 []byte // kube-flannel's own conflist
+	flannel                 []byte             // kube-flannel's own conflist
+	watchers                []*testbed.Process // each node's cni-watch
 
 	mu sync.Mutex
 	// churn holds the churned pods by name: running (set once the runner
@@ -117,6 +118,7 @@ func newSoak(t *testing.T) *soak {
 		if err := w.Start(); err != nil {
 			t.Fatal(err)
 		}
+		s.watchers = append(s.watchers, w)
 	}
 	c.CreateNamespace(t, ns, nil)
 	c.CreateNamespace(t, "lab", nil)
@@ -180,7 +182,7 @@ func (s *soak) fault() {
 	case k < 7:
 		s.restartAPIServer()
 	default:
-		s.rewriteConflist(s.c.Nodes[s.rng.IntN(len(s.c.Nodes))])
+		s.rewriteConflist(s.rng.IntN(len(s.c.Nodes)))
 	}
 }
 
@@ -231,16 +233,27 @@ func (s *soak) restartAPIServer() {
 	})
 }
 
-// rewriteConflist is kube-flannel's install-cni running again: its own
-// conflist, without palisade, over the chained one (cp -f, in place).
-// cni-watch chains palisade back; pods that start in between run
-// unprotected until the agent adopts them.
-func (s *soak) rewriteConflist(n *testbed.Node) {
-	if err := os.WriteFile(filepath.Join(n.CNIConfDir(), "10-flannel.conflist"), s.flannel, 0o644); err != nil {
+// rewriteConflist is kube-flannel's install-cni running again (its own
+// conflist, without palisade, over the chained one: cp -f, in place)
+// while Palisade's pod restarts too, so that cni-watch is down for a
+// random while: a pod started in between runs unprotected until the agent
+// adopts it. With cni-watch up the window is a few milliseconds of inotify
+// and the soak never hit it.
+func (s *soak) rewriteConflist(i int) {
+	n, w := s.c.Nodes[i], s.watchers[i]
+	if err := w.Kill(); err != nil {
 		s.t.Error(err)
 		return
 	}
+	if err := os.WriteFile(filepath.Join(n.CNIConfDir(), "10-flannel.conflist"), s.flannel, 0o644); err != nil {
+		s.t.Error(err)
+	}
 	s.fig.ConflistRewrites.Add(1)
+	s.createChurnPod(n)
+	time.Sleep(time.Duration(500+s.rng.IntN(1500)) * time.Millisecond)
+	if err := w.Start(); err != nil {
+		s.t.Fatalf("cni-watch on %s does not start again: %v", n.Name, err)
+	}
 }
 
 // podChurn creates and deletes role=churn pods on random nodes.
@@ -503,13 +516,21 @@ func (s *soak) stillTarget(to target) bool {
 	return ok && p != nil && p.IP() == to.ip
 }
 
-// managed says whether p's node agent holds an endpoint with p's address.
-// An agent being restarted does not answer: the pod waits for later.
+// managed says whether p's node agent holds an endpoint with p's address
+// and Palisade's programs run on its host veth. An agent being restarted
+// does not answer: the pod waits for later. The registry alone is not
+// enough: an adopted pod is registered before its programs go on (after
+// its policy is in the maps), and an agent killed in between puts them on
+// only after its first sync once restarted; until then the pod runs as
+// unprotected as it did before the adoption.
 func (s *soak) managed(p *testbed.Pod) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	ep, err := s.agentOf(p).Client().Get(ctx, agentapi.EndpointID(p.ContainerID, testbed.PodIfName))
-	return err == nil && slices.Contains(ep.IPs, p.IP())
+	if err != nil || !slices.Contains(ep.IPs, p.IP()) {
+		return false
+	}
+	return p.Node.NetNS.Do(func() error { return bpf.Attached(ep.HostIfIndex) }) == nil
 }
 
 func (s *soak) agentOf(p *testbed.Pod) *testbed.Agent {

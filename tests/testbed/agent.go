@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,6 +35,9 @@ type AgentOptions struct {
 	// so that the agent adopts pods that started without palisade, as the
 	// DaemonSet's agent reads the host's /var/lib/cni.
 	AdoptFromCNICache bool
+	// Env is added to the agent's environment ("KEY=value"), as a
+	// DaemonSet's env would be: GOGC or GOMEMLIMIT for the benchmarks.
+	Env []string
 }
 
 // Agent is a palisade-agent running inside a node's namespace.
@@ -85,6 +89,7 @@ func (n *Node) StartAgent(tb TB, opts AgentOptions) *Agent {
 		args = append(args, "--cni-cache-dir="+n.CNICacheDir())
 	}
 	a.proc = NewProcess(tb, n.NetNS, "palisade-agent-"+n.Name, append(args, opts.Args...)...)
+	a.proc.Setenv(opts.Env...)
 	if err := a.Start(); err != nil {
 		tb.Fatal(err)
 	}
@@ -149,14 +154,41 @@ func (a *Agent) Client() *agentapi.Client { return a.client }
 // Process is the agent's process, for its PID and log.
 func (a *Agent) Process() *Process { return a.proc }
 
-// bpffs returns a bpffs mount to pin under: the host's /sys/fs/bpf when it is
-// one, else a private bpffs mounted for this test on a directory of its own,
-// which cleanup unmounts and removes (after the agent's own cleanup ran).
+var (
+	hostBPFFSOnce sync.Once
+	hostBPFFSErr  error
+)
+
+// hostBPFFS mounts bpffs on /sys/fs/bpf unless it is one already, as on
+// every Kubernetes node (systemd mounts it at boot; the agent's DaemonSet
+// mounts it from the host). A machine booted without it would otherwise
+// pin under a private mount that the nodes' mount namespaces (mountview.go,
+// copies taken when a node starts, from a private root mount) never see:
+// the Flannel chain's palisade then finds no programs to attach. It stays
+// mounted, as it would on a node: other test processes may pin under it.
+func hostBPFFS() error {
+	hostBPFFSOnce.Do(func() {
+		if isBPFFS(bpffsRoot) {
+			return
+		}
+		if err := unix.Mount("bpf", bpffsRoot, "bpf", 0, "mode=0700"); err != nil && !isBPFFS(bpffsRoot) {
+			hostBPFFSErr = fmt.Errorf("mount bpffs on %s: %w", bpffsRoot, err)
+		}
+	})
+	return hostBPFFSErr
+}
+
+// bpffs returns a bpffs mount to pin under: the host's /sys/fs/bpf (mounted
+// if need be), else a private bpffs mounted for this test on a directory of
+// its own, which cleanup unmounts and removes (after the agent's own
+// cleanup ran); node mount views do not see the latter.
 func bpffs(tb TB) string {
 	tb.Helper()
-	if isBPFFS(bpffsRoot) {
+	err := hostBPFFS()
+	if err == nil {
 		return bpffsRoot
 	}
+	tb.Logf("%v: pinning under a private bpffs, which pods on Flannel nodes cannot see", err)
 	dir, err := os.MkdirTemp("", "palisade-bpffs-")
 	if err != nil {
 		tb.Fatalf("create bpffs mount point: %v", err)

@@ -22,8 +22,11 @@ type ClusterOptions struct {
 	// agents start (an agent looks for the resource once, at start).
 	ClusterPolicies bool
 	// Network connects the pods: FlannelVXLAN (the default),
-	// FlannelHostGW, or BridgeChain for CNI 1.x and dual stack.
+	// FlannelHostGW, or BridgeChain for CNI 1.x.
 	Network PodNetwork
+	// DualStack makes every node a DualStackNode: pods get an IPv4 and
+	// an IPv6 address, on Flannel as on the bridge chain.
+	DualStack bool
 }
 
 // Cluster is a whole testbed: control plane (etcd, kube-apiserver,
@@ -61,7 +64,11 @@ func StartCluster(tb TB, opts ClusterOptions) *Cluster {
 	c.StartControllerManager(tb)
 	c.StartScheduler(tb)
 	for i := range opts.Nodes {
-		c.Nodes = append(c.Nodes, c.AddNetworkNode(tb, fmt.Sprintf("node-%d", i+1), i+1, opts.Network))
+		var nodeOpts []NodeOption
+		if opts.DualStack {
+			nodeOpts = append(nodeOpts, DualStackNode())
+		}
+		c.Nodes = append(c.Nodes, c.AddNetworkNode(tb, fmt.Sprintf("node-%d", i+1), i+1, opts.Network, nodeOpts...))
 	}
 	if opts.Network.Flannel() {
 		c.Flanneld = StartFlannel(tb, c.Nodes, !opts.WithoutPalisade)

@@ -25,8 +25,9 @@ type cniOptions struct {
 	last       string
 	cniVersion string
 	dualStack  bool
-	// ip is the address the pod asks host-local for (CNI_ARGS IP=).
-	ip netip.Addr
+	// ips are the addresses the pod asks host-local for (CNI_ARGS IP=,
+	// one per family at most).
+	ips []netip.Addr
 	// pluginLog, if set, is palisade's logFile, at level info.
 	pluginLog string
 }
@@ -48,8 +49,10 @@ func WithCNIVersion(v string) CNIOption { return func(o *cniOptions) { o.cniVers
 // WithIP asks for a fixed pod address, as a runtime does with CNI_ARGS
 // "IP=" (host-local honours it: the address must lie in the node's range
 // and be free). ADD fails if the chain gives the pod another address, so a
-// fixed IP plan is never shifted silently.
-func WithIP(ip netip.Addr) CNIOption { return func(o *cniOptions) { o.ip = ip } }
+// fixed IP plan is never shifted silently. host-local reads one address
+// from CNI_ARGS (two, one per family, need the "ips" capability, which
+// kube-flannel's conflist does not declare), so ADD refuses "IP=a,b".
+func WithIP(ip netip.Addr) CNIOption { return func(o *cniOptions) { o.ips = append(o.ips, ip) } }
 
 // WithPluginLog has palisade log at level info to path: its ADD records
 // the time of each phase ("Programs attached", vethLookup=…), which the
@@ -151,7 +154,7 @@ func (n *Node) conflist(o cniOptions) (*libcni.NetworkConfigList, error) {
 				return nil, fmt.Errorf("conflist %s: bridge has no ipam object", path)
 			}
 			ipam["ranges"] = []any{[]any{map[string]any{"subnet": n.PodCIDR.String()}}}
-			if o.dualStack {
+			if o.dualStack || n.DualStack {
 				ipam["ranges"] = append(ipam["ranges"].([]any), []any{map[string]any{"subnet": n.PodCIDR6().String()}})
 				ipam["routes"] = append(ipam["routes"].([]any), map[string]any{"dst": ClusterCIDR6.String()})
 			}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -34,8 +33,8 @@ const (
 	// BridgeChain is the imitation the testbed ran before Flannel:
 	// conf/testbed.conflist (bridge + host-local, portmap, palisade) and
 	// host-gw routes the testbed sets itself. It stays for what Flannel's
-	// CNI plugin cannot run: cniVersion 1.0.0 and 1.1.0 (STATUS, GC) and
-	// dual stack.
+	// CNI plugin cannot run: cniVersion 1.0.0 and 1.1.0 (STATUS, GC).
+	// Dual stack runs on real Flannel (DualStackNode).
 	BridgeChain PodNetwork = "bridge"
 )
 
@@ -84,24 +83,33 @@ func (n *Node) SubnetEnv() string { return filepath.Join(n.dir, "run", "flannel"
 func (n *Node) StartFlanneld(tb TB, backend string) *Process {
 	tb.Helper()
 	start := time.Now()
-	netConf := filepath.Join(n.dir, "etc", "kube-flannel", "net-conf.json")
-	conf, err := json.Marshal(map[string]any{
+	netConfPath := filepath.Join(n.dir, "etc", "kube-flannel", "net-conf.json")
+	netConf := map[string]any{
 		"Network": ClusterCIDR.String(),
 		"Backend": map[string]string{"Type": backend},
-	})
+	}
+	if n.DualStack {
+		// kube-flannel's dual-stack net-conf.json: flanneld then reads
+		// the node's IPv6 pod CIDR from spec.podCIDRs, tunnels IPv6 over
+		// the node's IPv6 address, and writes FLANNEL_IPV6_NETWORK and
+		// FLANNEL_IPV6_SUBNET to subnet.env.
+		netConf["EnableIPv6"] = true
+		netConf["IPv6Network"] = ClusterCIDR6.String()
+	}
+	conf, err := json.Marshal(netConf)
 	if err != nil {
 		tb.Fatalf("flanneld on node %s: encode net-conf.json: %v", n.Name, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(netConf), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(netConfPath), 0o755); err != nil {
 		tb.Fatalf("flanneld on node %s: %v", n.Name, err)
 	}
-	writeFile(tb, netConf, string(conf), 0o644)
+	writeFile(tb, netConfPath, string(conf), 0o644)
 	p := NewProcess(tb, n.NetNS, "flanneld-"+n.Name, filepath.Join(FlannelBinDir(tb), "flanneld"),
 		"--kube-subnet-mgr",
 		"--kubeconfig-file="+n.cp.kubeconfig,
 		"--ip-masq",
 		"--iface="+nodeUplink,
-		"--net-config-path="+netConf,
+		"--net-config-path="+netConfPath,
 		"--subnet-file="+n.SubnetEnv(),
 	)
 	p.Setenv("NODE_NAME="+n.Name, "POD_NAME=kube-flannel-ds-"+n.Name, "POD_NAMESPACE=kube-flannel")
@@ -134,7 +142,8 @@ func waitFile(ctx context.Context, path string, p *Process) error {
 }
 
 // waitFlannelRoutes waits until every node routes every other node's pod
-// CIDR, which flanneld adds once it has seen the other node's annotations.
+// CIDR (both, between dual-stack nodes), which flanneld adds once it has
+// seen the other node's annotations.
 func waitFlannelRoutes(ctx context.Context, nodes []*Node) error {
 	for _, n := range nodes {
 		for _, m := range nodes {
@@ -144,17 +153,27 @@ func waitFlannelRoutes(ctx context.Context, nodes []*Node) error {
 			if err := n.waitRoute(ctx, m.PodCIDR); err != nil {
 				return fmt.Errorf("node %s: %w", n.Name, err)
 			}
+			if !n.DualStack || !m.DualStack {
+				continue
+			}
+			if err := n.waitRoute(ctx, m.PodCIDR6()); err != nil {
+				return fmt.Errorf("node %s: %w", n.Name, err)
+			}
 		}
 	}
 	return nil
 }
 
 func (n *Node) waitRoute(ctx context.Context, dst netip.Prefix) error {
-	want := &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)}
+	want := prefixNet(dst)
+	family := netlink.FAMILY_V4
+	if dst.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
 	for {
 		var found bool
 		err := n.Do(func() error {
-			routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: want}, netlink.RT_FILTER_DST)
+			routes, err := netlink.RouteListFiltered(family, &netlink.Route{Dst: want}, netlink.RT_FILTER_DST)
 			found = len(routes) > 0
 			return err
 		})
@@ -227,8 +246,13 @@ func (n *Node) runAgentCommand(tb TB, args ...string) string {
 // plugin can take its place, as for the bridge chain.
 func (n *Node) flannelCNI(tb TB, o cniOptions) (*libcni.CNIConfig, *libcni.NetworkConfigList) {
 	tb.Helper()
-	if o.cniVersion != "" || o.dualStack {
-		tb.Fatalf("node %s: Flannel's CNI plugin speaks CNI up to 0.4.0 and IPv4 only: use the %s network for cniVersion or dual stack", n.Name, BridgeChain)
+	if o.cniVersion != "" {
+		tb.Fatalf("node %s: Flannel's CNI plugin speaks CNI up to 0.4.0: use the %s network for cniVersion", n.Name, BridgeChain)
+	}
+	if o.dualStack && !n.DualStack {
+		// The flannel CNI plugin takes the families from subnet.env,
+		// that is from flanneld's net-conf.json, not from the pod.
+		tb.Fatalf("node %s: a Flannel pod is dual-stack when its node is (DualStackNode)", n.Name)
 	}
 	b := Binaries(tb)
 	if o.last == "palisade" {

@@ -102,13 +102,23 @@ func (n *Node) StartKubeProxy(tb TB, mode ProxyMode) *Process {
 	// Replies from a backend to a client on the same bridge are bridged,
 	// not routed: without this (per-netns on this kernel) they skip
 	// netfilter, are never un-DNATed, and the client drops them.
-	if err := n.NetNS.Sysctl("net/bridge/bridge-nf-call-iptables", "1"); err != nil {
-		tb.Fatalf("node %s: %v (is br_netfilter loaded?)", n.Name, err)
+	bridgeNF := []string{"net/bridge/bridge-nf-call-iptables"}
+	clusterCIDR := ClusterCIDR.String()
+	if n.DualStack {
+		// The same for IPv6 Services, and one cluster CIDR per family,
+		// as kube-proxy wants on a dual-stack node.
+		bridgeNF = append(bridgeNF, "net/bridge/bridge-nf-call-ip6tables")
+		clusterCIDR += "," + ClusterCIDR6.String()
+	}
+	for _, key := range bridgeNF {
+		if err := n.NetNS.Sysctl(key, "1"); err != nil {
+			tb.Fatalf("node %s: %v (is br_netfilter loaded?)", n.Name, err)
+		}
 	}
 	p := StartProcess(tb, n.NetNS, "kube-proxy-"+n.Name, filepath.Join(KubeBinDir(tb), "kube-proxy"),
 		"--kubeconfig="+n.cp.kubeconfig,
 		"--hostname-override="+n.Name,
-		"--cluster-cidr="+ClusterCIDR.String(),
+		"--cluster-cidr="+clusterCIDR,
 		"--proxy-mode="+string(mode),
 		// 0 leaves the conntrack sysctls alone: nf_conntrack_max is
 		// global, and the host's is not the testbed's to change.

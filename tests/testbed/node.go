@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -33,6 +34,10 @@ type Node struct {
 	NetNS   *NetNS
 	// Network is what connects its pods; AddNode's nodes run BridgeChain.
 	Network PodNetwork
+	// DualStack: the node and its pods have IPv6 addresses too
+	// (DualStackNode); IP6 is its IPv6 underlay address.
+	DualStack bool
+	IP6       netip.Addr
 
 	cp     *ControlPlane
 	runner *PodRunner
@@ -52,7 +57,7 @@ func (cp *ControlPlane) AddNode(tb TB, name string, index int) *Node {
 
 // AddNetworkNode is AddNode for a node on network. A Flannel node gets its
 // mount view; flanneld is started by StartFlanneld, once every node exists.
-func (cp *ControlPlane) AddNetworkNode(tb TB, name string, index int, network PodNetwork) *Node {
+func (cp *ControlPlane) AddNetworkNode(tb TB, name string, index int, network PodNetwork, opts ...NodeOption) *Node {
 	tb.Helper()
 	if index < 0 || index > maxNodeIndex {
 		tb.Fatalf("add node %s: index %d outside 0..%d", name, index, maxNodeIndex)
@@ -67,6 +72,12 @@ func (cp *ControlPlane) AddNetworkNode(tb TB, name string, index int, network Po
 		cp:      cp,
 		dir:     tb.TempDir(),
 	}
+	for _, opt := range opts {
+		opt(n)
+	}
+	if n.DualStack {
+		n.IP6 = nodeIP6(index)
+	}
 	if network.Flannel() {
 		// A node's /opt/cni/bin and /etc/cni/net.d exist before any
 		// DaemonSet runs; the installers expect them.
@@ -74,6 +85,11 @@ func (cp *ControlPlane) AddNetworkNode(tb TB, name string, index int, network Po
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				tb.Fatalf("add node %s: %v", name, err)
 			}
+		}
+		// The node's view is a copy taken now: the host's bpffs must be
+		// there before it, for palisade to open the agent's pins.
+		if err := hostBPFFS(); err != nil {
+			tb.Fatalf("add node %s: %v", name, err)
 		}
 		v, err := newMountView(n.dir)
 		if err != nil {
@@ -92,7 +108,17 @@ func (cp *ControlPlane) AddNetworkNode(tb TB, name string, index int, network Po
 	// Per-netns sysctls: forwarding makes the node a router for its pods;
 	// no ICMP rate limit keeps "port unreachable" answers (a Refused probe)
 	// deterministic when a test probes many closed ports at once.
-	for key, val := range map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/icmp_ratelimit": "0"} {
+	sysctls := map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/icmp_ratelimit": "0"}
+	if n.DualStack {
+		sysctls["net/ipv6/conf/all/forwarding"] = "1"
+		sysctls["net/ipv6/icmp/ratelimit"] = "0"
+		// No duplicate address detection on the links made later (cni0,
+		// the host veths): the testbed's addresses are planned, and a
+		// bridge whose gateway address is still tentative drops the
+		// first second of a pod's IPv6 traffic.
+		sysctls["net/ipv6/conf/default/accept_dad"] = "0"
+	}
+	for key, val := range sysctls {
 		if err := n.NetNS.Sysctl(key, val); err != nil {
 			tb.Fatalf("add node %s: %v", name, err)
 		}
@@ -135,7 +161,30 @@ func (n *Node) AgentSocket() string { return filepath.Join(n.dir, "run", "palisa
 
 // plugNode joins the node to ul0 as eth0 with its underlay address.
 func (cp *ControlPlane) plugNode(n *Node) error {
-	return cp.plugUnderlay(fmt.Sprintf("ulv%d", n.Index), n.NetNS, n.IP)
+	if err := cp.plugUnderlay(fmt.Sprintf("ulv%d", n.Index), n.NetNS, n.IP); err != nil {
+		return err
+	}
+	if !n.IP6.IsValid() {
+		return nil
+	}
+	return n.Do(func() error {
+		l, err := netlink.LinkByName(nodeUplink)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", nodeUplink, err)
+		}
+		// No duplicate address detection: the address is usable at
+		// once (flanneld reads it at start) and the plan has no clash.
+		addr := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(n.IP6, UnderlayPrefix6.Bits())), Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrAdd(l, addr); err != nil {
+			return fmt.Errorf("add %s to %s: %w", addr, nodeUplink, err)
+		}
+		return nil
+	})
+}
+
+// prefixNet is p as a net.IPNet (the address kept, not masked).
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // plugUnderlay joins netns to ul0 with a veth whose far end is created
@@ -191,6 +240,15 @@ func (cp *ControlPlane) routeNodes(n *Node) error {
 		if err := m.Do(func() error { return addRoute(n.PodCIDR, n.IP) }); err != nil {
 			return fmt.Errorf("on node %s: %w", m.Name, err)
 		}
+		if !n.DualStack || !m.DualStack {
+			continue
+		}
+		if err := n.Do(func() error { return addRoute(m.PodCIDR6(), m.IP6) }); err != nil {
+			return err
+		}
+		if err := m.Do(func() error { return addRoute(n.PodCIDR6(), n.IP6) }); err != nil {
+			return fmt.Errorf("on node %s: %w", m.Name, err)
+		}
 	}
 	cp.nodes = append(cp.nodes, n)
 	return nil
@@ -204,6 +262,9 @@ func (cp *ControlPlane) forgetNode(n *Node) {
 	for _, m := range cp.nodes {
 		// Best effort: the route dies with m's namespace anyway.
 		_ = m.Do(func() error { return netlink.RouteDel(hostGWRoute(n.PodCIDR, n.IP)) })
+		if n.DualStack && m.DualStack {
+			_ = m.Do(func() error { return netlink.RouteDel(hostGWRoute(n.PodCIDR6(), n.IP6)) })
+		}
 	}
 }
 
@@ -216,9 +277,18 @@ func addRoute(dst netip.Prefix, via netip.Addr) error {
 
 func hostGWRoute(dst netip.Prefix, via netip.Addr) *netlink.Route {
 	return &netlink.Route{
-		Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)},
+		Dst: prefixNet(dst),
 		Gw:  via.AsSlice(),
 	}
+}
+
+// podCIDRs is the node's spec.podCIDRs: IPv4 first, as kube-controller-
+// manager allocates them on an IPv4-primary dual-stack cluster.
+func (n *Node) podCIDRs() []string {
+	if n.DualStack {
+		return []string{n.PodCIDR.String(), n.PodCIDR6().String()}
+	}
+	return []string{n.PodCIDR.String()}
 }
 
 // register creates the Node object. Its status (addresses, Ready) is written
@@ -236,7 +306,7 @@ func (n *Node) register(ctx context.Context) error {
 			// that has none.
 			Annotations: map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
 		},
-		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
+		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: n.podCIDRs()},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create node object: %w", err)
@@ -245,6 +315,9 @@ func (n *Node) register(ctx context.Context) error {
 	obj.Status.Addresses = []corev1.NodeAddress{
 		{Type: corev1.NodeInternalIP, Address: n.IP.String()},
 		{Type: corev1.NodeHostName, Address: n.Name},
+	}
+	if n.IP6.IsValid() {
+		obj.Status.Addresses = slices.Insert(obj.Status.Addresses, 1, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: n.IP6.String()})
 	}
 	obj.Status.Conditions = []corev1.NodeCondition{{
 		Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "TestbedNode",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,11 +40,11 @@ type Pod struct {
 	NetNS       *NetNS
 	Node        *Node
 
-	spec   *corev1.Pod
-	wantIP netip.Addr // WithIP's address, if any
-	cni    *libcni.CNIConfig
-	list   *libcni.NetworkConfigList
-	rt     *libcni.RuntimeConf
+	spec    *corev1.Pod
+	wantIPs []netip.Addr // WithIP's addresses, if any
+	cni     *libcni.CNIConfig
+	list    *libcni.NetworkConfigList
+	rt      *libcni.RuntimeConf
 
 	mu          sync.Mutex
 	listening   bool
@@ -115,15 +116,25 @@ func (n *Node) PreparePod(tb TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
 	}
 	// The target of a closed-port probe answers with ICMP port unreachable;
 	// without a rate limit every such probe is Refused, not some TimedOut.
-	if err := p.NetNS.Sysctl("net/ipv4/icmp_ratelimit", "0"); err != nil {
-		tb.Fatalf("pod %s: %v", p, err)
+	limits := []string{"net/ipv4/icmp_ratelimit"}
+	if n.DualStack {
+		limits = append(limits, "net/ipv6/icmp/ratelimit")
+	}
+	for _, key := range limits {
+		if err := p.NetNS.Sysctl(key, "0"); err != nil {
+			tb.Fatalf("pod %s: %v", p, err)
+		}
 	}
 	o := buildCNIOptions(opts)
 	p.cni, p.list = n.cni(tb, o)
 	p.rt = p.runtimeConf()
-	if o.ip.IsValid() {
-		p.wantIP = o.ip
-		p.rt.Args = append(p.rt.Args, [2]string{"IP", o.ip.String()})
+	if len(o.ips) > 0 {
+		p.wantIPs = o.ips
+		var ips []string
+		for _, ip := range o.ips {
+			ips = append(ips, ip.String())
+		}
+		p.rt.Args = append(p.rt.Args, [2]string{"IP", strings.Join(ips, ",")})
 	}
 	// Registered after NewNetNS, so it runs while the sandbox still exists.
 	tb.Cleanup(func() {

@@ -33,8 +33,10 @@ func (p *Pod) CNIAdd(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cni add pod %s: %w", p, err)
 	}
-	if p.wantIP.IsValid() && p.wantIP.Is4() && ip != p.wantIP {
-		return fmt.Errorf("cni add pod %s on node %s: asked for IP %s, got %s", p, p.Node.Name, p.wantIP, ip)
+	for _, want := range p.wantIPs {
+		if !resultHas(res, want) {
+			return fmt.Errorf("cni add pod %s on node %s: asked for IP %s, got %v", p, p.Node.Name, want, res.IPs)
+		}
 	}
 	name, index, err := p.hostVeth()
 	if err != nil {
@@ -114,6 +116,16 @@ func sandboxIPv4(res *current.Result) (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, errors.New("cni result has no IPv4 address on the sandbox interface")
+}
+
+// resultHas reports whether the result gives the sandbox address ip.
+func resultHas(res *current.Result, ip netip.Addr) bool {
+	for _, ipc := range res.IPs {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && a.Unmap() == ip {
+			return true
+		}
+	}
+	return false
 }
 
 // portMappings passes hostPorts to portmap the way the CRI runtimes do: only

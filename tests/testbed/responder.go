@@ -202,6 +202,12 @@ func (p *Pod) writeRunning(ctx context.Context) error {
 		cur.Status.HostIPs = []corev1.HostIP{{IP: p.Node.IP.String()}}
 		cur.Status.PodIP = ip
 		cur.Status.PodIPs = []corev1.PodIP{{IP: ip}}
+		// A dual-stack pod reports both, IPv4 first as the kubelet
+		// orders them on an IPv4-primary cluster: agents and the
+		// EndpointSlice controller read the IPv6 address from here.
+		if ip6, ok := p.IPv6(); ok {
+			cur.Status.PodIPs = append(cur.Status.PodIPs, corev1.PodIP{IP: ip6.String()})
+		}
 		cur.Status.StartTime = &now
 		cur.Status.Conditions = nil
 		cur.Status.ContainerStatuses = nil

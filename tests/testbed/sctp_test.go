@@ -39,3 +39,33 @@ func TestSCTPInit(t *testing.T) {
 		}
 	}
 }
+
+// TestSCTPInit6: an IPv6 INIT (fixed header, no extension headers) matches
+// by the source's IPv6 address, and an IPv4 packet never matches an IPv6
+// source.
+func TestSCTPInit6(t *testing.T) {
+	pkt := sctpInit(40000, 80, 0xabcd0001)
+	src := netip.MustParseAddr("fd00:10:244:1::5")
+	ip := make([]byte, 40)
+	ip[0], ip[6] = 0x60, 132
+	copy(ip[8:], src.AsSlice())
+	ip = append(ip, pkt...)
+	v4 := make([]byte, 20)
+	v4[0], v4[9] = 0x45, 132
+	v4 = append(v4, pkt...)
+	for _, tc := range []struct {
+		name string
+		ip   []byte
+		src  netip.Addr
+		want bool
+	}{
+		{"itself", ip, src, true},
+		{"other source", ip, netip.MustParseAddr("fd00:10:244:1::6"), false},
+		{"IPv4 packet", v4, src, false},
+		{"truncated", ip[:60], src, false},
+	} {
+		if got := matchInit(tc.ip, tc.src, 40000, 80, 0xabcd0001); got != tc.want {
+			t.Errorf("%s: matched %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -37,10 +37,12 @@ func (o *observability) setUnmanaged(n int) {
 }
 
 // reportToCluster publishes the node's status in its Lease and the
-// policies the agent does not understand as Events, until ctx ends.
+// policies the agent does not understand as Events, until ctx ends. The
+// channel closes once the Lease's last update (bounded by the publisher's
+// stop timeout) is done.
 func (o *observability) reportToCluster(ctx context.Context, log *slog.Logger, cfg Config, client kubernetes.Interface,
 	ctrl *controller.Controller, ready func() (bool, string), state func() metrics.State,
-) {
+) <-chan struct{} {
 	pub := &nodestatus.Publisher{
 		Client: client, Namespace: cfg.Namespace, Node: cfg.NodeName, Log: log,
 		Duration: cfg.StatusLeaseDuration, Every: cfg.StatusLeaseDuration / 4,
@@ -61,7 +63,12 @@ func (o *observability) reportToCluster(ctx context.Context, log *slog.Logger, c
 			return sum
 		},
 	}
-	go pub.Run(ctx)
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		pub.Run(ctx)
+	}()
 	rep := &policyevents.Reporter{Client: client, Node: cfg.NodeName, Log: log}
 	go rep.Watch(ctx, ctrl.Last, problemCheckEvery)
+	return published
 }

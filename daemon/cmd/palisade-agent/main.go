@@ -181,7 +181,14 @@ func agent(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Inspect: obs.inspector(ctx, log, cfg, objs, cluster, registry, ctrl, state),
 		OnAdd:   obs.metrics.ObserveAdd,
 	}
-	obs.reportToCluster(ctx, log, cfg, client, ctrl, ready, state)
+	// The Lease's last word ("agent stopped") is written after ctx ends;
+	// waiting for it keeps a clean stop from reading as a stale node.
+	reportCtx, stopReporting := context.WithCancel(ctx)
+	reported := obs.reportToCluster(reportCtx, log, cfg, client, ctrl, ready, state)
+	defer func() {
+		stopReporting()
+		<-reported
+	}()
 	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(ctx, cfg.Socket) }()
 	probes := &health.Checker{

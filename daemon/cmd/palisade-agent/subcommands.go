@@ -123,7 +123,9 @@ func runInstall(args []string) int {
 }
 
 func runUninstall(args []string) int {
-	var cfg install.UninstallConfig
+	// Longer than a pod's default grace period (30 s): the agent's pod may
+	// still be stopping when the uninstall DaemonSet's pod starts.
+	cfg := install.UninstallConfig{LockWait: 2 * time.Minute}
 	fs := flag.NewFlagSet("palisade-agent uninstall", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.BinDir, "cni-bin-dir", "/opt/cni/bin", "CNI plugin directory")
