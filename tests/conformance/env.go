@@ -80,8 +80,7 @@ type Env struct {
 }
 
 type liveService struct {
-	spec      ModelService
-	clusterIP netip.Addr
+	spec ModelService
 	// clusterIPs are all its ClusterIPs, one per family it has.
 	clusterIPs []netip.Addr
 	nodePorts  map[string]int // by servicePortKey, with Via nodeport
@@ -367,11 +366,6 @@ func (e *Env) createService(tb testbed.TB, ls *liveService) {
 			tb.Errorf("delete service %s/%s: %v", s.Namespace, s.Name, err)
 		}
 	})
-	ip, err := netip.ParseAddr(created.Spec.ClusterIP)
-	if err != nil {
-		tb.Fatalf("service %s/%s: clusterIP %q: %v", s.Namespace, s.Name, created.Spec.ClusterIP, err)
-	}
-	ls.clusterIP = ip
 	for _, c := range created.Spec.ClusterIPs {
 		ip, err := netip.ParseAddr(c)
 		if err != nil {

@@ -106,10 +106,10 @@ func TestDestsNodePort(t *testing.T) {
 		},
 		services: []*liveService{
 			{spec: ModelService{Name: "s-x-b", Namespace: "x", Ports: []ServicePort{{Protocol: "TCP", Port: 80}}},
-				clusterIP: netip.MustParseAddr("10.96.0.20"), clusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}, backends: []string{"x/b"},
+				clusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}, backends: []string{"x/b"},
 				nodePorts: map[string]int{"TCP/80": 30080}},
 			{spec: ModelService{Name: "s-x-c", Namespace: "x", Ports: []ServicePort{{Protocol: "TCP", Port: 80}, {Protocol: "UDP", Port: 81}}},
-				clusterIP: netip.MustParseAddr("10.96.0.30"), clusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.30")}, backends: []string{"x/c"},
+				clusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.30")}, backends: []string{"x/c"},
 				nodePorts: map[string]int{"TCP/80": 30081}},
 		},
 	}
