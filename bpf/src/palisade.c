@@ -137,7 +137,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	if (ct && key.dir == dir && rejudge && !(ct->flags & CT_F_SELF) && ct->revision != revision) {
 		/* The policy changed since this flow was admitted here. */
-		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
+		peer = peer_identity(&f, dir);
 		if (!policy_allows(ep, dir, peer, &f, &rule)) {
 			ct_delete(&key);
 			return drop_rule(skb, &f, dir, REASON_REJUDGED, peer, rule);
@@ -157,10 +157,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			if (nat_rewrite(skb, &f, 0, addr, port) < 0)
 				return drop(skb, &f, dir, REASON_NAT, 0);
 		}
-		if (svc)
-			svc->revision = revision;
-		else if (lb == LB_TRANSLATED)
-			lb_record(&f, ifindex, now, revision, vip, vport);
+		lb_admitted(svc, lb, &f, ifindex, now, revision, vip, vport);
 		frag_admit(&fs, &f);
 		return TC_ACT_OK;
 	}
@@ -178,7 +175,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	 * the peer only when one is emitted. */
 	isolated = ep->flags & (dir == DIR_INGRESS ? EP_F_INGRESS_ISOLATED : EP_F_EGRESS_ISOLATED);
 	if (lb != LB_SELF && isolated) {
-		peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
+		peer = peer_identity(&f, dir);
 		if (!policy_allows(ep, dir, peer, &f, &rule))
 			return drop_rule(skb, &f, dir, REASON_POLICY, peer, rule);
 	}
@@ -196,13 +193,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		__builtin_memcpy(entry.nat_addr, vip, 16);
 	}
 	ct_store(&key, &entry);
-	if (svc)
-		svc->revision = revision;
-	else if (lb == LB_TRANSLATED)
-		lb_record(&f, ifindex, now, revision, vip, vport);
+	lb_admitted(svc, lb, &f, ifindex, now, revision, vip, vport);
 	if (allow_sampled(dir)) {
 		if (lb != LB_SELF && !isolated)
-			peer = ipcache_identity(dir == DIR_EGRESS ? f.daddr : f.saddr);
+			peer = peer_identity(&f, dir);
 		emit_event(skb, &f, dir, REASON_ALLOWED, peer, rule);
 	}
 	frag_admit(&fs, &f);

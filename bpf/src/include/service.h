@@ -296,3 +296,15 @@ static __always_inline void lb_record(const struct flow *f, __u32 ifindex, __u64
 	__builtin_memcpy(ne.nat_addr, f->daddr, 16);
 	ct_store(&key, &ne);
 }
+
+/* lb_admitted notes that a flow translated to a Service backend (lb) was
+ * admitted at revision: in its CT_F_SERVICE entry svc when it has one,
+ * else in a new one. */
+static __always_inline void lb_admitted(struct ct_entry *svc, int lb, const struct flow *f, __u32 ifindex,
+					__u64 now, __u64 revision, const __u8 *vip, __be16 vport)
+{
+	if (svc)
+		svc->revision = revision;
+	else if (lb == LB_TRANSLATED)
+		lb_record(f, ifindex, now, revision, vip, vport);
+}

@@ -96,6 +96,13 @@ static __always_inline __u32 ipcache_identity(const __u8 *addr)
 	return v ? v->identity : ID_WORLD;
 }
 
+/* peer_identity is the identity of the other end of f, seen from the
+ * endpoint in direction dir. */
+static __always_inline __u32 peer_identity(const struct flow *f, __u8 dir)
+{
+	return ipcache_identity(dir == DIR_EGRESS ? f->daddr : f->saddr);
+}
+
 /* policy_allows judges the first packet of a flow of an endpoint, in dir,
  * with a peer of identity peer. It returns 1 and the matching rule when some
  * policy allows it, 0 when none does or an entry denies (then *rule names the
