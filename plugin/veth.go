@@ -54,12 +54,7 @@ func hostVethFromPrev(netnsPath, ifName string, prev *current.Result) (hostVeth,
 	if prev == nil {
 		return hostVeth{}, false
 	}
-	var nsFile *os.File
-	defer func() {
-		if nsFile != nil {
-			nsFile.Close()
-		}
-	}()
+	nsid := -1 // the id the host netns gives the pod's, once asked
 	for _, iface := range prev.Interfaces {
 		if iface.Sandbox != "" || iface.Name == "" {
 			continue
@@ -73,13 +68,12 @@ func hostVethFromPrev(netnsPath, ifName string, prev *current.Result) (hostVeth,
 		if _, ok := l.(*netlink.Veth); !ok || a.NetNsID < 0 || a.ParentIndex <= 0 {
 			continue
 		}
-		if nsFile == nil {
-			if nsFile, err = os.Open(netnsPath); err != nil {
+		if nsid < 0 {
+			if nsid, err = netnsID(netnsPath); err != nil {
 				return hostVeth{}, false
 			}
 		}
-		nsid, err := netlink.GetNetNsIdByFd(int(nsFile.Fd()))
-		if err != nil || nsid < 0 || nsid != a.NetNsID {
+		if nsid != a.NetNsID {
 			continue
 		}
 		peerName, peerLink, err := linkInNetns(nsid, a.ParentIndex)
@@ -89,6 +83,21 @@ func hostVethFromPrev(netnsPath, ifName string, prev *current.Result) (hostVeth,
 		return hostVeth{Name: a.Name, Index: a.Index}, true
 	}
 	return hostVeth{}, false
+}
+
+// netnsID is the id the calling netns gives the netns at path, or an error
+// when it has none.
+func netnsID(path string) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return -1, err
+	}
+	defer f.Close()
+	id, err := netlink.GetNetNsIdByFd(int(f.Fd()))
+	if err == nil && id < 0 {
+		err = fmt.Errorf("netns %s has no id", path)
+	}
+	return id, err
 }
 
 // errNoTargetNetns means the kernel answered about a link without saying it
