@@ -159,7 +159,7 @@ func TestPrivilegedConntrackSizes(t *testing.T) {
 	if tcp, other := o.ConntrackSizes(); tcp != 4096 || other != 1024 {
 		t.Errorf("sizes %d/%d, want the 4096/1024 asked for", tcp, other)
 	}
-	info, err := o.objs.PalCtTcp.Info()
+	info, err := o.objs.PalFlowsTcp.Info()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,10 +209,10 @@ func TestPrivilegedConntrackMigratesTheRetiredTable(t *testing.T) {
 		t.Errorf("migrated %d flows, want 2", o.Migrated)
 	}
 	var e CTEntry
-	if err := o.objs.PalCtTcp.Lookup(tcpKey, &e); err != nil || e.Ifindex != 5 {
+	if err := o.objs.PalFlowsTcp.Lookup(tcpKey, &e); err != nil || e.Ifindex != 5 {
 		t.Errorf("TCP flow in the TCP table: %+v, %v", e, err)
 	}
-	if err := o.objs.PalCtOther.Lookup(udpKey, &e); err != nil || e.Ifindex != 5 {
+	if err := o.objs.PalFlowsOther.Lookup(udpKey, &e); err != nil || e.Ifindex != 5 {
 		t.Errorf("UDP flow in the other table: %+v, %v", e, err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "maps", retiredConntrack)); !errors.Is(err, os.ErrNotExist) {
