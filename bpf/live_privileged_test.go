@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,7 +24,10 @@ import (
 	"github.com/palisade-cni/palisade/tests/packet"
 )
 
-var liveDuration = flag.Duration("live-duration", 2*time.Second, "traffic per BenchmarkPrivilegedLive case")
+var (
+	liveDuration = flag.Duration("live-duration", 2*time.Second, "traffic per BenchmarkPrivilegedLive case")
+	liveRules    = flag.String("live-rules", "0,1000,10000", "BenchmarkPrivilegedLive's rule counts, in the order run")
+)
 
 // liveNet is two pods behind a node: a namespace routing between two veths
 // with the programs attached to their node ends, as on a real node, and one
@@ -347,13 +352,23 @@ const udpFirstSrcPort = 1024
 //
 // Each case reports ns per run of pal_from_pod (sender's veth) and of
 // pal_to_pod (receiver's), and the packets per second the pair carried.
+// -live-rules sets the rule counts and their order: runs in both orders
+// tell a cost of the rules from a drift over the run.
 func BenchmarkPrivilegedLive(b *testing.B) {
 	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		b.Fatalf("enable BPF run statistics: %v", err)
 	}
 	b.Cleanup(func() { stats.Close() })
-	for _, rules := range []int{0, 1000, 10000} {
+	var counts []int
+	for _, f := range strings.Split(*liveRules, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			b.Fatalf("-live-rules: %v", err)
+		}
+		counts = append(counts, n)
+	}
+	for _, rules := range counts {
 		l := newLiveNet(b)
 		l.echoServer(b)
 		l.isolate(b, rules)
