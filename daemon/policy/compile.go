@@ -314,9 +314,7 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 	// allow the same traffic, the rule named is the first one's: sorting
 	// makes that, and so each map entry, the same in every compile.
 	s.Policies = slices.Clone(s.Policies)
-	slices.SortFunc(s.Policies, func(a, b *networkingv1.NetworkPolicy) int {
-		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-	})
+	slices.SortFunc(s.Policies, comparePolicies)
 	var prev *compiler
 	if s.Previous != nil {
 		prev = s.Previous.comp
@@ -339,8 +337,10 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 		cnpBrokenWhy: map[*cnpv1.ClusterNetworkPolicy]string{},
 		cnpProblems:  map[string][]string{},
 	}
-	if prev != nil && prev.alloc == alloc && slices.Equal(prev.blocks.policies, s.Policies) && slices.Equal(prev.blocks.cnps, c.cnps) {
-		c.blocks = prev.blocks
+	if prev != nil && prev.alloc == alloc {
+		c.blocks = prev.blocks.reuse(s.Policies, c.cnps)
+	}
+	if c.blocks != nil {
 		c.prevPodKeys = prev.podKeys
 	} else {
 		c.blocks = newBlockIndex(s.Policies, c.cnps, alloc)
@@ -452,6 +452,12 @@ func (c *compiler) addAddresses() {
 	for _, a := range c.s.NodeIPs {
 		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = identity.Host
 	}
+}
+
+// comparePolicies orders policies as the compiler reads them: by
+// namespace, then name.
+func comparePolicies(a, b *networkingv1.NetworkPolicy) int {
+	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 }
 
 // claimOrder orders the pods claiming an address, first the winner: a

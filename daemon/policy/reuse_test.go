@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -26,10 +27,15 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 		CIDR: "10.244.0.0/16", Except: []string{"10.244.2.0/24"}}}), port(corev1.ProtocolTCP, 80)))
 	badPolicy := netpol("bad", ingressRule(peers(networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{
 		MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "role", Operator: "Bogus"}}}})))
+	// An ipBlock that does not parse is a problem of the index, which
+	// names the policy's UID.
+	badBlockPolicy := netpol("bad-block", ingressRule(peers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+		CIDR: "10.250.0.0/16", Except: []string{"nonsense"}}}), port(corev1.ProtocolTCP, 80)))
+	badBlockPolicy.UID = "bad-block-1"
 	// Every state shares the objects it does not change, as informer
 	// caches do.
 	base := cluster()
-	base.Policies = []*networkingv1.NetworkPolicy{backendPolicy, blockPolicy, badPolicy}
+	base.Policies = []*networkingv1.NetworkPolicy{backendPolicy, blockPolicy, badPolicy, badBlockPolicy}
 	start := func() State {
 		s := base
 		s.Pods = slices.Clone(base.Pods)
@@ -63,17 +69,52 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 		{"a peer's named port changes", func(s *State) {
 			s.Pods[3] = pod("dev", "client", devIP, map[string]string{"role": "frontend"}, corev1.ContainerPort{Name: "http", ContainerPort: 8081})
 		}, false, true, true},
-		{"a policy is updated", func(s *State) {
+		// The index is kept while no policy's ipBlocks or named egress
+		// ports change, and so is every pod address's identity.
+		{"a policy's port is updated", func(s *State) {
 			updated := backendPolicy.DeepCopy()
 			*updated.Spec.Ingress[0].Ports[0].Port = intstr.FromInt32(6380)
 			s.Policies[0] = updated
+		}, false, true, true},
+		{"a policy's peer is removed", func(s *State) {
+			updated := backendPolicy.DeepCopy()
+			updated.Spec.Ingress[0].From = nil
+			s.Policies[0] = updated
+		}, false, true, true},
+		{"a policy without ipBlocks appears", func(s *State) {
+			s.Policies = append(s.Policies, netpol("more", ingressRule(peers(frontend), port(corev1.ProtocolTCP, 7000))))
+		}, false, true, true},
+		{"a policy without ipBlocks goes", func(s *State) { s.Policies = slices.Delete(s.Policies, 2, 3) }, false, true, true},
+		{"an ipBlock policy is made again under its name", func(s *State) {
+			again := blockPolicy.DeepCopy()
+			again.UID = "another"
+			s.Policies[1] = again
+		}, false, false, false},
+		{"a policy with a bad ipBlock changes its port", func(s *State) {
+			updated := badBlockPolicy.DeepCopy()
+			*updated.Spec.Ingress[0].Ports[0].Port = intstr.FromInt32(81)
+			s.Policies[3] = updated
+		}, false, true, true},
+		{"a policy with a bad ipBlock is made again under its name", func(s *State) {
+			again := badBlockPolicy.DeepCopy()
+			again.UID = "bad-block-2"
+			s.Policies[3] = again
 		}, false, false, false},
 		{"a policy's ipBlock changes", func(s *State) {
 			updated := blockPolicy.DeepCopy()
 			updated.Spec.Ingress[0].From[0].IPBlock.Except = []string{"10.244.1.0/24"}
 			s.Policies[1] = updated
 		}, false, false, false},
-		{"a policy goes", func(s *State) { s.Policies = s.Policies[1:] }, false, false, false},
+		{"a policy with an ipBlock appears", func(s *State) {
+			s.Policies = append(s.Policies, netpol("more", ingressRule(peers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+				CIDR: "10.244.1.0/24"}}), port(corev1.ProtocolTCP, 80))))
+		}, false, false, false},
+		{"a policy's named egress port changes", func(s *State) {
+			updated := backendPolicy.DeepCopy()
+			updated.Spec.Egress[0].Ports[0].Port = ptr(intstr.FromString("https"))
+			s.Policies[0] = updated
+		}, false, false, false},
+		{"a policy with a named egress port goes", func(s *State) { s.Policies = s.Policies[1:] }, false, false, false},
 		{"a namespace's labels change", func(s *State) {
 			s.Namespaces[1] = ns("dev", map[string]string{"env": "staging"})
 		}, false, true, true},
@@ -88,7 +129,7 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 			next.Previous = &prev
 			got := Compile(next, alloc)
 			fresh := compileAfresh(t, next, alloc, got)
-			if shared := got.comp.blocks == prev.comp.blocks; shared != tt.blocksReused {
+			if shared := reflect.ValueOf(got.comp.blocks.set).UnsafePointer() == reflect.ValueOf(prev.comp.blocks.set).UnsafePointer(); shared != tt.blocksReused {
 				t.Errorf("previous ipBlock index reused: %v, want %v", shared, tt.blocksReused)
 			}
 			client, ok := prev.comp.podKeys[podAddr{base.Pods[1], clientIP}]
