@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -66,6 +68,14 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 			s.Pods[1] = pod("prod", "client", clientIP, map[string]string{"role": "frontend", "tier": "web"},
 				corev1.ContainerPort{Name: "http", ContainerPort: 8080})
 		}, false, true, false},
+		{"a peer leaves the selector", func(s *State) {
+			s.Pods[1] = pod("prod", "client", clientIP, map[string]string{"role": "batch"},
+				corev1.ContainerPort{Name: "http", ContainerPort: 8080})
+		}, false, true, false},
+		{"a pod enters the selector", func(s *State) {
+			s.Pods[2] = pod("prod", "other", otherIP, map[string]string{"role": "frontend"},
+				corev1.ContainerPort{Name: "http", ContainerPort: 9090})
+		}, false, true, true},
 		{"a peer's named port changes", func(s *State) {
 			s.Pods[3] = pod("dev", "client", devIP, map[string]string{"role": "frontend"}, corev1.ContainerPort{Name: "http", ContainerPort: 8081})
 		}, false, true, true},
@@ -231,4 +241,95 @@ func compileAfresh(t *testing.T, s State, alloc *identity.Allocator, got Result)
 		t.Errorf("ipcache (-from scratch +with the previous Result):\n%s", d)
 	}
 	return fresh
+}
+
+// A run of the changes the agent sees, each compiled with the previous
+// Result as the agent compiles, must give what a compile from scratch
+// gives after every step: no reuse may leave a rule or an identity stale.
+// The changes are drawn from a fixed seed, over scaleState's shapes (pod,
+// namespace and ipBlock peers, named ports).
+func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(19, 1))
+	s := scaleState(300, 40)
+	alloc := identity.NewAllocator()
+	prev := Compile(s, alloc)
+	changes := []struct {
+		name  string
+		apply func(*State)
+	}{
+		{"pod label", func(s *State) {
+			i := rng.IntN(len(s.Pods))
+			p := s.Pods[i].DeepCopy()
+			p.Labels["tier"] = []string{"web", "api", "db", "other"}[rng.IntN(4)]
+			s.Pods[i] = p
+			for j, ep := range s.Endpoints {
+				if ep.Pod.Namespace == p.Namespace && ep.Pod.Name == p.Name {
+					s.Endpoints[j].Pod = p
+				}
+			}
+		}},
+		{"namespace label", func(s *State) {
+			i := rng.IntN(len(s.Namespaces))
+			n := s.Namespaces[i].DeepCopy()
+			n.Labels["team"] = fmt.Sprintf("t%d", rng.IntN(9))
+			s.Namespaces[i] = n
+		}},
+		{"policy port", func(s *State) {
+			i := rng.IntN(len(s.Policies))
+			p := s.Policies[i].DeepCopy()
+			for _, r := range p.Spec.Ingress {
+				for k := range r.Ports {
+					if r.Ports[k].Port != nil && r.Ports[k].Port.Type == intstr.Int {
+						r.Ports[k].Port = ptr(intstr.FromInt32(int32(8000 + rng.IntN(3))))
+					}
+				}
+			}
+			s.Policies[i] = p
+		}},
+		{"policy peer removed", func(s *State) {
+			i := rng.IntN(len(s.Policies))
+			p := s.Policies[i].DeepCopy()
+			if len(p.Spec.Ingress) > 0 {
+				p.Spec.Ingress[0].From = nil
+			}
+			s.Policies[i] = p
+		}},
+		{"policy ipBlock", func(s *State) {
+			i := rng.IntN(len(s.Policies))
+			p := s.Policies[i].DeepCopy()
+			for _, r := range p.Spec.Egress {
+				for _, to := range r.To {
+					if to.IPBlock != nil {
+						to.IPBlock.CIDR = fmt.Sprintf("10.244.%d.0/24", rng.IntN(4))
+					}
+				}
+			}
+			s.Policies[i] = p
+		}},
+		{"policy deleted", func(s *State) {
+			if len(s.Policies) > 1 {
+				i := rng.IntN(len(s.Policies))
+				s.Policies = slices.Delete(s.Policies, i, i+1)
+			}
+		}},
+		{"policy created", func(s *State) {
+			n := fmt.Sprintf("new-%d", rng.Int())
+			s.Policies = append(s.Policies, netpol(n, inNamespace(fmt.Sprintf("ns-%d", rng.IntN(50))),
+				ingressRule(peers(podPeer(map[string]string{"tier": "db"})), port(corev1.ProtocolTCP, 5432))))
+		}},
+	}
+	for step := range 60 {
+		ch := changes[rng.IntN(len(changes))]
+		next := s
+		next.Pods = slices.Clone(s.Pods)
+		next.Namespaces = slices.Clone(s.Namespaces)
+		next.Policies = slices.Clone(s.Policies)
+		next.Endpoints = slices.Clone(s.Endpoints)
+		ch.apply(&next)
+		next.Previous = &prev
+		got := Compile(next, alloc)
+		t.Run(fmt.Sprintf("%d %s", step, ch.name), func(t *testing.T) { compileAfresh(t, next, alloc, got) })
+		s, prev = next, got
+		s.Previous = nil
+	}
 }
