@@ -203,6 +203,15 @@ func replayCatalog(t *testing.T, spec catalogSpec, only []string, via Via, famil
 		out = cli.stdout
 	}
 	report := NewReport(out, spec.name, cat.Model.PodOrder)
+	// Registered before Setup's cleanups, so it runs after them: a failed
+	// case is repeated below the process logs they print, at the end of
+	// the output, which is the part a truncated CI log keeps.
+	var failed []string
+	t.Cleanup(func() {
+		if len(failed) > 0 {
+			t.Logf("catalog %s: %d failed (repeated after the process logs):\n%s", spec.name, len(failed), strings.Join(failed, ""))
+		}
+	})
 	start := time.Now()
 	cat.Family = string(family)
 	env := Setup(t, cat.Model, *flagNodes, *flagProxy, WithVia(via), WithFamily(family))
@@ -221,7 +230,9 @@ func replayCatalog(t *testing.T, spec catalogSpec, only []string, via Via, famil
 			}
 			switch res.Status {
 			case Fail:
-				t.Error(FormatCase(res, cat.Model.PodOrder))
+				msg := FormatCase(res, cat.Model.PodOrder)
+				failed = append(failed, msg)
+				t.Error(msg)
 			case Skip:
 				// An experimental-channel case may need what the testbed
 				// lacks (clusterpolicy.go); nothing else may skip.

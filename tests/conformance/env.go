@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"sort"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -264,6 +267,49 @@ func (e *Env) startPod(id string, lbls map[string]string, ports []corev1.Contain
 	e.scopes[id] = sc
 	e.order = append(e.order, id)
 	e.podLabels[id] = maps.Clone(lbls)
+	if len(opts) > 0 {
+		if err := e.forgetNeighbours(p); err != nil {
+			return fmt.Errorf("create pod %s on %s: %w", id, node.Name, err)
+		}
+	}
+	return nil
+}
+
+// forgetNeighbours deletes the neighbour entries for p's address in its
+// node and in the node's other pods. A fixed IP plan gives a re-created pod
+// its old address with a new MAC, which host-local never does on its own
+// (it hands out the next free address), and nothing announces the change:
+// a neighbour whose entry for the old MAC is still reachable sends its
+// replies into the bridge, which floods them to no taker, until the entry
+// goes stale and is probed (5 s or more). The probes would time out on the
+// network's leftovers, not on a verdict.
+func (e *Env) forgetNeighbours(p *testbed.Pod) error {
+	ip := net.IP(p.IP().AsSlice())
+	forget := func() error {
+		neighs, err := netlink.NeighList(0, netlink.FAMILY_ALL)
+		if err != nil {
+			return fmt.Errorf("list neighbours: %w", err)
+		}
+		for _, n := range neighs {
+			if n.IP.Equal(ip) {
+				if err := netlink.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+					return fmt.Errorf("delete neighbour %s on link %d: %w", ip, n.LinkIndex, err)
+				}
+			}
+		}
+		return nil
+	}
+	netnses := []*testbed.NetNS{p.Node.NetNS}
+	for _, other := range e.Pods {
+		if other != p && other.Node == p.Node {
+			netnses = append(netnses, other.NetNS)
+		}
+	}
+	for _, ns := range netnses {
+		if err := ns.Do(forget); err != nil {
+			return fmt.Errorf("forget the old MAC of %s in %s: %w", ip, ns.Name(), err)
+		}
+	}
 	return nil
 }
 
