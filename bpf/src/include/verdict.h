@@ -55,9 +55,9 @@ static __always_inline void ct_key_forward(struct ct_key *k, const struct flow *
 
 /* ct_key_canon turns k, the key of a packet's own tuple in its direction,
  * into the key of its flow, which the flow's packets both ways find with
- * one lookup: of k and its reverse (the reply's tuple, in the other
- * direction: ct_key_reverse), the one whose source (address, port) orders
- * first. It returns 1 when that is the reverse. Before, a packet that was
+ * one lookup: of k and its reverse (source and destination swapped, the
+ * other direction: a reply's key), the one whose source (address, port)
+ * orders first. It returns 1 when that is the reverse. Before, a packet that was
  * not its flow's first looked up its own tuple and then, on a miss, the
  * reverse: two lookups for every new flow and every reply, each a cache
  * miss in a large table. A tuple whose ends are equal is its own reverse;
