@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+	"weak"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -114,11 +115,16 @@ func (r *Reporter) Report(ctx context.Context, problems []error) (int, error) {
 // checking every so often, until ctx ends. A failed report is retried with
 // the next check.
 func (r *Reporter) Watch(ctx context.Context, last func() *policy.Result, every time.Duration) {
-	var seen *policy.Result
+	// Only whether last returns a new Result matters: a strong pointer to
+	// the one seen would keep it, with its compiler and address sets
+	// (several MB at 10 000 pods), alive for up to every after the agent
+	// has replaced it. A weak pointer still compares equal to one made from
+	// the same Result.
+	var seen weak.Pointer[policy.Result]
 	failing := false
 	for {
-		if res := last(); res != nil && (res != seen || failing) {
-			seen = res
+		if res := last(); res != nil && (weak.Make(res) != seen || failing) {
+			seen = weak.Make(res)
 			n, err := r.Report(ctx, res.Problems)
 			if n > 0 {
 				r.Log.Info("Reported policies Palisade does not understand as Events", "events", n, "reason", Reason)
