@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -38,6 +39,48 @@ const (
 // retiredConntrack is the one table older versions kept every flow in.
 const retiredConntrack = "pal_ct"
 
+// retiredSplitConntrack are the tables of the versions that keyed a flow
+// by its first packet's tuple alone: a reply then needed a second lookup.
+// Their flows are copied under their flow keys (flowKey) on load.
+var retiredSplitConntrack = []string{"pal_ct_tcp", "pal_ct_other"}
+
+// conntrack.h's struct ct_key dir values and CT_F_REVERSED.
+const (
+	ctDirIngress = 1
+	ctDirService = 2
+	ctFReversed  = 1 << 3
+)
+
+// flowKey turns the key of an older version's entry, keyed by its first
+// packet's tuple and direction, into the key the programs look it up by
+// (verdict.h ct_key_canon: of the tuple and its reverse, the one whose
+// source orders first), and marks e CT_F_REVERSED when it took the
+// reverse. An entry of a Service choice (DIR_SERVICE) keeps its key: the
+// programs look it up as sent.
+func flowKey(k *CTKey, e *CTEntry) {
+	if k.Dir == ctDirService {
+		return
+	}
+	rev := k.Dir == ctDirIngress
+	decided := false
+	for i := 0; i < 16 && !decided; i += 4 {
+		s, d := binary.NativeEndian.Uint32(k.Saddr[i:]), binary.NativeEndian.Uint32(k.Daddr[i:])
+		if s != d {
+			rev, decided = s > d, true
+		}
+	}
+	if !decided && k.Sport != k.Dport {
+		rev = k.Sport > k.Dport
+	}
+	if !rev {
+		return
+	}
+	k.Saddr, k.Daddr = k.Daddr, k.Saddr
+	k.Sport, k.Dport = k.Dport, k.Sport
+	k.Dir ^= 1
+	e.Flags |= ctFReversed
+}
+
 // ConntrackTable is what the programs counted for one conntrack table.
 type ConntrackTable struct {
 	Name     string // ConntrackTCP or ConntrackOther
@@ -68,7 +111,7 @@ func (o *Objects) conntrackMaps() []struct {
 	return []struct {
 		name string
 		m    *ebpf.Map
-	}{{ConntrackTCP, o.objs.PalCtTcp}, {ConntrackOther, o.objs.PalCtOther}}
+	}{{ConntrackTCP, o.objs.PalFlowsTcp}, {ConntrackOther, o.objs.PalFlowsOther}}
 }
 
 // Conntrack reads the counters of both conntrack tables, and how many TCP
@@ -105,7 +148,7 @@ func (o *Objects) ctStat(index uint32) (uint64, error) {
 // and the flows in it, are kept, at the size it has. The agent compares
 // the sizes it asked for with ConntrackSizes to say so.
 func sizeConntrack(spec *ebpf.CollectionSpec, mapsDir string, opts LoadOptions) error {
-	for name, want := range map[string]uint32{"pal_ct_tcp": opts.ConntrackTCP, "pal_ct_other": opts.ConntrackOther} {
+	for name, want := range map[string]uint32{"pal_flows_tcp": opts.ConntrackTCP, "pal_flows_other": opts.ConntrackOther} {
 		ms, ok := spec.Maps[name]
 		if !ok {
 			return fmt.Errorf("size %s: no such map in the programs", name)
@@ -128,24 +171,48 @@ func sizeConntrack(spec *ebpf.CollectionSpec, mapsDir string, opts LoadOptions) 
 
 // ConntrackSizes returns the capacity of the TCP and the other table.
 func (o *Objects) ConntrackSizes() (tcp, other int) {
-	return int(o.objs.PalCtTcp.MaxEntries()), int(o.objs.PalCtOther.MaxEntries())
+	return int(o.objs.PalFlowsTcp.MaxEntries()), int(o.objs.PalFlowsOther.MaxEntries())
 }
 
-// migrateConntrack copies the flows of the one table older versions kept
-// (pal_ct, same key and entry layout) into the split tables, so that an
-// upgrade does not cut the established flows whose replies need them, and
-// counts them as created. unpinRetired then removes the old pin. It
-// returns how many entries it copied.
+// migrateConntrack copies the flows of the tables older versions kept
+// into the current ones, so that an upgrade does not cut the established
+// flows whose replies need them: the one table of the oldest (pal_ct),
+// whose flows count as created here, and the split tables keyed by the
+// first packet's tuple (retiredSplitConntrack), whose flows were counted
+// when they were created. Keys become flow keys (flowKey). unpinRetired
+// then removes the old pins. It returns how many entries it copied.
 func (o *Objects) migrateConntrack(mapsDir string) (int, error) {
-	old, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir, retiredConntrack), nil)
+	total := 0
+	for _, name := range append([]string{retiredConntrack}, retiredSplitConntrack...) {
+		copied, err := o.migrateTable(filepath.Join(mapsDir, name))
+		if err != nil {
+			return 0, err
+		}
+		if name == retiredConntrack {
+			for table, n := range copied {
+				if err := o.addCreated(uint32(table*ctStatPerTable+ctStatCreated), n); err != nil {
+					return 0, err
+				}
+			}
+		}
+		total += int(copied[0] + copied[1])
+	}
+	return total, nil
+}
+
+// migrateTable copies the flows of the retired table pinned at path, if
+// any, into the TCP and the other table under their flow keys, and
+// returns how many each got.
+func (o *Objects) migrateTable(path string) ([2]uint64, error) {
+	var copied [2]uint64
+	old, err := ebpf.LoadPinnedMap(path, nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return copied, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("open the retired conntrack %s: %w", retiredConntrack, err)
+		return copied, fmt.Errorf("open the retired conntrack %s: %w", path, err)
 	}
 	defer old.Close()
-	copied := [2]uint64{}
 	var k CTKey
 	var v CTEntry
 	it := old.Iterate()
@@ -154,24 +221,20 @@ func (o *Objects) migrateConntrack(mapsDir string) (int, error) {
 		if k.Proto == 6 { // TCP
 			table = 0
 		}
+		flowKey(&k, &v)
 		err := o.conntrackMaps()[table].m.Update(&k, &v, ebpf.UpdateNoExist)
 		if errors.Is(err, ebpf.ErrKeyExist) {
 			continue
 		}
 		if err != nil {
-			return 0, fmt.Errorf("copy a flow into the %s conntrack table: %w", o.conntrackMaps()[table].name, err)
+			return copied, fmt.Errorf("copy a flow into the %s conntrack table: %w", o.conntrackMaps()[table].name, err)
 		}
 		copied[table]++
 	}
 	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("read the retired conntrack %s: %w", retiredConntrack, err)
+		return copied, fmt.Errorf("read the retired conntrack %s: %w", path, err)
 	}
-	for table, n := range copied {
-		if err := o.addCreated(uint32(table*ctStatPerTable+ctStatCreated), n); err != nil {
-			return 0, err
-		}
-	}
-	return int(copied[0] + copied[1]), nil
+	return copied, nil
 }
 
 // addCreated adds n to the first CPU's slot of a counter. Only while the

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -159,7 +160,7 @@ func TestPrivilegedConntrackSizes(t *testing.T) {
 	if tcp, other := o.ConntrackSizes(); tcp != 4096 || other != 1024 {
 		t.Errorf("sizes %d/%d, want the 4096/1024 asked for", tcp, other)
 	}
-	info, err := o.objs.PalCtTcp.Info()
+	info, err := o.objs.PalFlowsTcp.Info()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,10 +210,10 @@ func TestPrivilegedConntrackMigratesTheRetiredTable(t *testing.T) {
 		t.Errorf("migrated %d flows, want 2", o.Migrated)
 	}
 	var e CTEntry
-	if err := o.objs.PalCtTcp.Lookup(tcpKey, &e); err != nil || e.Ifindex != 5 {
+	if err := o.objs.PalFlowsTcp.Lookup(tcpKey, &e); err != nil || e.Ifindex != 5 {
 		t.Errorf("TCP flow in the TCP table: %+v, %v", e, err)
 	}
-	if err := o.objs.PalCtOther.Lookup(udpKey, &e); err != nil || e.Ifindex != 5 {
+	if err := o.objs.PalFlowsOther.Lookup(udpKey, &e); err != nil || e.Ifindex != 5 {
 		t.Errorf("UDP flow in the other table: %+v, %v", e, err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "maps", retiredConntrack)); !errors.Is(err, os.ErrNotExist) {
@@ -224,5 +225,135 @@ func TestPrivilegedConntrackMigratesTheRetiredTable(t *testing.T) {
 	}
 	if fill := mapFill(t, o); tables[0].Reclaimed(fill["conntrack-tcp"]) != 0 || tables[1].Reclaimed(fill["conntrack-other"]) != 0 || tables[0].Created != 1 {
 		t.Errorf("after the migration the counters say %+v: copied flows must count as created", tables)
+	}
+}
+
+// A flow is keyed by its tuple or its reply's, whichever orders first, and
+// found with one lookup both ways (verdict.h ct_key_canon). Every step runs
+// for a peer whose address orders before the subject's and one after, so
+// that both kinds of key are exercised: a reply must pass where the
+// subject's own packets are denied, a packet that is not the reply (ports
+// swapped, another port, the reply's tuple coming the flow's own way) must
+// be judged as new and dropped, and a policy change must still reach the
+// flow from its first packet's side.
+func TestPrivilegedFlowFoundBothWaysWithOneKey(t *testing.T) {
+	lowIP := netip.MustParseAddr("10.244.1.5") // orders before subjectIP
+	const lowID uint32 = 302
+	for _, peer := range []struct {
+		name string
+		addr netip.Addr
+		id   uint32
+	}{{"peer orders first", lowIP, lowID}, {"subject orders first", peerIP, peerID}} {
+		for _, proto := range []uint8{tcp, udp} {
+			t.Run(fmt.Sprintf("%s/proto %d", peer.name, proto), func(t *testing.T) {
+				f := newFixture(t)
+				if err := f.objs.UpsertIPCache(netip.PrefixFrom(lowIP, 32), lowID); err != nil {
+					t.Fatal(err)
+				}
+				// The peer may open flows to port 80; the subject may send
+				// nothing but replies.
+				both := FlagIngressIsolated | FlagEgressIsolated
+				f.isolate(t, both, 1, allow(t, peer.id, proto, PortRange{80, 80}), nil)
+				flags := func(fl uint8) uint8 {
+					if proto == tcp {
+						return fl
+					}
+					return 0
+				}
+				in := pkt{Src: peer.addr, Dst: subjectIP, Proto: proto, SrcPort: 40000, DstPort: 80, TCPFlags: flags(syn)}
+				reply := pkt{Src: subjectIP, Dst: peer.addr, Proto: proto, SrcPort: 80, DstPort: 40000, TCPFlags: flags(syn | ack)}
+				later := in
+				later.TCPFlags = flags(ack)
+				swapped := reply // the subject's ports the other way round
+				swapped.SrcPort, swapped.DstPort = 40000, 80
+				otherPort := reply
+				otherPort.DstPort = 40001
+				replyTupleInward := pkt{Src: subjectIP, Dst: peer.addr, Proto: proto, SrcPort: 80, DstPort: 40000, TCPFlags: flags(ack)}
+				steps := []struct {
+					what string
+					dir  Direction
+					pkt  pkt
+					want uint32
+				}{
+					{"the flow's first packet, admitted by the rule", ToPod, in, tcActOK},
+					{"its reply", FromPod, reply, tcActOK},
+					{"its next packet", ToPod, later, tcActOK},
+					{"the reply's ports swapped", FromPod, swapped, tcActShot},
+					{"the reply to another port", FromPod, otherPort, tcActShot},
+					{"the reply's tuple coming in", ToPod, replyTupleInward, tcActShot},
+				}
+				for _, s := range steps {
+					if got := f.run(t, s.dir, s.pkt.Frame()); got != s.want {
+						t.Errorf("%s (%s %+v): verdict %d, want %d", s.what, s.dir, s.pkt, got, s.want)
+					}
+				}
+				// A policy change that keeps the rule: the flow's next
+				// packet is judged again and passes; its reply is still
+				// a reply, which the subject's egress policy (none) does
+				// not judge.
+				f.isolate(t, both, 2, allow(t, peer.id, proto, PortRange{80, 80}), nil)
+				if got := f.run(t, FromPod, reply.Frame()); got != tcActOK {
+					t.Errorf("after a policy change, the reply: verdict %d, want it passed", got)
+				}
+				if got := f.run(t, ToPod, later.Frame()); got != tcActOK {
+					t.Errorf("after a policy change that keeps the rule, the flow's next packet: verdict %d, want it passed", got)
+				}
+				// The rule goes: the flow's next packet is judged again
+				// and dropped, and its entry with it, so no reply passes.
+				f.isolate(t, both, 3, nil, nil)
+				if got := f.run(t, ToPod, later.Frame()); got != tcActShot {
+					t.Errorf("after the rule went, the flow's next packet: verdict %d, want a drop", got)
+				}
+				if got := f.run(t, FromPod, reply.Frame()); got != tcActShot {
+					t.Errorf("after the flow was cut, its reply: verdict %d, want a drop", got)
+				}
+			})
+		}
+	}
+}
+
+// An upgrade from the versions that keyed a flow by its first packet's
+// tuple copies their flows under the flow's key, those whose reply orders
+// first included: both ways still pass without being judged.
+func TestPrivilegedConntrackMigratesFirstPacketKeys(t *testing.T) {
+	f := newFixture(t)
+	mapsDir := filepath.Join(f.objs.Root(), "maps")
+	old, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "pal_ct_tcp", Type: ebpf.LRUHash, MaxEntries: 1024,
+		KeySize: uint32(binary.Size(CTKey{})), ValueSize: uint32(binary.Size(CTEntry{})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(filepath.Join(mapsDir, "pal_ct_tcp")); err != nil {
+		t.Fatal(err)
+	}
+	// peerIP orders after subjectIP: this flow's key is its reply's.
+	first := pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 40000, DstPort: 80, TCPFlags: ack}
+	k := CTKey{Sport: htons(40000), Dport: htons(80), Proto: tcp, Dir: uint8(ToPod.dir())}
+	k.Saddr, k.Daddr = peerIP.As16(), subjectIP.As16()
+	// A deadline far ahead: the flow is live.
+	if err := old.Put(k, CTEntry{Expires: math.MaxUint64 / 2, Revision: 1, Ifindex: uint32(f.ifindex)}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Load(LoadOptions{Root: f.objs.Root(), Rejudge: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if again.Migrated != 1 {
+		t.Errorf("migrated %d flows, want 1", again.Migrated)
+	}
+	f.isolate(t, FlagIngressIsolated|FlagEgressIsolated, 1, nil, nil)
+	reply := pkt{Src: subjectIP, Dst: peerIP, Proto: tcp, SrcPort: 80, DstPort: 40000, TCPFlags: ack}
+	if got := f.run(t, ToPod, first.Frame()); got != tcActOK {
+		t.Errorf("the migrated flow's packet: verdict %d, want it passed as established", got)
+	}
+	if got := f.run(t, FromPod, reply.Frame()); got != tcActOK {
+		t.Errorf("the migrated flow's reply: verdict %d, want it passed as a reply", got)
+	}
+	if _, err := os.Stat(filepath.Join(mapsDir, "pal_ct_tcp")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the retired table is still pinned: %v", err)
 	}
 }

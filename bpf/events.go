@@ -136,8 +136,8 @@ func (o *Objects) MapFill() ([]MapFill, error) {
 	}{
 		{"endpoints", o.objs.PalEp},
 		{"ipcache", o.objs.PalIpcache},
-		{"conntrack-" + ConntrackTCP, o.objs.PalCtTcp},
-		{"conntrack-" + ConntrackOther, o.objs.PalCtOther},
+		{"conntrack-" + ConntrackTCP, o.objs.PalFlowsTcp},
+		{"conntrack-" + ConntrackOther, o.objs.PalFlowsOther},
 		{"rules", o.objs.PalSetRules},
 	}
 	var out []MapFill

@@ -111,7 +111,7 @@ func FuzzPrivilegedClassify(f *testing.F) {
 
 // forget clears conntrack and fragment state.
 func (f *fixture) forget() error {
-	for _, m := range []*ebpf.Map{f.objs.objs.PalCtTcp, f.objs.objs.PalCtOther, f.objs.objs.PalFrag} {
+	for _, m := range []*ebpf.Map{f.objs.objs.PalFlowsTcp, f.objs.objs.PalFlowsOther, f.objs.objs.PalFrag} {
 		if err := clearMap(m); err != nil {
 			return err
 		}

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,7 +24,10 @@ import (
 	"github.com/palisade-cni/palisade/tests/packet"
 )
 
-var liveDuration = flag.Duration("live-duration", 2*time.Second, "traffic per BenchmarkPrivilegedLive case")
+var (
+	liveDuration = flag.Duration("live-duration", 2*time.Second, "traffic per BenchmarkPrivilegedLive case")
+	liveRules    = flag.String("live-rules", "0,1000,10000", "BenchmarkPrivilegedLive's rule counts, in the order run")
+)
 
 // liveNet is two pods behind a node: a namespace routing between two veths
 // with the programs attached to their node ends, as on a real node, and one
@@ -39,6 +44,7 @@ type liveNet struct {
 	fromPod    *ebpf.Program
 	toPod      *ebpf.Program
 	identities [2]uint32
+	udpNext    int // udpNewFlows' next flow
 }
 
 func newLiveNet(tb testing.TB) *liveNet {
@@ -154,8 +160,8 @@ func (l *liveNet) plumb(i int) error {
 }
 
 // isolate gives pod 1 an ingress policy of n filler rules (peers and
-// ports no traffic here uses) plus the rule admitting pod 0 on TCP and
-// UDP port 8080.
+// ports no traffic here uses) plus the rules admitting pod 0 on TCP port
+// 8080 and UDP ports 8080 to 8080+udpPorts-1.
 func (l *liveNet) isolate(tb testing.TB, n int) {
 	tb.Helper()
 	var entries []PolicyEntry
@@ -163,9 +169,11 @@ func (l *liveNet) isolate(tb testing.TB, n int) {
 		keys, _ := PolicyKeys(1000+uint32(i), packet.TCP, PortRange{uint16(1000 + i%5000), uint16(1000 + i%5000)})
 		entries = append(entries, PolicyEntry{Key: keys[0], Value: PolicyValue{Rule: 1}})
 	}
-	for _, proto := range []uint8{packet.TCP, packet.UDP} {
-		keys, _ := PolicyKeys(l.identities[0], proto, PortRange{8080, 8080})
-		entries = append(entries, PolicyEntry{Key: keys[0], Value: PolicyValue{Rule: 2}})
+	keys, _ := PolicyKeys(l.identities[0], packet.TCP, PortRange{8080, 8080})
+	entries = append(entries, PolicyEntry{Key: keys[0], Value: PolicyValue{Rule: 2}})
+	keys, _ = PolicyKeys(l.identities[0], packet.UDP, PortRange{8080, 8080 + udpPorts - 1})
+	for _, k := range keys {
+		entries = append(entries, PolicyEntry{Key: k, Value: PolicyValue{Rule: 2}})
 	}
 	if err := l.objs.SetPolicy(101, ToPod, entries); err != nil {
 		tb.Fatal(err)
@@ -194,29 +202,59 @@ func (l *liveNet) stats() (from, to ebpf.ProgramStats, err error) {
 	return *f, *t, nil
 }
 
+// admitted is how many flows pal_to_pod admitted by policy so far.
+func (l *liveNet) admitted(tb testing.TB) uint64 {
+	tb.Helper()
+	counts, err := l.objs.Verdicts()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, c := range counts {
+		if c.Direction == ToPod && c.Reason == ReasonAllowed {
+			return c.Count
+		}
+	}
+	tb.Fatal("no counter of flows admitted by pal_to_pod")
+	return 0
+}
+
 // in runs fn with the calling goroutine in pod i's namespace: sockets fn
 // opens belong to the pod.
 func (l *liveNet) in(i int, fn func() error) error {
 	return l.pods[i].Do(func(ns.NetNS) error { return fn() })
 }
 
-// echoServer serves TCP and UDP echo on pod 1's 8080 until the test ends.
+// echoServer serves TCP echo on pod 1's 8080, and takes UDP datagrams on
+// its ports 8080 to 8080+udpPorts-1, until the test ends.
 func (l *liveNet) echoServer(tb testing.TB) {
 	tb.Helper()
 	var ln net.Listener
-	var pc net.PacketConn
+	var pcs []net.PacketConn
 	err := l.in(1, func() error {
 		var err error
 		if ln, err = net.Listen("tcp4", ":8080"); err != nil {
 			return err
 		}
-		pc, err = net.ListenPacket("udp4", ":8080")
-		return err
+		for port := 8080; port < 8080+udpPorts; port++ {
+			pc, err := net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+			if err != nil {
+				return err
+			}
+			pcs = append(pcs, pc)
+		}
+		return nil
+	})
+	tb.Cleanup(func() {
+		if ln != nil {
+			ln.Close()
+		}
+		for _, pc := range pcs {
+			pc.Close()
+		}
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { ln.Close(); pc.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -226,17 +264,17 @@ func (l *liveNet) echoServer(tb testing.TB) {
 			go func() { _, _ = io.Copy(c, c); c.Close() }()
 		}
 	}()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
+	for _, pc := range pcs {
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				// One-way: each datagram is a flow of its own.
+				if _, _, err := pc.ReadFrom(buf); err != nil {
+					return
+				}
 			}
-			_ = n
-			_ = from // one-way: each datagram is a flow of its own
-		}
-	}()
+		}()
+	}
 }
 
 // rrEstablished exchanges 1-byte requests and responses over one TCP
@@ -264,12 +302,29 @@ func (l *liveNet) rrEstablished(dst netip.AddrPort, d time.Duration) error {
 	return nil
 }
 
-// udpNewFlows sends datagrams to dst for d, each from a socket of its own:
-// every packet is the first of a flow and is judged by policy.
+// udpPorts is how many UDP ports pod 1 takes datagrams on: with the
+// source ports udpNewFlows cycles through, enough 5-tuples that no flow
+// repeats within a case.
+const udpPorts = 8
+
+// udpNewFlows sends datagrams to dst's address for d, each from a socket of
+// its own bound to the next of l.udpNext's (source port, destination port)
+// pairs: every packet is the first of a flow and is judged by policy. The
+// kernel's ephemeral ports would not do: its 28 232 ports come round again
+// within a second at this rate, and a repeated tuple finds its entry.
 func (l *liveNet) udpNewFlows(dst netip.AddrPort, d time.Duration) error {
+	src := net.UDPAddr{IP: l.addrs[0].AsSlice()}
+	to := net.UDPAddr{IP: dst.Addr().AsSlice()}
 	return l.in(0, func() error {
 		for end := time.Now().Add(d); time.Now().Before(end); {
-			c, err := net.Dial("udp4", dst.String())
+			n := l.udpNext
+			l.udpNext++
+			src.Port = udpFirstSrcPort + n%(65536-udpFirstSrcPort)
+			to.Port = int(dst.Port()) + n/(65536-udpFirstSrcPort)%udpPorts
+			c, err := net.DialUDP("udp4", &src, &to)
+			if errors.Is(err, unix.EADDRINUSE) {
+				continue // a port some other socket holds
+			}
 			if err != nil {
 				return err
 			}
@@ -283,6 +338,9 @@ func (l *liveNet) udpNewFlows(dst netip.AddrPort, d time.Duration) error {
 	})
 }
 
+// udpFirstSrcPort is the first source port udpNewFlows uses.
+const udpFirstSrcPort = 1024
+
 // BenchmarkPrivilegedLive measures what the kernel's run statistics say
 // each program costs per packet under live traffic: two pods in their own
 // namespaces exchange packets through a routing namespace whose veths carry
@@ -294,13 +352,23 @@ func (l *liveNet) udpNewFlows(dst netip.AddrPort, d time.Duration) error {
 //
 // Each case reports ns per run of pal_from_pod (sender's veth) and of
 // pal_to_pod (receiver's), and the packets per second the pair carried.
+// -live-rules sets the rule counts and their order: runs in both orders
+// tell a cost of the rules from a drift over the run.
 func BenchmarkPrivilegedLive(b *testing.B) {
 	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		b.Fatalf("enable BPF run statistics: %v", err)
 	}
 	b.Cleanup(func() { stats.Close() })
-	for _, rules := range []int{0, 1000, 10000} {
+	var counts []int
+	for _, f := range strings.Split(*liveRules, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			b.Fatalf("-live-rules: %v", err)
+		}
+		counts = append(counts, n)
+	}
+	for _, rules := range counts {
 		l := newLiveNet(b)
 		l.echoServer(b)
 		l.isolate(b, rules)
@@ -322,10 +390,11 @@ func BenchmarkPrivilegedLive(b *testing.B) {
 				if err := c.run(100 * time.Millisecond); err != nil { // warm-up
 					b.Fatal(err)
 				}
-				var from, to float64
+				var from, to, judged float64
 				var ns0, ns1 time.Duration
 				start := time.Now()
 				for b.Loop() {
+					a0 := l.admitted(b)
 					f0, t0, err := l.stats()
 					if err != nil {
 						b.Fatal(err)
@@ -337,6 +406,7 @@ func BenchmarkPrivilegedLive(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
+					judged += float64(l.admitted(b) - a0)
 					from += float64(f1.RunCount - f0.RunCount)
 					to += float64(t1.RunCount - t0.RunCount)
 					ns0 += f1.Runtime - f0.Runtime
@@ -350,6 +420,9 @@ func BenchmarkPrivilegedLive(b *testing.B) {
 				b.ReportMetric(float64(ns1)/to, "ns/run-to-pod")
 				b.ReportMetric(float64(ns0+ns1)/(from+to), "ns/run")
 				b.ReportMetric((from+to)/2/elapsed, "packets/s")
+				// What share of the receiver's runs judged a new flow:
+				// ~1 for new flows, ~0 for established ones.
+				b.ReportMetric(judged/to, "new-flows/run-to-pod")
 			})
 		}
 	}

@@ -164,14 +164,14 @@ type palisadeVerdictEvent struct {
 const (
 	palisadeMapPalAffinity        = "pal_affinity"
 	palisadeMapPalBackends        = "pal_backends"
-	palisadeMapPalCtOther         = "pal_ct_other"
 	palisadeMapPalCtStats         = "pal_ct_stats"
-	palisadeMapPalCtTcp           = "pal_ct_tcp"
 	palisadeMapPalDrops           = "pal_drops"
 	palisadeMapPalEp              = "pal_ep"
 	palisadeMapPalEventBudget     = "pal_event_budget"
 	palisadeMapPalEventStats      = "pal_event_stats"
 	palisadeMapPalEvents          = "pal_events"
+	palisadeMapPalFlowsOther      = "pal_flows_other"
+	palisadeMapPalFlowsTcp        = "pal_flows_tcp"
 	palisadeMapPalFrag            = "pal_frag"
 	palisadeMapPalIpcache         = "pal_ipcache"
 	palisadeMapPalNodeAddrs       = "pal_node_addrs"
@@ -238,14 +238,14 @@ type palisadeProgramSpecs struct {
 type palisadeMapSpecs struct {
 	PalAffinity    *ebpf.MapSpec `ebpf:"pal_affinity"`
 	PalBackends    *ebpf.MapSpec `ebpf:"pal_backends"`
-	PalCtOther     *ebpf.MapSpec `ebpf:"pal_ct_other"`
 	PalCtStats     *ebpf.MapSpec `ebpf:"pal_ct_stats"`
-	PalCtTcp       *ebpf.MapSpec `ebpf:"pal_ct_tcp"`
 	PalDrops       *ebpf.MapSpec `ebpf:"pal_drops"`
 	PalEp          *ebpf.MapSpec `ebpf:"pal_ep"`
 	PalEventBudget *ebpf.MapSpec `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.MapSpec `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.MapSpec `ebpf:"pal_events"`
+	PalFlowsOther  *ebpf.MapSpec `ebpf:"pal_flows_other"`
+	PalFlowsTcp    *ebpf.MapSpec `ebpf:"pal_flows_tcp"`
 	PalFrag        *ebpf.MapSpec `ebpf:"pal_frag"`
 	PalIpcache     *ebpf.MapSpec `ebpf:"pal_ipcache"`
 	PalNodeAddrs   *ebpf.MapSpec `ebpf:"pal_node_addrs"`
@@ -286,14 +286,14 @@ func (o *palisadeObjects) Close() error {
 type palisadeMaps struct {
 	PalAffinity    *ebpf.Map `ebpf:"pal_affinity"`
 	PalBackends    *ebpf.Map `ebpf:"pal_backends"`
-	PalCtOther     *ebpf.Map `ebpf:"pal_ct_other"`
 	PalCtStats     *ebpf.Map `ebpf:"pal_ct_stats"`
-	PalCtTcp       *ebpf.Map `ebpf:"pal_ct_tcp"`
 	PalDrops       *ebpf.Map `ebpf:"pal_drops"`
 	PalEp          *ebpf.Map `ebpf:"pal_ep"`
 	PalEventBudget *ebpf.Map `ebpf:"pal_event_budget"`
 	PalEventStats  *ebpf.Map `ebpf:"pal_event_stats"`
 	PalEvents      *ebpf.Map `ebpf:"pal_events"`
+	PalFlowsOther  *ebpf.Map `ebpf:"pal_flows_other"`
+	PalFlowsTcp    *ebpf.Map `ebpf:"pal_flows_tcp"`
 	PalFrag        *ebpf.Map `ebpf:"pal_frag"`
 	PalIpcache     *ebpf.Map `ebpf:"pal_ipcache"`
 	PalNodeAddrs   *ebpf.Map `ebpf:"pal_node_addrs"`
@@ -306,14 +306,14 @@ func (m *palisadeMaps) Close() error {
 	return _PalisadeClose(
 		m.PalAffinity,
 		m.PalBackends,
-		m.PalCtOther,
 		m.PalCtStats,
-		m.PalCtTcp,
 		m.PalDrops,
 		m.PalEp,
 		m.PalEventBudget,
 		m.PalEventStats,
 		m.PalEvents,
+		m.PalFlowsOther,
+		m.PalFlowsTcp,
 		m.PalFrag,
 		m.PalIpcache,
 		m.PalNodeAddrs,

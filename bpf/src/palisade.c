@@ -46,8 +46,9 @@ static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u
 }
 
 /* handle judges one packet seen by the endpoint on skb->ifindex.
- * A packet of a known flow costs one conntrack lookup (two for a reply),
- * a packet to a Service included: its translation is kept in conntrack.
+ * A packet of a known flow costs one conntrack lookup, a reply included
+ * (its flow's key is the same both ways: ct_key_canon), a packet to a
+ * Service included: its translation is kept in conntrack.
  * Policy is consulted only for a flow's first packet, or when the policy
  * revision that admitted the flow is stale. */
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
@@ -64,7 +65,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u64 revision;
 	__u8 vip[16];
 	__be16 vport = 0;
-	int ret, arp, lb = LB_NONE;
+	int ret, arp, lb = LB_NONE, fwd = 0, rev;
 	__u64 now;
 
 	ret = parse_packet(skb, &f, &inner);
@@ -103,17 +104,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* An ICMP error belongs to the flow of the packet it quotes, which
 	 * crossed this endpoint in the other direction. */
 	if (f.icmp_error) {
-		ct = ct_find(&inner, dir ^ 1, ifindex, now, &key);
+		ct = ct_find(&inner, dir ^ 1, ifindex, now, &key, &fwd);
 		if (ct && !(ct->flags & CT_F_SERVICE))
 			return TC_ACT_OK;
 	}
 
 	/* Conntrack first, with the tuple as the pod sent it: a known flow,
 	 * translated or not, needs no Service table. */
-	ct = ct_find(&f, dir, ifindex, now, &key);
+	ct = ct_find(&f, dir, ifindex, now, &key, &fwd);
 	if (ct && (ct->flags & CT_F_SERVICE)) {
 		/* Only what the pod sends goes to a Service address. */
-		if (key.dir == DIR_EGRESS && dir == DIR_EGRESS)
+		if (fwd && dir == DIR_EGRESS)
 			svc = ct;
 		ct = 0;
 	}
@@ -131,11 +132,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				frag_admit(&fs, &f);
 				return TC_ACT_OK;
 			}
-			ct = ct_find(&f, dir, ifindex, now, &key);
+			ct = ct_find(&f, dir, ifindex, now, &key, &fwd);
 		}
 	}
 
-	if (ct && key.dir == dir && rejudge && !(ct->flags & CT_F_SELF) && ct->revision != revision) {
+	if (ct && fwd && rejudge && !(ct->flags & CT_F_SELF) && ct->revision != revision) {
 		/* The policy changed since this flow was admitted here. */
 		peer = peer_identity(&f, dir);
 		if (!policy_allows(ep, dir, peer, &f, &rule)) {
@@ -149,7 +150,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ct_refresh(ct, now, ct_lifetime(&f));
 		/* A reply of a flow that was sent to a Service must come from
 		 * the Service's address. */
-		if (key.dir != dir && (ct->flags & CT_F_NAT)) {
+		if (!fwd && (ct->flags & CT_F_NAT)) {
 			__u8 addr[16];
 			__be16 port = ct->nat_port;
 
@@ -180,15 +181,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			return drop_rule(skb, &f, dir, REASON_POLICY, peer, rule);
 	}
 
-	ct_key_forward(&key, &f, dir);
+	ct_key_flow(&key, &f, dir, &rev);
 	entry.expires = now + ct_lifetime(&f);
 	entry.revision = revision;
 	entry.ifindex = ifindex;
 	entry.rule = rule;
+	entry.flags = ct_entry_flags(rev);
 	if (lb == LB_SELF)
-		entry.flags = CT_F_SELF;
+		entry.flags |= CT_F_SELF;
 	if (lb == LB_TRANSLATED) {
-		entry.flags = CT_F_NAT;
+		entry.flags |= CT_F_NAT;
 		entry.nat_port = vport;
 		__builtin_memcpy(entry.nat_addr, vip, 16);
 	}

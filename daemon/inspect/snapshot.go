@@ -33,3 +33,16 @@ func (s *Snapshots) Get() *View {
 	}
 	return s.view
 }
+
+// Release drops the View of a Result the agent has replaced; call it after
+// every policy sync. Without it the View would keep its Result (the
+// previous compile's address sets and compiler, several MB at 10 000
+// pods) alive until the next flow or request, which may never come.
+func (s *Snapshots) Release() {
+	res := s.Result()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if res != s.last {
+		s.last, s.view = nil, nil
+	}
+}

@@ -6,10 +6,12 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/palisade-cni/palisade/daemon/agentapi"
 	"github.com/palisade-cni/palisade/daemon/identity"
@@ -17,6 +19,12 @@ import (
 )
 
 // View is a consistent snapshot of what the agent knows.
+//
+// The flow reader asks for a View at every verdict event and palisadectl
+// at every request; the agent keeps the last one. At 10 000 pods its
+// indexes by name and by identity cost ~2 MB that flows never read. Only
+// the index by address, which every flow reads, is built up front; the
+// others are built the first time they are asked for.
 type View struct {
 	Result    *policy.Result
 	Pods      []*corev1.Pod
@@ -25,18 +33,28 @@ type View struct {
 	Node      string
 
 	podByIP map[netip.Addr]*corev1.Pod
-	podByNN map[string]*corev1.Pod
-	idPods  map[uint32][]*corev1.Pod
-	idPfx   map[uint32][]netip.Prefix
+
+	byName  sync.Once
+	podByNN map[types.NamespacedName]*corev1.Pod
+
+	byID   sync.Once
+	idPods map[uint32][]*corev1.Pod
+	idPfx  map[uint32][]netip.Prefix
 }
 
 // NewView indexes a snapshot. res must be non-nil.
 func NewView(res *policy.Result, pods []*corev1.Pod, pols []*networkingv1.NetworkPolicy, eps []agentapi.Endpoint, node string) *View {
 	v := &View{Result: res, Pods: pods, Policies: pols, Endpoints: eps, Node: node,
-		podByIP: map[netip.Addr]*corev1.Pod{}, podByNN: map[string]*corev1.Pod{},
-		idPods: map[uint32][]*corev1.Pod{}, idPfx: map[uint32][]netip.Prefix{}}
+		podByIP: make(map[netip.Addr]*corev1.Pod, len(pods))}
+	local := make(map[types.NamespacedName]*corev1.Pod, len(eps))
+	for _, ep := range eps {
+		local[types.NamespacedName{Namespace: ep.PodNamespace, Name: ep.PodName}] = nil
+	}
 	for _, p := range pods {
-		v.podByNN[p.Namespace+"/"+p.Name] = p
+		nn := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
+		if _, ok := local[nn]; ok {
+			local[nn] = p
+		}
 		if p.Spec.HostNetwork {
 			continue
 		}
@@ -49,27 +67,44 @@ func NewView(res *policy.Result, pods []*corev1.Pod, pols []*networkingv1.Networ
 	// A local endpoint's addresses come from the CNI chain and may be ahead
 	// of the Pod's status, as in the compiler.
 	for _, ep := range eps {
-		if p := v.podByNN[ep.PodNamespace+"/"+ep.PodName]; p != nil {
+		if p := local[types.NamespacedName{Namespace: ep.PodNamespace, Name: ep.PodName}]; p != nil {
 			for _, a := range ep.IPs {
 				v.podByIP[a] = p
 			}
 		}
 	}
-	for pfx, id := range res.IPCache {
-		v.idPfx[id] = append(v.idPfx[id], pfx)
-		if pfx.IsSingleIP() {
-			if p := v.podByIP[pfx.Addr()]; p != nil && !slices.Contains(v.idPods[id], p) {
-				v.idPods[id] = append(v.idPods[id], p)
+	return v
+}
+
+// indexByName builds the index of pods by namespace/name.
+func (v *View) indexByName() {
+	v.byName.Do(func() {
+		v.podByNN = make(map[types.NamespacedName]*corev1.Pod, len(v.Pods))
+		for _, p := range v.Pods {
+			v.podByNN[types.NamespacedName{Namespace: p.Namespace, Name: p.Name}] = p
+		}
+	})
+}
+
+// indexByIdentity builds the indexes of pods and prefixes by identity.
+func (v *View) indexByIdentity() {
+	v.byID.Do(func() {
+		v.idPods, v.idPfx = map[uint32][]*corev1.Pod{}, map[uint32][]netip.Prefix{}
+		for pfx, id := range v.Result.IPCache {
+			v.idPfx[id] = append(v.idPfx[id], pfx)
+			if pfx.IsSingleIP() {
+				if p := v.podByIP[pfx.Addr()]; p != nil && !slices.Contains(v.idPods[id], p) {
+					v.idPods[id] = append(v.idPods[id], p)
+				}
 			}
 		}
-	}
-	for id := range v.idPods {
-		sort.Slice(v.idPods[id], func(i, j int) bool { return name(v.idPods[id][i]) < name(v.idPods[id][j]) })
-	}
-	for id := range v.idPfx {
-		slices.SortFunc(v.idPfx[id], func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-	}
-	return v
+		for id := range v.idPods {
+			sort.Slice(v.idPods[id], func(i, j int) bool { return name(v.idPods[id][i]) < name(v.idPods[id][j]) })
+		}
+		for id := range v.idPfx {
+			slices.SortFunc(v.idPfx[id], func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+		}
+	})
 }
 
 func name(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }
@@ -78,7 +113,14 @@ func name(p *corev1.Pod) string { return p.Namespace + "/" + p.Name }
 func (v *View) PodByIP(a netip.Addr) *corev1.Pod { return v.podByIP[a.Unmap()] }
 
 // Pod returns the pod named namespace/name.
-func (v *View) Pod(nn string) *corev1.Pod { return v.podByNN[nn] }
+func (v *View) Pod(nn string) *corev1.Pod {
+	ns, n, ok := strings.Cut(nn, "/")
+	if !ok {
+		return nil
+	}
+	v.indexByName()
+	return v.podByNN[types.NamespacedName{Namespace: ns, Name: n}]
+}
 
 // Endpoint returns the local endpoint of pod namespace/name.
 func (v *View) Endpoint(nn string) (agentapi.Endpoint, policy.EndpointPolicy, bool) {
@@ -124,6 +166,7 @@ func (v *View) Describe(id uint32) string {
 	case identity.RemoteNode:
 		return "another node"
 	}
+	v.indexByIdentity()
 	if pods := v.idPods[id]; len(pods) > 0 {
 		p := pods[0]
 		var names []string

@@ -1,6 +1,11 @@
 package k8s
 
 import (
+	"slices"
+	"strings"
+	"sync"
+	"unique"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,7 +17,8 @@ import (
 // what no policy reads: at 10 000 pods that is most of the agent's memory.
 // Pods and nodes keep only the fields Palisade reads; everything else only
 // loses its managed fields. A field the agent starts to read must be added
-// here (slim_test.go lists them).
+// here (slim_test.go lists them). Pods and nodes with equal labels share
+// one label map, and their namespace and node names one string.
 func Slim(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Pod:
@@ -28,10 +34,75 @@ func Slim(obj any) (any, error) {
 
 func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 	return metav1.ObjectMeta{
-		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		Name: m.Name, Namespace: intern(m.Namespace), UID: m.UID, ResourceVersion: m.ResourceVersion,
 		Generation: m.Generation, CreationTimestamp: m.CreationTimestamp,
-		DeletionTimestamp: m.DeletionTimestamp, Labels: m.Labels,
+		DeletionTimestamp: m.DeletionTimestamp, Labels: labelSets.share(m.Labels),
 	}
+}
+
+// intern returns the one copy of s that every slimmed object shares: a
+// namespace or node name is repeated in thousands of pods.
+func intern(s string) string {
+	if s == "" {
+		return s
+	}
+	return unique.Make(s).Value()
+}
+
+// labelSets holds one label map per distinct label set of the cached
+// pods and nodes. Pods of one ReplicaSet or StatefulSet mostly carry the
+// same labels, and a small map with its strings costs ~0.5 KB per pod
+// (5 MB of the heap at 10 000 pods). The maps are shared, so nothing may
+// modify a cached object's labels; no code does (informer objects are
+// read-only already).
+var labelSets = &labelInterner{max: 1 << 14}
+
+type labelInterner struct {
+	mu   sync.Mutex
+	sets map[string]map[string]string
+	// max bounds the table, which keeps the label sets of deleted objects
+	// alive: when full it starts over, and objects cached before keep
+	// their maps, only unshared with the ones that come after.
+	max int
+}
+
+// share returns a map equal to l that objects with the same labels share;
+// l itself becomes the shared one when it is the first of its set. The
+// informer hands the transform a freshly decoded object, so l is not
+// referenced elsewhere.
+func (li *labelInterner) share(l map[string]string) map[string]string {
+	if len(l) == 0 {
+		return l
+	}
+	key := labelKey(l)
+	li.mu.Lock()
+	defer li.mu.Unlock()
+	if m, ok := li.sets[key]; ok {
+		return m
+	}
+	if li.sets == nil || len(li.sets) >= li.max {
+		li.sets = map[string]map[string]string{}
+	}
+	li.sets[key] = l
+	return l
+}
+
+// labelKey is l as a string, the same for equal sets. Label keys and
+// values cannot hold a NUL byte, so it cannot be ambiguous.
+func labelKey(l map[string]string) string {
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(l[k])
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 // slimPod keeps identity (namespace, labels), placement, addresses, phase
@@ -40,12 +111,24 @@ func slimPod(p *corev1.Pod) *corev1.Pod {
 	out := &corev1.Pod{
 		TypeMeta:   p.TypeMeta,
 		ObjectMeta: slimMeta(p.ObjectMeta),
-		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Spec:       corev1.PodSpec{NodeName: intern(p.Spec.NodeName), HostNetwork: p.Spec.HostNetwork},
 		Status:     corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
 	}
+	// podIP is podIPs[0]: one string for both.
+	if len(out.Status.PodIPs) > 0 && out.Status.PodIPs[0].IP == out.Status.PodIP {
+		out.Status.PodIP = out.Status.PodIPs[0].IP
+	}
+	// Only named ports are read (a policy's port by name); a container
+	// without one costs its 400-byte struct for nothing.
 	for _, c := range p.Spec.Containers {
-		if len(c.Ports) > 0 {
-			out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Name: c.Name, Ports: c.Ports})
+		var named []corev1.ContainerPort
+		for _, cp := range c.Ports {
+			if cp.Name != "" {
+				named = append(named, cp)
+			}
+		}
+		if len(named) > 0 {
+			out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Name: c.Name, Ports: named})
 		}
 	}
 	return out

@@ -1,8 +1,10 @@
 package k8s
 
 import (
+	"reflect"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
@@ -31,6 +33,8 @@ func kubeletPod() *corev1.Pod {
 				{Name: "web", Image: "nginx", Env: []corev1.EnvVar{{Name: "A", Value: "b"}},
 					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}}},
 				{Name: "log", Image: "fluentbit"},
+				{Name: "metrics", Ports: []corev1.ContainerPort{{ContainerPort: 9090}}},
+				{Name: "admin", Ports: []corev1.ContainerPort{{ContainerPort: 8081}, {Name: "admin", ContainerPort: 8082}}},
 			},
 		},
 		Status: corev1.PodStatus{
@@ -61,7 +65,8 @@ func TestSlimKeepsWhatPolicyReads(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: "prod", UID: "u1", ResourceVersion: "42", Generation: 3,
 				CreationTimestamp: now, DeletionTimestamp: &now, Labels: map[string]string{"app": "web"}},
 			Spec: corev1.PodSpec{NodeName: "node-1", HostNetwork: true, Containers: []corev1.Container{
-				{Name: "web", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}}}}},
+				{Name: "web", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}}},
+				{Name: "admin", Ports: []corev1.ContainerPort{{Name: "admin", ContainerPort: 8082}}}}},
 			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.1.5",
 				PodIPs: []corev1.PodIP{{IP: "10.244.1.5"}, {IP: "fd00::5"}}},
 		}},
@@ -84,6 +89,63 @@ func TestSlimKeepsWhatPolicyReads(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Pods with equal labels share one label map and one namespace string,
+// and the maps stay what each pod's labels were.
+func TestSlimSharesLabels(t *testing.T) {
+	mk := func(name string, l map[string]string) *corev1.Pod {
+		ns := string([]byte("prod")) // a string of its own, as decoding makes
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: l}}
+	}
+	slim := func(p *corev1.Pod) *corev1.Pod {
+		out, err := Slim(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.(*corev1.Pod)
+	}
+	a := slim(mk("a", map[string]string{"app": "web", "tier": "f1"}))
+	b := slim(mk("b", map[string]string{"tier": "f1", "app": "web"}))
+	c := slim(mk("c", map[string]string{"app": "web", "tier": "f2"}))
+	d := slim(mk("d", map[string]string{"app": "web"}))
+	if !sameMap(a.Labels, b.Labels) {
+		t.Error("pods with equal labels do not share the map")
+	}
+	for _, p := range []*corev1.Pod{c, d} {
+		if sameMap(a.Labels, p.Labels) {
+			t.Errorf("pod %s shares the map of different labels %v", p.Name, a.Labels)
+		}
+	}
+	if want := map[string]string{"app": "web", "tier": "f2"}; !cmp.Equal(c.Labels, want) {
+		t.Errorf("labels of c = %v, want %v", c.Labels, want)
+	}
+	if unsafe.StringData(a.Namespace) != unsafe.StringData(b.Namespace) {
+		t.Error("pods of one namespace do not share its name")
+	}
+}
+
+// The interner starts over when full; objects slimmed before keep their
+// labels.
+func TestLabelInternerBounded(t *testing.T) {
+	li := &labelInterner{max: 2}
+	first := li.share(map[string]string{"a": "1"})
+	li.share(map[string]string{"a": "2"})
+	li.share(map[string]string{"a": "3"}) // starts over
+	if len(li.sets) != 1 {
+		t.Errorf("table holds %d sets, want 1 after starting over", len(li.sets))
+	}
+	again := li.share(map[string]string{"a": "1"})
+	if sameMap(first, again) {
+		t.Error("a set from before the table started over is still shared")
+	}
+	if !cmp.Equal(first, again) || first["a"] != "1" {
+		t.Errorf("labels changed: %v, %v", first, again)
+	}
+}
+
+func sameMap(a, b map[string]string) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 // Updates that slimming makes equal cost no sync; every field policy reads

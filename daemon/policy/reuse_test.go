@@ -1,7 +1,10 @@
 package policy
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -26,10 +29,15 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 		CIDR: "10.244.0.0/16", Except: []string{"10.244.2.0/24"}}}), port(corev1.ProtocolTCP, 80)))
 	badPolicy := netpol("bad", ingressRule(peers(networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{
 		MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "role", Operator: "Bogus"}}}})))
+	// An ipBlock that does not parse is a problem of the index, which
+	// names the policy's UID.
+	badBlockPolicy := netpol("bad-block", ingressRule(peers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+		CIDR: "10.250.0.0/16", Except: []string{"nonsense"}}}), port(corev1.ProtocolTCP, 80)))
+	badBlockPolicy.UID = "bad-block-1"
 	// Every state shares the objects it does not change, as informer
 	// caches do.
 	base := cluster()
-	base.Policies = []*networkingv1.NetworkPolicy{backendPolicy, blockPolicy, badPolicy}
+	base.Policies = []*networkingv1.NetworkPolicy{backendPolicy, blockPolicy, badPolicy, badBlockPolicy}
 	start := func() State {
 		s := base
 		s.Pods = slices.Clone(base.Pods)
@@ -60,20 +68,63 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 			s.Pods[1] = pod("prod", "client", clientIP, map[string]string{"role": "frontend", "tier": "web"},
 				corev1.ContainerPort{Name: "http", ContainerPort: 8080})
 		}, false, true, false},
+		{"a peer leaves the selector", func(s *State) {
+			s.Pods[1] = pod("prod", "client", clientIP, map[string]string{"role": "batch"},
+				corev1.ContainerPort{Name: "http", ContainerPort: 8080})
+		}, false, true, false},
+		{"a pod enters the selector", func(s *State) {
+			s.Pods[2] = pod("prod", "other", otherIP, map[string]string{"role": "frontend"},
+				corev1.ContainerPort{Name: "http", ContainerPort: 9090})
+		}, false, true, true},
 		{"a peer's named port changes", func(s *State) {
 			s.Pods[3] = pod("dev", "client", devIP, map[string]string{"role": "frontend"}, corev1.ContainerPort{Name: "http", ContainerPort: 8081})
 		}, false, true, true},
-		{"a policy is updated", func(s *State) {
+		// The index is kept while no policy's ipBlocks or named egress
+		// ports change, and so is every pod address's identity.
+		{"a policy's port is updated", func(s *State) {
 			updated := backendPolicy.DeepCopy()
 			*updated.Spec.Ingress[0].Ports[0].Port = intstr.FromInt32(6380)
 			s.Policies[0] = updated
+		}, false, true, true},
+		{"a policy's peer is removed", func(s *State) {
+			updated := backendPolicy.DeepCopy()
+			updated.Spec.Ingress[0].From = nil
+			s.Policies[0] = updated
+		}, false, true, true},
+		{"a policy without ipBlocks appears", func(s *State) {
+			s.Policies = append(s.Policies, netpol("more", ingressRule(peers(frontend), port(corev1.ProtocolTCP, 7000))))
+		}, false, true, true},
+		{"a policy without ipBlocks goes", func(s *State) { s.Policies = slices.Delete(s.Policies, 2, 3) }, false, true, true},
+		{"an ipBlock policy is made again under its name", func(s *State) {
+			again := blockPolicy.DeepCopy()
+			again.UID = "another"
+			s.Policies[1] = again
+		}, false, false, false},
+		{"a policy with a bad ipBlock changes its port", func(s *State) {
+			updated := badBlockPolicy.DeepCopy()
+			*updated.Spec.Ingress[0].Ports[0].Port = intstr.FromInt32(81)
+			s.Policies[3] = updated
+		}, false, true, true},
+		{"a policy with a bad ipBlock is made again under its name", func(s *State) {
+			again := badBlockPolicy.DeepCopy()
+			again.UID = "bad-block-2"
+			s.Policies[3] = again
 		}, false, false, false},
 		{"a policy's ipBlock changes", func(s *State) {
 			updated := blockPolicy.DeepCopy()
 			updated.Spec.Ingress[0].From[0].IPBlock.Except = []string{"10.244.1.0/24"}
 			s.Policies[1] = updated
 		}, false, false, false},
-		{"a policy goes", func(s *State) { s.Policies = s.Policies[1:] }, false, false, false},
+		{"a policy with an ipBlock appears", func(s *State) {
+			s.Policies = append(s.Policies, netpol("more", ingressRule(peers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+				CIDR: "10.244.1.0/24"}}), port(corev1.ProtocolTCP, 80))))
+		}, false, false, false},
+		{"a policy's named egress port changes", func(s *State) {
+			updated := backendPolicy.DeepCopy()
+			updated.Spec.Egress[0].Ports[0].Port = ptr(intstr.FromString("https"))
+			s.Policies[0] = updated
+		}, false, false, false},
+		{"a policy with a named egress port goes", func(s *State) { s.Policies = s.Policies[1:] }, false, false, false},
 		{"a namespace's labels change", func(s *State) {
 			s.Namespaces[1] = ns("dev", map[string]string{"env": "staging"})
 		}, false, true, true},
@@ -88,7 +139,7 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 			next.Previous = &prev
 			got := Compile(next, alloc)
 			fresh := compileAfresh(t, next, alloc, got)
-			if shared := got.comp.blocks == prev.comp.blocks; shared != tt.blocksReused {
+			if shared := reflect.ValueOf(got.comp.blocks.set).UnsafePointer() == reflect.ValueOf(prev.comp.blocks.set).UnsafePointer(); shared != tt.blocksReused {
 				t.Errorf("previous ipBlock index reused: %v, want %v", shared, tt.blocksReused)
 			}
 			client, ok := prev.comp.podKeys[podAddr{base.Pods[1], clientIP}]
@@ -190,4 +241,95 @@ func compileAfresh(t *testing.T, s State, alloc *identity.Allocator, got Result)
 		t.Errorf("ipcache (-from scratch +with the previous Result):\n%s", d)
 	}
 	return fresh
+}
+
+// A run of the changes the agent sees, each compiled with the previous
+// Result as the agent compiles, must give what a compile from scratch
+// gives after every step: no reuse may leave a rule or an identity stale.
+// The changes are drawn from a fixed seed, over scaleState's shapes (pod,
+// namespace and ipBlock peers, named ports).
+func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(19, 1))
+	s := scaleState(300, 40)
+	alloc := identity.NewAllocator()
+	prev := Compile(s, alloc)
+	changes := []struct {
+		name  string
+		apply func(*State)
+	}{
+		{"pod label", func(s *State) {
+			i := rng.IntN(len(s.Pods))
+			p := s.Pods[i].DeepCopy()
+			p.Labels["tier"] = []string{"web", "api", "db", "other"}[rng.IntN(4)]
+			s.Pods[i] = p
+			for j, ep := range s.Endpoints {
+				if ep.Pod.Namespace == p.Namespace && ep.Pod.Name == p.Name {
+					s.Endpoints[j].Pod = p
+				}
+			}
+		}},
+		{"namespace label", func(s *State) {
+			i := rng.IntN(len(s.Namespaces))
+			n := s.Namespaces[i].DeepCopy()
+			n.Labels["team"] = fmt.Sprintf("t%d", rng.IntN(9))
+			s.Namespaces[i] = n
+		}},
+		{"policy port", func(s *State) {
+			i := rng.IntN(len(s.Policies))
+			p := s.Policies[i].DeepCopy()
+			for _, r := range p.Spec.Ingress {
+				for k := range r.Ports {
+					if r.Ports[k].Port != nil && r.Ports[k].Port.Type == intstr.Int {
+						r.Ports[k].Port = ptr(intstr.FromInt32(int32(8000 + rng.IntN(3))))
+					}
+				}
+			}
+			s.Policies[i] = p
+		}},
+		{"policy peer removed", func(s *State) {
+			i := rng.IntN(len(s.Policies))
+			p := s.Policies[i].DeepCopy()
+			if len(p.Spec.Ingress) > 0 {
+				p.Spec.Ingress[0].From = nil
+			}
+			s.Policies[i] = p
+		}},
+		{"policy ipBlock", func(s *State) {
+			i := rng.IntN(len(s.Policies))
+			p := s.Policies[i].DeepCopy()
+			for _, r := range p.Spec.Egress {
+				for _, to := range r.To {
+					if to.IPBlock != nil {
+						to.IPBlock.CIDR = fmt.Sprintf("10.244.%d.0/24", rng.IntN(4))
+					}
+				}
+			}
+			s.Policies[i] = p
+		}},
+		{"policy deleted", func(s *State) {
+			if len(s.Policies) > 1 {
+				i := rng.IntN(len(s.Policies))
+				s.Policies = slices.Delete(s.Policies, i, i+1)
+			}
+		}},
+		{"policy created", func(s *State) {
+			n := fmt.Sprintf("new-%d", rng.Int())
+			s.Policies = append(s.Policies, netpol(n, inNamespace(fmt.Sprintf("ns-%d", rng.IntN(50))),
+				ingressRule(peers(podPeer(map[string]string{"tier": "db"})), port(corev1.ProtocolTCP, 5432))))
+		}},
+	}
+	for step := range 60 {
+		ch := changes[rng.IntN(len(changes))]
+		next := s
+		next.Pods = slices.Clone(s.Pods)
+		next.Namespaces = slices.Clone(s.Namespaces)
+		next.Policies = slices.Clone(s.Policies)
+		next.Endpoints = slices.Clone(s.Endpoints)
+		ch.apply(&next)
+		next.Previous = &prev
+		got := Compile(next, alloc)
+		t.Run(fmt.Sprintf("%d %s", step, ch.name), func(t *testing.T) { compileAfresh(t, next, alloc, got) })
+		s, prev = next, got
+		s.Previous = nil
+	}
 }

@@ -242,10 +242,14 @@ func measureStage(t *testing.T, c *testbed.Cluster, m *measured, s *ScaleStage) 
 	for i, a := range c.Agents {
 		before[i], cpu[i] = agentCounters(t, a, c.Nodes[i])
 	}
+	// The first agent's CPU profile while the changes propagate: where a
+	// change's time goes (agent-prop-PODSxPOLICIES.pprof).
+	profiled := cpuProfile(t, c.Agents[0], filepath.Join(filepath.Dir(*flagScaleOut), fmt.Sprintf("agent-prop-%dx%d.pprof", s.Pods, s.Policies)), propProfileSeconds)
 	s.Propagation = propagation(t, c, m, s.Policies, propOptions{iterations: *flagScaleIters})
 	// Still inside propagation's default deny and egress allow, which this
 	// subtest's cleanup removes.
 	s.Propagation = append(s.Propagation, namespaceLabelPropagation(t, c, m, s.Policies+2)...)
+	<-profiled
 	for i, a := range c.Agents {
 		after, cpuAfter := agentCounters(t, a, c.Nodes[i])
 		sample, err := SampleAgent(context.Background(), a, c.Nodes[i])
@@ -275,6 +279,29 @@ func heapProfile(t *testing.T, a *testbed.Agent, path string) {
 	if err := a.Client().Profile(context.Background(), "heap", 0, f); err != nil {
 		t.Errorf("heap profile of the agent: %v", err)
 	}
+}
+
+// propProfileSeconds is how long the CPU profile during propagation runs:
+// long enough to cover the policy and pod label changes at 10 changes each.
+const propProfileSeconds = 30 * time.Second
+
+// cpuProfile writes agent a's CPU profile over the next d to path, in the
+// background; the channel closes when it is written.
+func cpuProfile(t *testing.T, a *testbed.Agent, path string, d time.Duration) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f, err := os.Create(path)
+		if err != nil {
+			t.Errorf("create CPU profile: %v", err)
+			return
+		}
+		defer f.Close()
+		if err := a.Client().Profile(context.Background(), "profile", d, f); err != nil {
+			t.Errorf("CPU profile of the agent: %v", err)
+		}
+	}()
+	return done
 }
 
 // changes counts the API changes the propagation rows made.

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Conntrack: flows seen by an endpoint, keyed by the 5-tuple of the flow's
- * first packet and the direction of the hook that admitted it. Written and
- * read by both programs; the agent only reads it. Keying by direction keeps
- * the two endpoints of a node-local flow apart: each judges its own side.
+ * first packet and the direction of the hook that admitted it, or by the
+ * reverse of both (its replies' tuple and direction), whichever orders
+ * first (ct_key_canon in verdict.h): a packet either way finds its flow
+ * with one lookup. Written and read by both programs; the agent only reads
+ * it. Keying by direction keeps the two endpoints of a node-local flow
+ * apart: each judges its own side.
  *
  * TCP flows and all others live in separate LRU tables, so that a pod
  * flooding the node with new UDP (or ICMP, or any other protocol's) flows
@@ -44,6 +47,9 @@ struct ct_key {
 /* A flow to a Service that leads only to the pod itself, left to
  * kube-proxy untranslated: a pod's traffic with itself, never re-judged. */
 #define CT_F_SELF (1 << 2)
+/* The flow's first packet went against its key: the key holds the tuple of
+ * its replies, and their direction (ct_key_canon in verdict.h). */
+#define CT_F_REVERSED (1 << 3)
 
 struct ct_entry {
 	__u64 expires;  /* bpf_ktime_get_ns() deadline */
@@ -65,7 +71,7 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pal_ct_tcp SEC(".maps");
+} pal_flows_tcp SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -73,7 +79,7 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pal_ct_other SEC(".maps");
+} pal_flows_other SEC(".maps");
 
 /* pal_ct_stats: per-CPU counters, per table, of the keys the programs
  * added to it (CT_STAT_CREATED: the key was absent) and removed from it
@@ -123,10 +129,10 @@ static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k)
 	struct ct_entry *e;
 
 	if (k->proto == IPPROTO_TCP) {
-		e = bpf_map_lookup_elem(&pal_ct_tcp, k);
+		e = bpf_map_lookup_elem(&pal_flows_tcp, k);
 		asm volatile("/* tcp */" : "+r"(e));
 	} else {
-		e = bpf_map_lookup_elem(&pal_ct_other, k);
+		e = bpf_map_lookup_elem(&pal_flows_other, k);
 		asm volatile("/* other */" : "+r"(e));
 	}
 	return e;
@@ -135,8 +141,8 @@ static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k)
 static __always_inline long ct_update(const struct ct_key *k, const struct ct_entry *e, __u64 flags)
 {
 	if (k->proto == IPPROTO_TCP)
-		return bpf_map_update_elem(&pal_ct_tcp, k, e, flags);
-	return bpf_map_update_elem(&pal_ct_other, k, e, flags);
+		return bpf_map_update_elem(&pal_flows_tcp, k, e, flags);
+	return bpf_map_update_elem(&pal_flows_other, k, e, flags);
 }
 
 /* ct_store writes the entry of key k, counting it when the key is new (an
@@ -155,9 +161,9 @@ static __always_inline void ct_delete(const struct ct_key *k)
 	long err;
 
 	if (k->proto == IPPROTO_TCP)
-		err = bpf_map_delete_elem(&pal_ct_tcp, k);
+		err = bpf_map_delete_elem(&pal_flows_tcp, k);
 	else
-		err = bpf_map_delete_elem(&pal_ct_other, k);
+		err = bpf_map_delete_elem(&pal_flows_other, k);
 	if (err == 0)
 		ct_stat(ct_table(k) * CT_STAT_PER_TABLE + CT_STAT_DELETED);
 }

@@ -247,7 +247,8 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct flow *f, _
 		return LB_NONE;
 
 	/* A flow an older version translated keeps its backend: it recorded
-	 * the choice under DIR_SERVICE. */
+	 * the choice under DIR_SERVICE, with the tuple as sent (never
+	 * ct_key_canon's key). */
 	ct_key_forward(&key, f, DIR_SERVICE);
 	e = ct_lookup(&key);
 	if (e && e->ifindex == ifindex && e->expires > now) {
@@ -284,14 +285,16 @@ static __always_inline void lb_record(const struct flow *f, __u32 ifindex, __u64
 {
 	struct ct_entry ne = {};
 	struct ct_key key;
+	int rev;
 
 	ct_key_forward(&key, f, DIR_EGRESS);
 	__builtin_memcpy(key.daddr, vip, 16);
 	key.dport = vport;
+	rev = ct_key_canon(&key);
 	ne.expires = now + ct_lifetime(f);
 	ne.revision = revision;
 	ne.ifindex = ifindex;
-	ne.flags = CT_F_SERVICE;
+	ne.flags = CT_F_SERVICE | ct_entry_flags(rev);
 	ne.nat_port = f->dport;
 	__builtin_memcpy(ne.nat_addr, f->daddr, 16);
 	ct_store(&key, &ne);

@@ -53,37 +53,79 @@ static __always_inline void ct_key_forward(struct ct_key *k, const struct flow *
 	k->pad = 0;
 }
 
-/* ct_key_reply is the key of the flow f replies to: the reverse tuple,
- * admitted by the same endpoint in the other direction. */
-static __always_inline void ct_key_reply(struct ct_key *k, const struct flow *f, __u8 dir)
+/* ct_key_canon turns k, the key of a packet's own tuple in its direction,
+ * into the key of its flow, which the flow's packets both ways find with
+ * one lookup: of k and its reverse (source and destination swapped, the
+ * other direction: a reply's key), the one whose source (address, port)
+ * orders first. It returns 1 when that is the reverse. Before, a packet that was
+ * not its flow's first looked up its own tuple and then, on a miss, the
+ * reverse: two lookups for every new flow and every reply, each a cache
+ * miss in a large table. A tuple whose ends are equal is its own reverse;
+ * its egress direction is then the one keyed. */
+static __always_inline int ct_key_canon(struct ct_key *k)
 {
-	__builtin_memcpy(k->saddr, f->daddr, 16);
-	__builtin_memcpy(k->daddr, f->saddr, 16);
-	k->sport = f->dport;
-	k->dport = f->sport;
-	k->proto = f->proto;
-	k->dir = dir ^ 1;
-	k->pad = 0;
+	const __u32 *s = (const __u32 *)k->saddr, *d = (const __u32 *)k->daddr;
+	int rev = 0, i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		if (s[i] != d[i]) {
+			rev = s[i] > d[i];
+			goto decided;
+		}
+	}
+	if (k->sport != k->dport)
+		rev = k->sport > k->dport;
+	else
+		rev = k->dir == DIR_INGRESS;
+decided:
+	if (rev) {
+		__u8 a[16];
+		__be16 port = k->sport;
+
+		__builtin_memcpy(a, k->saddr, 16);
+		__builtin_memcpy(k->saddr, k->daddr, 16);
+		__builtin_memcpy(k->daddr, a, 16);
+		k->sport = k->dport;
+		k->dport = port;
+		k->dir ^= 1;
+	}
+	return rev;
+}
+
+/* ct_key_flow is the key of the flow f belongs to when it crosses an
+ * endpoint in direction dir; *rev tells whether f goes against the key
+ * (ct_key_canon). */
+static __always_inline void ct_key_flow(struct ct_key *k, const struct flow *f, __u8 dir, int *rev)
+{
+	ct_key_forward(k, f, dir);
+	*rev = ct_key_canon(k);
+}
+
+/* ct_entry_flags are the flags of the entry a flow gets when its first
+ * packet went against its key (rev): CT_F_REVERSED. */
+static __always_inline __u16 ct_entry_flags(int rev)
+{
+	return rev ? CT_F_REVERSED : 0;
 }
 
 /* ct_find returns the live entry of the flow packet p belongs to when it
- * crosses endpoint ifindex in direction dir: either p's own tuple admitted in
- * dir (p goes the way the flow started), or p's reverse admitted in the other
- * direction (p is a reply). key is left holding the key found. */
+ * crosses endpoint ifindex in direction dir, found with one lookup of its
+ * flow's key (ct_key_flow), and sets *fwd to 1 when p goes the way the
+ * flow's first packet went, 0 when p is a reply. key is left holding the
+ * flow's key. */
 static __always_inline struct ct_entry *ct_find(const struct flow *p, __u8 dir, __u32 ifindex,
-						__u64 now, struct ct_key *key)
+						__u64 now, struct ct_key *key, int *fwd)
 {
 	struct ct_entry *ct;
+	int rev;
 
-	ct_key_forward(key, p, dir);
+	ct_key_flow(key, p, dir, &rev);
 	ct = ct_lookup(key);
-	if (ct && ct->ifindex == ifindex && ct->expires > now)
-		return ct;
-	ct_key_reply(key, p, dir);
-	ct = ct_lookup(key);
-	if (ct && ct->ifindex == ifindex && ct->expires > now)
-		return ct;
-	return 0;
+	if (!ct || ct->ifindex != ifindex || ct->expires <= now)
+		return 0;
+	*fwd = rev == !!(ct->flags & CT_F_REVERSED);
+	return ct;
 }
 
 static __always_inline __u32 ipcache_identity(const __u8 *addr)

@@ -28,6 +28,9 @@ type progress struct {
 func (o *observability) observeSync(t controller.SyncTimings) {
 	o.metrics.ObserveSync(t.Compile, t.Apply, t.Changed)
 	o.progress.lastSync.Store(time.Now().UnixNano())
+	if v := o.views.Load(); v != nil {
+		v.Release()
+	}
 }
 
 // setUnmanaged records how many local pods run without an endpoint.

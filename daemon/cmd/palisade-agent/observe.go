@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -29,6 +30,9 @@ type observability struct {
 	hub     *events.Hub
 	// progress feeds the node's Lease (clusterstatus.go).
 	progress progress
+	// views are palisadectl's and the flows' Views, released after each
+	// sync (observeSync).
+	views atomic.Pointer[inspect.Snapshots]
 }
 
 // newObservability registers the metrics; call it before any API client
@@ -67,6 +71,7 @@ func (o *observability) inspector(ctx context.Context, log *slog.Logger, cfg Con
 			return inspect.NewView(res, pods, pols, registry.List(), cfg.NodeName)
 		},
 	}
+	o.views.Store(snaps)
 	rd := &events.Reader{Log: log, Events: objs.Events(), Hub: o.hub, View: snaps.Get, OnFlow: o.metrics.ObserveFlow}
 	go func() {
 		if err := rd.Run(ctx); err != nil {
