@@ -75,3 +75,19 @@ func (p *Pod) HostNetwork() bool { return p.hostNetwork }
 func (p *Pod) hostIPv6() (netip.Addr, bool) {
 	return p.Node.IP6, p.Node.DualStack && p.Node.IP6.IsValid()
 }
+
+// udpAddrs are the addresses a pod's UDP responders bind: every one for a
+// pod with a netns of its own; a hostNetwork pod's own, as agnhost netexec
+// binds them (--udp-listen-addresses), because a wildcard socket in the
+// node would answer a pod from the bridge's address, which the pod's
+// connected socket does not accept.
+func (p *Pod) udpAddrs() []netip.Addr {
+	if !p.hostNetwork {
+		return nil
+	}
+	addrs := []netip.Addr{p.IP()}
+	if ip6, ok := p.IPv6(); ok {
+		addrs = append(addrs, ip6)
+	}
+	return addrs
+}
