@@ -92,11 +92,13 @@ func TestSlimKeepsWhatPolicyReads(t *testing.T) {
 }
 
 // Pods with equal labels share one label map and one namespace string,
-// and the maps stay what each pod's labels were.
-func TestSlimSharesLabels(t *testing.T) {
-	mk := func(name string, l map[string]string) *corev1.Pod {
+// pods with equal named ports one container list, and each stays what the
+// pod had.
+func TestSlimShares(t *testing.T) {
+	mk := func(name string, l map[string]string, ports ...corev1.ContainerPort) *corev1.Pod {
 		ns := string([]byte("prod")) // a string of its own, as decoding makes
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: l}}
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: l},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "nginx", Ports: ports}}}}
 	}
 	slim := func(p *corev1.Pod) *corev1.Pod {
 		out, err := Slim(p)
@@ -105,9 +107,10 @@ func TestSlimSharesLabels(t *testing.T) {
 		}
 		return out.(*corev1.Pod)
 	}
-	a := slim(mk("a", map[string]string{"app": "web", "tier": "f1"}))
-	b := slim(mk("b", map[string]string{"tier": "f1", "app": "web"}))
-	c := slim(mk("c", map[string]string{"app": "web", "tier": "f2"}))
+	http := corev1.ContainerPort{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}
+	a := slim(mk("a", map[string]string{"app": "web", "tier": "f1"}, http, corev1.ContainerPort{ContainerPort: 9090}))
+	b := slim(mk("b", map[string]string{"tier": "f1", "app": "web"}, http))
+	c := slim(mk("c", map[string]string{"app": "web", "tier": "f2"}, corev1.ContainerPort{Name: "http", ContainerPort: 81, Protocol: corev1.ProtocolTCP}))
 	d := slim(mk("d", map[string]string{"app": "web"}))
 	if !sameMap(a.Labels, b.Labels) {
 		t.Error("pods with equal labels do not share the map")
@@ -120,6 +123,18 @@ func TestSlimSharesLabels(t *testing.T) {
 	if want := map[string]string{"app": "web", "tier": "f2"}; !cmp.Equal(c.Labels, want) {
 		t.Errorf("labels of c = %v, want %v", c.Labels, want)
 	}
+	if want := []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{http}}}; !cmp.Equal(a.Spec.Containers, want) {
+		t.Errorf("containers of a = %v, want %v", a.Spec.Containers, want)
+	}
+	if &a.Spec.Containers[0] != &b.Spec.Containers[0] {
+		t.Error("pods with equal named ports do not share their containers")
+	}
+	if &a.Spec.Containers[0] == &c.Spec.Containers[0] || c.Spec.Containers[0].Ports[0].ContainerPort != 81 {
+		t.Errorf("pod c shares the containers of different ports: %v", c.Spec.Containers)
+	}
+	if d.Spec.Containers != nil {
+		t.Errorf("pod d without named ports keeps containers %v", d.Spec.Containers)
+	}
 	if unsafe.StringData(a.Namespace) != unsafe.StringData(b.Namespace) {
 		t.Error("pods of one namespace do not share its name")
 	}
@@ -127,15 +142,16 @@ func TestSlimSharesLabels(t *testing.T) {
 
 // The interner starts over when full; objects slimmed before keep their
 // labels.
-func TestLabelInternerBounded(t *testing.T) {
-	li := &labelInterner{max: 2}
-	first := li.share(map[string]string{"a": "1"})
-	li.share(map[string]string{"a": "2"})
-	li.share(map[string]string{"a": "3"}) // starts over
+func TestInternerBounded(t *testing.T) {
+	li := &interner[map[string]string]{max: 2}
+	share := func(l map[string]string) map[string]string { return li.share(labelKey(l), l) }
+	first := share(map[string]string{"a": "1"})
+	share(map[string]string{"a": "2"})
+	share(map[string]string{"a": "3"}) // starts over
 	if len(li.sets) != 1 {
 		t.Errorf("table holds %d sets, want 1 after starting over", len(li.sets))
 	}
-	again := li.share(map[string]string{"a": "1"})
+	again := share(map[string]string{"a": "1"})
 	if sameMap(first, again) {
 		t.Error("a set from before the table started over is still shared")
 	}

@@ -17,21 +17,10 @@ import (
 // An address a pod holds is left out, whatever the convention says: pod to
 // pod traffic must never be taken for a NodePort.
 func NodeAddrs(nodes []*corev1.Node, pods []*corev1.Pod, own []netip.Addr) []netip.Addr {
-	podIPs := map[netip.Addr]bool{}
-	for _, p := range pods {
-		if p.Spec.HostNetwork {
-			continue
-		}
-		for _, ip := range p.Status.PodIPs {
-			if a, err := netip.ParseAddr(ip.IP); err == nil {
-				podIPs[a.Unmap()] = true
-			}
-		}
-	}
 	var out []netip.Addr
 	add := func(a netip.Addr) {
 		a = a.Unmap()
-		if a.IsValid() && !a.IsUnspecified() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !podIPs[a] {
+		if a.IsValid() && !a.IsUnspecified() && !a.IsLoopback() && !a.IsLinkLocalUnicast() {
 			out = append(out, a)
 		}
 	}
@@ -50,7 +39,24 @@ func NodeAddrs(nodes []*corev1.Node, pods []*corev1.Pod, own []netip.Addr) []net
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
+	out = slices.Compact(out)
+	// The candidates are a few per node and the pods many: look each pod
+	// address up among the candidates rather than building a set of every
+	// pod address at every sync (~1 MB of garbage at 10 000 pods).
+	var held []netip.Addr
+	for _, p := range pods {
+		if p.Spec.HostNetwork {
+			continue
+		}
+		for _, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				if _, found := slices.BinarySearchFunc(out, a.Unmap(), netip.Addr.Compare); found {
+					held = append(held, a.Unmap())
+				}
+			}
+		}
+	}
+	return slices.DeleteFunc(out, func(a netip.Addr) bool { return slices.Contains(held, a) })
 }
 
 // podCIDRs parses a Node's pod CIDRs (spec.podCIDRs, or the older
