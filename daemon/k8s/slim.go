@@ -17,9 +17,10 @@ import (
 // container statuses, conditions) or a node (its image list) is mostly
 // what no policy reads: at 10 000 pods that is most of the agent's memory.
 // Pods and nodes keep only the fields Palisade reads; everything else only
-// loses its managed fields. A field the agent starts to read must be added
-// here (slim_test.go lists them). Pods and nodes with equal labels share
-// one label map, and their namespace and node names one string.
+// loses its managed fields and annotations. A field the agent starts to
+// read must be added here (slim_test.go lists them). Pods and nodes with
+// equal labels share one label map, and their namespace and node names one
+// string.
 func Slim(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Pod:
@@ -27,8 +28,11 @@ func Slim(obj any) (any, error) {
 	case *corev1.Node:
 		return slimNode(o), nil
 	}
+	// No kind's annotations are read, and kubectl apply's
+	// last-applied-configuration repeats the whole object in one.
 	if acc, err := meta.Accessor(obj); err == nil {
 		acc.SetManagedFields(nil)
+		acc.SetAnnotations(nil)
 	}
 	return obj, nil
 }

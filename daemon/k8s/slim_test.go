@@ -55,7 +55,8 @@ func TestSlimKeepsWhatPolicyReads(t *testing.T) {
 			Images:    []corev1.ContainerImage{{Names: []string{"registry.example/very/long/name:tag"}}},
 		},
 	}
-	pol := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+	pol := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+		Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": `{"kind":"NetworkPolicy"}`}},
 		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
 	tests := []struct {
 		name     string
@@ -75,7 +76,7 @@ func TestSlimKeepsWhatPolicyReads(t *testing.T) {
 			Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24"}},
 			Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}}},
 		}},
-		{"other kinds lose only managed fields", pol, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p"},
+		{"other kinds lose only managed fields and annotations", pol, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p"},
 			Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}},
 	}
 	for _, tt := range tests {

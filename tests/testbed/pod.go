@@ -53,6 +53,7 @@ type Pod struct {
 	ip          netip.Addr
 	hostIfName  string
 	hostIfIndex int
+	hostNetwork bool // AddHostNetworkPod's: the node's netns and address
 }
 
 // AddPod does what a kubelet does for a pod bound to the node: creates the
