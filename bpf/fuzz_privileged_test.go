@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -17,7 +18,8 @@ import (
 // FuzzPrivilegedClassify runs pal_to_pod through BPF_PROG_TEST_RUN on
 // random frames and on well-formed ones truncated and overwritten at
 // random. The subject is isolated for ingress and admits TCP 6379 from
-// peerIP's identity and UDP 53 from anyone. Whatever the bytes, the run
+// peerIP's identity, UDP 53 from anyone and everything from the node (the
+// entry the agent writes where NetworkPolicy isolates). Whatever the bytes, the run
 // must not fail, and a frame the program passes must be one the kernel
 // would drop anyway, or not IP, or one the rules admit read the way the
 // kernel's stack reads it (kernelView): never an allow the rules deny.
@@ -30,7 +32,7 @@ func FuzzPrivilegedClassify(f *testing.F) {
 		peer  uint32
 		proto uint8
 		ports PortRange
-	}{{peerID, tcp, PortRange{6379, 6379}}, {IdentityAny, udp, PortRange{53, 53}}} {
+	}{{peerID, tcp, PortRange{6379, 6379}}, {IdentityAny, udp, PortRange{53, 53}}, {IdentityHost, 0, PortRange{}}} {
 		keys, err := PolicyKeys(r.peer, r.proto, r.ports)
 		if err != nil {
 			f.Fatal(err)
@@ -41,7 +43,7 @@ func FuzzPrivilegedClassify(f *testing.F) {
 		}
 		rules = append(rules, es)
 	}
-	if err := fx.objs.SetPolicy(fx.set(), ToPod, append(rules[0], rules[1]...)); err != nil {
+	if err := fx.objs.SetPolicy(fx.set(), ToPod, slices.Concat(rules...)); err != nil {
 		f.Fatal(err)
 	}
 	info := EndpointInfo{Revision: 1, Identity: 299, Flags: FlagIngressIsolated, RuleSet: fx.set()}

@@ -239,11 +239,24 @@ func TestPrivilegedVerdicts(t *testing.T) {
 			{ToPod, pkt{Src: peerIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 5003, TCPFlags: syn}, tcActShot},
 		},
 	}, {
-		name:  "traffic with the pod's own node is always allowed",
-		flags: FlagIngressIsolated | FlagEgressIsolated,
+		// The agent writes this entry in every direction NetworkPolicy
+		// isolates; the programs make no exception for the node.
+		name:    "the pod's own node passes by the entry for its identity",
+		flags:   FlagIngressIsolated | FlagEgressIsolated,
+		ingress: allow(t, IdentityHost, 0, PortRange{}),
+		egress:  allow(t, IdentityHost, 0, PortRange{}),
 		steps: []step{
 			{ToPod, pkt{Src: nodeIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 8080, TCPFlags: syn}, tcActOK},
 			{FromPod, pkt{Src: subjectIP, Dst: nodeIP, Proto: udp, SrcPort: 1, DstPort: 53}, tcActOK},
+		},
+	}, {
+		name:   "without that entry an isolated direction drops the node too (an admin tier's Deny)",
+		flags:  FlagIngressIsolated | FlagEgressIsolated,
+		egress: allow(t, peerID, udp, PortRange{53, 53}),
+		steps: []step{
+			{ToPod, pkt{Src: nodeIP, Dst: subjectIP, Proto: tcp, SrcPort: 1, DstPort: 8080, TCPFlags: syn}, tcActShot},
+			{FromPod, pkt{Src: subjectIP, Dst: nodeIP, Proto: udp, SrcPort: 1, DstPort: 53}, tcActShot},
+			{FromPod, pkt{Src: subjectIP, Dst: peerIP, Proto: udp, SrcPort: 1, DstPort: 53}, tcActOK},
 		},
 	}, {
 		name:   "egress isolation drops what the pod sends",

@@ -199,8 +199,10 @@ func TestPrivilegedServiceNodePort(t *testing.T) {
 				{"own node, UDP", pkt{Src: subjectIP, Dst: nodeIP, Proto: udp, SrcPort: 40002, DstPort: nodePort}, tcActOK, peerIP, 5353},
 				{"IPv6 node address", pkt{Src: subject6, Dst: node6, Proto: tcp, SrcPort: 40003, DstPort: nodePort, TCPFlags: syn}, tcActOK, peer6, 8080},
 			}},
-		{"egress that admits another pod only cuts the NodePort, though the node is always admitted",
-			func(t *testing.T) []PolicyEntry { return allow(t, otherID, tcp, PortRange{8080, 8080}) },
+		{"egress that admits another pod only cuts the NodePort, though the node is admitted",
+			func(t *testing.T) []PolicyEntry {
+				return append(allow(t, otherID, tcp, PortRange{8080, 8080}), allow(t, IdentityHost, 0, PortRange{})...)
+			},
 			[]step{
 				{"own node", pkt{Src: subjectIP, Dst: nodeIP, Proto: tcp, SrcPort: 40010, DstPort: nodePort, TCPFlags: syn}, tcActShot, netip.Addr{}, 0},
 				{"another node", pkt{Src: subjectIP, Dst: remoteNode, Proto: tcp, SrcPort: 40011, DstPort: nodePort, TCPFlags: syn}, tcActShot, netip.Addr{}, 0},

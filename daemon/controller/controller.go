@@ -430,6 +430,11 @@ func (c *Controller) state() (policy.State, error) {
 	}
 	s.NodeIPs, s.RemoteNodeIPs = nodeAddresses(nodes, c.node)
 	s.NodeLabels = nodeLabels(nodes, c.node)
+	for _, n := range nodes {
+		if n.Name == c.node {
+			s.LocalNodeLabels = n.Labels
+		}
+	}
 	own, err := c.nodeIPs()
 	if err != nil {
 		return s, fmt.Errorf("list node addresses: %w", err)

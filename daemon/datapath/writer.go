@@ -56,7 +56,16 @@ func (s *ruleSet) of(d bpf.Direction) *[]bpf.PolicyEntry {
 type endpointState struct {
 	set             uint32
 	ingress, egress []policy.Rule
+	host            hostAllowed // the set has the node's entry (withHost)
 	ok              bool
+}
+
+// hostAllowed is where an endpoint's set carries hostEntry: in each
+// direction NetworkPolicy alone isolates.
+type hostAllowed struct{ ingress, egress bool }
+
+func hostOf(ep policy.EndpointPolicy) hostAllowed {
+	return hostAllowed{ep.IngressIsolated && !ep.IngressTiered, ep.EgressIsolated && !ep.EgressTiered}
 }
 
 // content is the entries an endpoint's rules convert to.
@@ -210,7 +219,8 @@ func (w *Writer) group(res *policy.Result) ([]*group, error) {
 	var errs []error
 	for _, ep := range res.Endpoints {
 		var c content
-		if st, ok := w.endpoints[ep.Ifindex]; ok && st.ok && sameRules(st.ingress, ep.Ingress) && sameRules(st.egress, ep.Egress) {
+		if st, ok := w.endpoints[ep.Ifindex]; ok && st.ok && st.host == hostOf(ep) &&
+			sameRules(st.ingress, ep.Ingress) && sameRules(st.egress, ep.Egress) {
 			set := w.sets[st.set]
 			c = content{ingress: set.ingress, egress: set.egress, hash: set.hash}
 		} else {
@@ -395,7 +405,7 @@ func (w *Writer) follow(ep policy.EndpointPolicy, set *ruleSet, revision uint64)
 		}
 	}
 	set.users++
-	w.endpoints[ep.Ifindex] = endpointState{set: set.id, ingress: ep.Ingress, egress: ep.Egress, ok: true}
+	w.endpoints[ep.Ifindex] = endpointState{set: set.id, ingress: ep.Ingress, egress: ep.Egress, host: hostOf(ep), ok: true}
 	return nil
 }
 
@@ -493,7 +503,37 @@ func convert(conv converted, ep policy.EndpointPolicy) (content, error) {
 	if err != nil {
 		return content{}, err
 	}
+	host := hostOf(ep)
+	if host.ingress {
+		in = withHost(in)
+	}
+	if host.egress {
+		eg = withHost(eg)
+	}
 	return content{ingress: in, egress: eg, hash: hashEntries(in, eg)}, nil
+}
+
+// hostEntry allows the pod's own node, which NetworkPolicy always allows,
+// in a direction it isolates. The datapath has no exception for the node
+// (an admin tier may deny it): where cluster policies judge a direction,
+// their folded rules carry the node's answer instead (policy.tiers).
+var hostEntry = func() bpf.PolicyEntry {
+	keys, err := bpf.PolicyKeys(bpf.IdentityHost, policy.ProtoAny, bpf.PortRange{})
+	if err != nil || len(keys) != 1 {
+		panic(fmt.Sprintf("policy key of the node: %v %v", keys, err))
+	}
+	return bpf.PolicyEntry{Key: keys[0]}
+}()
+
+// withHost returns es with hostEntry, es itself untouched (it may be
+// memoized).
+func withHost(es []bpf.PolicyEntry) []bpf.PolicyEntry {
+	if slices.ContainsFunc(es, func(e bpf.PolicyEntry) bool { return e.Key == hostEntry.Key }) {
+		return es
+	}
+	out := append(slices.Clone(es), hostEntry)
+	sortEntries(out)
+	return out
 }
 
 func (c content) equal(o content) bool {

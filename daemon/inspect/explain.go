@@ -199,6 +199,7 @@ func (v *View) judge(ep agentapi.Endpoint, pol policy.EndpointPolicy, d policy.D
 		rules, isolated = pol.Egress, pol.EgressIsolated
 	}
 	dv.Isolated = isolated
+	tiered := (d == policy.Ingress && pol.IngressTiered) || (d == policy.Egress && pol.EgressTiered)
 	dir := dirName(d)
 	pid := res.IdentityOf(peer.addr)
 	what := fmt.Sprintf("%s %d", ProtoName(proto), port)
@@ -206,11 +207,11 @@ func (v *View) judge(ep agentapi.Endpoint, pol policy.EndpointPolicy, d policy.D
 	case !isolated:
 		dv.Reason = fmt.Sprintf("no policy selects %s for %s, so all its %s is allowed", dv.Pod, dir, dir)
 		return dv
-	case pid == identity.Host:
-		dv.Reason = "traffic between a pod and its own node is always allowed"
+	case pid == identity.Host && !tiered:
+		dv.Reason = "NetworkPolicy always allows traffic between a pod and its own node"
 		return dv
 	}
-	if (d == policy.Ingress && pol.IngressTiered) || (d == policy.Egress && pol.EgressTiered) {
+	if tiered {
 		v.judgeTiered(ep, d, dv, peer, pid, proto, port)
 		return dv
 	}
@@ -284,6 +285,9 @@ func (v *View) judgeTiered(ep agentapi.Endpoint, d policy.Direction, dv *agentap
 	}
 	r, ok := v.Ref(ref)
 	switch {
+	case !ok && allowed && pid == identity.Host && len(v.isolating(v.Result.Endpoints[ep.ID], d)) > 0:
+		dv.Tier = "NetworkPolicy"
+		dv.Reason = fmt.Sprintf("allowed: no Admin rule decides %s, and NetworkPolicy, which isolates %s, always allows its own node", what, dv.Pod)
 	case !ok && allowed:
 		dv.Tier = "none"
 		dv.Reason = fmt.Sprintf("allowed: no ClusterNetworkPolicy or NetworkPolicy rule decides %s, and the default allows", what)

@@ -310,6 +310,9 @@ func TestExplainNamesTierObjectAndRule(t *testing.T) {
 		{"lab/remote", false, "Admin", `denied by the Admin tier: ClusterNetworkPolicy no-lab ingress[0] ("lab-out"), action Deny`},
 		{"prod/frontend", true, "NetworkPolicy", "allowed by the NetworkPolicy tier: NetworkPolicy prod/backend-access ingress[0]"},
 		{"prod/other", false, "NetworkPolicy", "isolated for ingress by NetworkPolicy"},
+		// The node: no Admin rule can name it for ingress, NetworkPolicy
+		// allows it.
+		{"198.18.0.11", true, "NetworkPolicy", "always allows its own node"},
 	} {
 		xs, err := v.Explain(agentapi.ExplainRequest{From: tt.from, To: "prod/backend", Port: 6379})
 		if err != nil {

@@ -351,6 +351,14 @@ func (c *compiler) cnpPeerIDs(p *cnpv1.ClusterNetworkPolicy, key any, egress boo
 			}
 		}
 	}
+	// This node is one peer whichever of its addresses a peer selects:
+	// its identity is not in the universe of the candidates above.
+	addHost := func() {
+		if !seen[identity.Host] {
+			seen[identity.Host] = true
+			ids = append(ids, identity.Host)
+		}
+	}
 	type peer struct {
 		namespaces, nodes *metav1.LabelSelector
 		pods              *cnpv1.NamespacedPod
@@ -401,6 +409,9 @@ func (c *compiler) cnpPeerIDs(p *cnpv1.ClusterNetworkPolicy, key any, egress boo
 				continue
 			}
 			add(c.nodeIDs, func(in *ident) bool { return sel.Matches(in.nodeLabels) })
+			if sel.Matches(labels.Set(c.s.LocalNodeLabels)) {
+				addHost()
+			}
 		case len(pe.networks) > 0:
 			for _, s := range pe.networks {
 				cidr, err := netip.ParsePrefix(string(s))
@@ -409,6 +420,9 @@ func (c *compiler) cnpPeerIDs(p *cnpv1.ClusterNetworkPolicy, key any, egress boo
 					continue
 				}
 				cidr = cidr.Masked()
+				if slices.ContainsFunc(c.s.NodeIPs, cidr.Contains) {
+					addHost()
+				}
 				cands := append(slices.Clone(c.blocks.inside[cidr]), c.blockMembers[cidr]...)
 				add(cands, func(in *ident) bool {
 					if in.prefix.IsValid() {

@@ -163,8 +163,30 @@ func cnpCases() []cnpCase {
 		{"a subject by pods selects the pod", []*cnpv1.ClusterNetworkPolicy{
 			cnp("pods", admin, 1, subjectPods(prod, map[string]string{"role": "backend"}), cin(deny, fromNS(dev)))},
 			nil, []probe{in(devIP, tcp, 80, false), in(clientIP, tcp, 80, true)}},
-		{"the node itself is always allowed", []*cnpv1.ClusterNetworkPolicy{cnp("deny", admin, 1, cin(deny, fromNS(all)), cout(deny, toNets("0.0.0.0/0")))},
-			nil, []probe{in(nodeIP, tcp, 10250, true), out(nodeIP, udp, 53, true), out(outsideIP, udp, 53, false)}},
+		// The pod's own node is a peer like any other to the tiers:
+		// NetworkPolicy's "always allowed" is NetworkPolicy's, and the
+		// admin tier comes before it (network-policy-api's node-peer tests
+		// expect a Deny wherever the pods run).
+		{"an admin Deny of networks reaches the pod's own node, its ingress peers cannot name it", []*cnpv1.ClusterNetworkPolicy{
+			cnp("deny", admin, 1, cin(deny, fromNS(all)), cout(deny, toNets("0.0.0.0/0")))},
+			nil, []probe{in(nodeIP, tcp, 10250, true), out(nodeIP, udp, 53, false), out(outsideIP, udp, 53, false)}},
+		{"a nodes peer selects the pod's own node by its labels", []*cnpv1.ClusterNetworkPolicy{
+			cnp("nodes", admin, 1, cout(deny, toNodes(map[string]string{"zone": "b"})))},
+			nil, []probe{out(nodeIP, tcp, 10250, false), out(remoteNodeIP, tcp, 10250, true), out(clientIP, tcp, 10250, true)}},
+		{"a networks peer that holds one of the node's addresses selects the node", []*cnpv1.ClusterNetworkPolicy{
+			cnp("nets", admin, 1, cout(deny, toNets("198.18.0.11/32")))},
+			nil, []probe{out(nodeIP, tcp, 10250, false), out(remoteNodeIP, tcp, 10250, true)}},
+		{"NetworkPolicy allows the own node ahead of a baseline Deny", []*cnpv1.ClusterNetworkPolicy{
+			cnp("base", base, 1, cout(deny, toNodes(all)))},
+			[]*networkingv1.NetworkPolicy{netpol("deny", types(networkingv1.PolicyTypeEgress))},
+			[]probe{out(nodeIP, tcp, 10250, true), out(remoteNodeIP, tcp, 10250, false), out(clientIP, tcp, 80, false)}},
+		{"without NetworkPolicy a baseline Deny reaches the own node", []*cnpv1.ClusterNetworkPolicy{
+			cnp("base", base, 1, cout(deny, toNodes(all)))},
+			nil, []probe{out(nodeIP, tcp, 10250, false), out(remoteNodeIP, tcp, 10250, false), out(clientIP, tcp, 80, true)}},
+		{"a Pass hands the own node to NetworkPolicy, which allows it", []*cnpv1.ClusterNetworkPolicy{
+			cnp("pass", admin, 1, cout(pass, toNodes(all))), cnp("deny", admin, 2, cout(deny, toNodes(all))), cnp("base", base, 1, cout(deny, toNodes(all)))},
+			[]*networkingv1.NetworkPolicy{netpol("deny", types(networkingv1.PolicyTypeEgress))},
+			[]probe{out(nodeIP, udp, 53, true), out(remoteNodeIP, udp, 53, false)}},
 		{"a Deny whose selector does not parse denies everything", []*cnpv1.ClusterNetworkPolicy{
 			cnp("bad", admin, 1, cin(deny, []cnpv1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{
 				MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "x", Operator: "Bogus"}}}}}, ctcp(80, 80)))},
@@ -186,6 +208,7 @@ func cnpCluster() State {
 	s := cluster()
 	s.RemoteNodeIPs = []netip.Addr{remoteNodeIP}
 	s.NodeLabels = map[netip.Addr]map[string]string{remoteNodeIP: {"zone": "a"}}
+	s.LocalNodeLabels = map[string]string{"zone": "b"}
 	return s
 }
 

@@ -39,13 +39,17 @@ type State struct {
 	// ClusterPolicies are the ClusterNetworkPolicies (admin tiers).
 	ClusterPolicies []*cnpv1.ClusterNetworkPolicy
 	Endpoints       []Endpoint
-	// NodeIPs are the addresses of this node: traffic with them is always
-	// allowed. RemoteNodeIPs are the addresses of the other nodes.
+	// NodeIPs are the addresses of this node, one peer (identity.Host):
+	// NetworkPolicy always allows traffic with it, and a cluster policy's
+	// nodes or networks peer that selects any of them selects it.
+	// RemoteNodeIPs are the addresses of the other nodes.
 	NodeIPs       []netip.Addr
 	RemoteNodeIPs []netip.Addr
 	// NodeLabels are the labels of the node each remote node address
-	// belongs to, which cluster policies' nodes peers select.
-	NodeLabels map[netip.Addr]map[string]string
+	// belongs to, which cluster policies' nodes peers select;
+	// LocalNodeLabels are this node's.
+	NodeLabels      map[netip.Addr]map[string]string
+	LocalNodeLabels map[string]string
 	// Previous, when set, is the last Result compiled with the same
 	// allocator: the rules of pods alike are taken from it where nothing
 	// they depend on changed, instead of compiled again.
@@ -145,7 +149,10 @@ func Compile(s State, alloc *identity.Allocator) Result {
 	c := newCompiler(s, alloc)
 	if p := s.Previous; p != nil && p.comp != nil {
 		p.comp.mu.Lock()
-		if slices.Equal(p.comp.universe, c.universe) && slices.Equal(p.comp.cnps, c.cnps) {
+		// The node's own labels and addresses decide which cluster
+		// policy peers select identity.Host, outside the universe.
+		if slices.Equal(p.comp.universe, c.universe) && slices.Equal(p.comp.cnps, c.cnps) &&
+			maps.Equal(p.comp.s.LocalNodeLabels, c.s.LocalNodeLabels) && slices.Equal(p.comp.s.NodeIPs, c.s.NodeIPs) {
 			c.prev, c.prevGen = p.comp, p.comp.universeGen
 		}
 		p.comp.mu.Unlock()

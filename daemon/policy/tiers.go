@@ -63,6 +63,11 @@ func (t *tiers) judge(peer uint32, proto uint8, port uint16) answer {
 		return a
 	}
 	if t.npIsolated {
+		// NetworkPolicy always allows the pod's own node; the admin
+		// tier, above, may deny it.
+		if peer == identity.Host {
+			return answer{}
+		}
 		if r, ok := firstMatch(t.np, peer, proto, port); ok {
 			return answer{ref: r.Ref}
 		}
@@ -115,6 +120,9 @@ func (t *tiers) compile() []Rule {
 		if r.Peer != identity.Any {
 			peers[r.Peer] = nil
 		}
+	}
+	if t.npIsolated {
+		peers[identity.Host] = nil
 	}
 	var wild []Rule
 	for _, r := range all {

@@ -36,22 +36,24 @@ func (r *Result) Allows(id string, d Direction, peer netip.Addr, proto uint8, po
 }
 
 // Verdict is Allows with the rule that decided (a key of Refs), 0 when no
-// rule did: no isolation, the node itself, or an isolated direction no
-// entry matches.
+// rule did: no isolation, the node itself (allowed by NetworkPolicy), or an
+// isolated direction no entry matches.
 func (r *Result) Verdict(id string, d Direction, peer netip.Addr, proto uint8, port uint16) (bool, uint32) {
 	ep, ok := r.Endpoints[id]
 	if !ok {
 		return false, 0 // no endpoint entry: the datapath drops
 	}
-	rules, isolated := ep.Ingress, ep.IngressIsolated
+	rules, isolated, tiered := ep.Ingress, ep.IngressIsolated, ep.IngressTiered
 	if d == Egress {
-		rules, isolated = ep.Egress, ep.EgressIsolated
+		rules, isolated, tiered = ep.Egress, ep.EgressIsolated, ep.EgressTiered
 	}
 	if !isolated {
 		return true, 0
 	}
 	pid := r.IdentityOf(peer)
-	if pid == identity.Host {
+	// The node's entry (HostEntries) where NetworkPolicy alone judges;
+	// the tiers' rules carry their own answer for it.
+	if pid == identity.Host && !tiered {
 		return true, 0
 	}
 	// The peer's own entries first, then the wildcard's: two probes of

@@ -15,10 +15,6 @@ var lacking = map[string]string{
 	"Feature:AdminNetworkPolicy":         "Palisade enforces networking.k8s.io/v1 NetworkPolicy, not AdminNetworkPolicy",
 	"Feature:BaselineAdminNetworkPolicy": "Palisade enforces networking.k8s.io/v1 NetworkPolicy, not BaselineAdminNetworkPolicy",
 	"Feature:Windows":                    "Palisade runs on Linux nodes only",
-	// The node-peer tests of the network-policy-api suite probe
-	// hostNetwork pods; Palisade compiles nodes peers, but the testbed's
-	// pods all have their own network namespace.
-	"Needs:HostNetworkPods": "the testbed runs no hostNetwork pods (every pod has its own network namespace and veth)",
 }
 
 // lacks is why the run cannot give tag t, or "" when it can.

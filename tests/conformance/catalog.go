@@ -48,6 +48,9 @@ type ModelPod struct {
 	ID             string                 `json:"id"`
 	Labels         map[string]string      `json:"labels"`
 	ContainerPorts []corev1.ContainerPort `json:"container_ports"`
+	// HostNetwork: the pod shares its node's network namespace and
+	// addresses (a hostNetwork pod); no two such pods share a node.
+	HostNetwork bool `json:"host_network,omitempty"`
 }
 
 // ModelService is a ClusterIP Service of the model.
@@ -326,6 +329,9 @@ func (m *Model) index() error {
 		}
 		if m.byID[p.ID] != nil {
 			return fmt.Errorf("pod %s listed twice", p.ID)
+		}
+		if _, fixed := m.PodIPs[p.ID]; fixed && p.HostNetwork {
+			return fmt.Errorf("pod %s: a hostNetwork pod has its node's address, pod_ips cannot give it one", p.ID)
 		}
 		m.byID[p.ID] = p
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -111,11 +110,6 @@ func (p *Probe) pairsToProbe(order []string) (pending []pair, notAsserted int) {
 	}
 	return pending, notAsserted
 }
-
-// maySkip reports whether a case may SKIP in a run that must otherwise
-// replay its catalog in full: one of an experimental channel (the
-// network-policy-api suite's node peers need hostNetwork pods).
-func maySkip(c *Case) bool { return slices.Contains(c.Tags, "Channel:Experimental") }
 
 // isClusterPolicy reports whether an apply step carries a
 // ClusterNetworkPolicy.

@@ -83,9 +83,9 @@ func TestDecodeClusterPolicy(t *testing.T) {
 }
 
 // TestNetworkPolicyAPICatalog checks the transcription of the
-// network-policy-api suite as the runner reads it: every standard-channel
-// case runs, an experimental one runs or skips for the testbed's lack of
-// hostNetwork pods, every probe is a listed probe of pod IPs, and every
+// network-policy-api suite as the runner reads it: every case runs, of
+// either channel (the node-peer ones at hostNetwork pods), every probe is
+// a listed probe of pod IPs, and every
 // policy decodes once its templates are filled.
 func TestNetworkPolicyAPICatalog(t *testing.T) {
 	dir := filepath.Join(testbed.ModuleRoot(t), "tests", "conformance", "network-policy-api")
@@ -109,16 +109,13 @@ func TestNetworkPolicyAPICatalog(t *testing.T) {
 				t.Errorf("%s: standard-channel case skips: %s", c.ID, reason)
 			}
 		case slices.Contains(c.Tags, "Channel:Experimental"):
-			if reason != "" && !strings.Contains(reason, "Needs:HostNetworkPods") {
-				t.Errorf("%s: experimental case skips for another reason: %s", c.ID, reason)
-			}
-			if slices.Contains(c.Tags, "Feature:ClusterNetworkPolicyNamedPorts") && reason != "" {
-				t.Errorf("%s: Palisade resolves named ports, the case must run: %s", c.ID, reason)
+			if reason != "" {
+				t.Errorf("%s: experimental case skips: %s", c.ID, reason)
 			}
 		default:
 			t.Errorf("%s: no channel tag in %v", c.ID, c.Tags)
 		}
-		probes := 0
+		probes, hostProbes := 0, 0
 		for j, s := range c.Setup {
 			kind, _ := s.Kind()
 			switch kind {
@@ -131,6 +128,13 @@ func TestNetworkPolicyAPICatalog(t *testing.T) {
 					t.Errorf("%s step %d: probe pairs %q target %q, want listed pod-IP probes as upstream pokes", c.ID, j+1, p.Pairs, p.Target)
 				}
 				probes++
+				for _, to := range p.Expected {
+					for id := range to {
+						if mp, _ := cat.Model.Pod(id); mp.HostNetwork {
+							hostProbes++
+						}
+					}
+				}
 			case "apply":
 				if !isClusterPolicy(s["apply"]) {
 					continue
@@ -151,6 +155,11 @@ func TestNetworkPolicyAPICatalog(t *testing.T) {
 		}
 		if probes == 0 {
 			t.Errorf("%s: no probe", c.ID)
+		}
+		// A node peer is a node's address: only a hostNetwork pod
+		// listens there.
+		if needsHost := slices.Contains(c.Tags, "Needs:HostNetworkPods"); needsHost != (hostProbes > 0) {
+			t.Errorf("%s: tagged Needs:HostNetworkPods %v, %d probes of hostNetwork pods", c.ID, needsHost, hostProbes)
 		}
 	}
 	// v0.3.0: 103 subtests of the standard channel (go.mod pins it).

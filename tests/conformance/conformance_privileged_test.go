@@ -115,8 +115,7 @@ func defaultCatalogs(t *testing.T) []catalogSpec {
 
 // TestPrivilegedConformance replays the catalogs on a testbed of -nodes
 // nodes. Every case must pass: a skip fails the test too, because the
-// catalogs are ones this runner must replay in full; only a case of an
-// experimental channel (Channel:Experimental) may skip, with its reason.
+// catalogs are ones this runner must replay in full.
 func TestPrivilegedConformance(t *testing.T) {
 	privileged.Require(t)
 	specs := []catalogSpec{{"", *flagModel, *flagCases, 1}}
@@ -234,11 +233,7 @@ func replayCatalog(t *testing.T, spec catalogSpec, only []string, via Via, famil
 				failed = append(failed, msg)
 				t.Error(msg)
 			case Skip:
-				// An experimental-channel case may need what the testbed
-				// lacks (clusterpolicy.go); nothing else may skip.
-				if !maySkip(c) {
-					t.Errorf("skipped, and this catalog must run in full: %s", res.Reason)
-				}
+				t.Errorf("skipped, and this catalog must run in full: %s", res.Reason)
 			}
 		})
 	}

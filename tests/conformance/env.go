@@ -69,6 +69,7 @@ type Env struct {
 	order     []string // alive pod ids: model order, then run-time pods
 	scopes    map[string]*scope
 	next      int // round-robin position of the next pod without a fixed IP
+	nextHost  int // round-robin position of the next hostNetwork pod
 	services  []*liveService
 	podLabels map[string]map[string]string // current labels, by pod id
 	dirtyPods map[string]bool
@@ -228,6 +229,9 @@ func (e *Env) closeAll() {
 // gets exactly that IP), else the next node round-robin.
 func (e *Env) startPod(id string, lbls map[string]string, ports []corev1.ContainerPort) error {
 	ns, name, _ := strings.Cut(id, "/")
+	if mp, ok := e.Model.Pod(id); ok && mp.HostNetwork {
+		return e.startHostNetworkPod(id, lbls, ports)
+	}
 	var opts []testbed.CNIOption
 	var node *testbed.Node
 	if s, ok := e.Model.PodIPs[id]; ok {
@@ -263,16 +267,56 @@ func (e *Env) startPod(id string, lbls map[string]string, ports []corev1.Contain
 		_ = sc.close()
 		return fmt.Errorf("create pod %s on %s: %w", id, node.Name, err)
 	}
-	e.Pods[id] = p
-	e.scopes[id] = sc
-	e.order = append(e.order, id)
-	e.podLabels[id] = maps.Clone(lbls)
+	e.track(id, p, sc, lbls)
 	if len(opts) > 0 {
 		if err := e.forgetNeighbours(p); err != nil {
 			return fmt.Errorf("create pod %s on %s: %w", id, node.Name, err)
 		}
 	}
 	return nil
+}
+
+// startHostNetworkPod starts hostNetwork pod id on the next node that has
+// none yet: two would serve the same ports on one node, which the
+// scheduler never allows (their host ports clash).
+func (e *Env) startHostNetworkPod(id string, lbls map[string]string, ports []corev1.ContainerPort) error {
+	ns, name, _ := strings.Cut(id, "/")
+	taken := map[*testbed.Node]bool{}
+	for _, p := range e.Pods {
+		if p.HostNetwork() {
+			taken[p.Node] = true
+		}
+	}
+	var node *testbed.Node
+	for i := range e.Nodes {
+		if n := e.Nodes[(e.nextHost+i)%len(e.Nodes)]; !taken[n] {
+			node = n
+			e.nextHost += i + 1
+			break
+		}
+	}
+	if node == nil {
+		return fmt.Errorf("create hostNetwork pod %s: each of the %d nodes has one already (run with more --nodes)", id, len(e.Nodes))
+	}
+	sc := newScope(e.tb)
+	var p *testbed.Pod
+	err := sc.do(func(tb testbed.TB) {
+		p = node.AddHostNetworkPod(tb, testbed.MakePod(ns, name, maps.Clone(lbls), ports...))
+	})
+	if err != nil {
+		_ = sc.close()
+		return fmt.Errorf("create hostNetwork pod %s on %s: %w", id, node.Name, err)
+	}
+	e.track(id, p, sc, lbls)
+	return nil
+}
+
+// track records a started pod: stopPod undoes it.
+func (e *Env) track(id string, p *testbed.Pod, sc *scope, lbls map[string]string) {
+	e.Pods[id] = p
+	e.scopes[id] = sc
+	e.order = append(e.order, id)
+	e.podLabels[id] = maps.Clone(lbls)
 }
 
 // forgetNeighbours deletes the neighbour entries for p's address in its

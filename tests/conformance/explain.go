@@ -80,6 +80,9 @@ type explainer struct {
 	agents map[string]Explainer // by node name
 	nodeOf func(id string) string
 	podIP  func(id string) (netip.Addr, bool)
+	// hostNetwork reports a hostNetwork pod: no program of any node judges
+	// what it receives or sends.
+	hostNetwork func(id string) bool
 	// deadline is explainDeadline, shorter in unit tests.
 	deadline time.Duration
 }
@@ -117,14 +120,26 @@ func (x *explainer) explainPair(ctx context.Context, pp pair, port int, proto co
 		return &xs[0], nil
 	}
 	srcNode, dstNode := x.nodeOf(pp.from), x.nodeOf(pp.to)
-	v := pairVerdict{calls: 1}
-	eg, err := ask(srcNode)
-	if err != nil {
-		v.err = err
-		return v
+	v := pairVerdict{}
+	// A hostNetwork pod's direction is no node's to judge: allowed.
+	unjudged := &agentapi.Explanation{
+		Egress:  &agentapi.DirectionVerdict{Allowed: true, Reason: "a hostNetwork pod's egress: no program sees it"},
+		Ingress: &agentapi.DirectionVerdict{Allowed: true, Reason: "a hostNetwork pod's ingress: no program sees it"},
 	}
-	in := eg
-	if dstNode != srcNode {
+	eg, in := unjudged, unjudged
+	var err error
+	if !x.isHostNetwork(pp.from) {
+		v.calls++
+		if eg, err = ask(srcNode); err != nil {
+			v.err = err
+			return v
+		}
+	}
+	switch {
+	case x.isHostNetwork(pp.to):
+	case dstNode == srcNode && eg != unjudged:
+		in = eg
+	default:
 		v.calls++
 		if in, err = ask(dstNode); err != nil {
 			v.err = err
@@ -134,6 +149,8 @@ func (x *explainer) explainPair(ctx context.Context, pp pair, port int, proto co
 	v.allowed, v.why, v.err = combine(eg.Egress, srcNode, in.Ingress, dstNode)
 	return v
 }
+
+func (x *explainer) isHostNetwork(id string) bool { return x.hostNetwork != nil && x.hostNetwork(id) }
 
 // combine is the pair's verdict from the two directions, each judged on its
 // pod's node; a direction the agent did not judge is an error, not a guess.
@@ -227,7 +244,8 @@ func (e *Env) explainer() *explainer {
 		for _, n := range e.Nodes {
 			agents[n.Name] = agentapi.NewClient(n.AgentSocket())
 		}
-		e.explain = &explainer{agents: agents, nodeOf: e.NodeOf, podIP: e.podIP, deadline: explainDeadline}
+		hostNetwork := func(id string) bool { p, ok := e.Pods[id]; return ok && p.HostNetwork() }
+		e.explain = &explainer{agents: agents, nodeOf: e.NodeOf, podIP: e.podIP, hostNetwork: hostNetwork, deadline: explainDeadline}
 	}
 	return e.explain
 }

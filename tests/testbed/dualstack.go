@@ -47,6 +47,9 @@ func nodeIP6(index int) netip.Addr {
 
 // IPv6 is the pod's IPv6 address, if the chain gave it one.
 func (p *Pod) IPv6() (netip.Addr, bool) {
+	if p.hostNetwork {
+		return p.hostIPv6()
+	}
 	res := p.Result()
 	if res == nil {
 		return netip.Addr{}, false

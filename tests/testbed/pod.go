@@ -53,6 +53,7 @@ type Pod struct {
 	ip          netip.Addr
 	hostIfName  string
 	hostIfIndex int
+	hostNetwork bool // AddHostNetworkPod's: the node's netns and address
 }
 
 // AddPod does what a kubelet does for a pod bound to the node: creates the
@@ -78,9 +79,45 @@ func (n *Node) AddPod(tb TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
 // what a runtime does too).
 func (n *Node) PreparePod(tb TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
 	tb.Helper()
+	created := n.createPod(tb, pod)
+	p := &Pod{
+		Name:        created.Name,
+		Namespace:   created.Namespace,
+		UID:         string(created.UID),
+		ContainerID: randomHex(32),
+		NetNS:       NewNetNS(tb, "pal-pod"),
+		Node:        n,
+		spec:        created,
+	}
+	noICMPRateLimit(tb, p.NetNS, n.DualStack)
+	o := buildCNIOptions(opts)
+	p.cni, p.list = n.cni(tb, o)
+	p.rt = p.runtimeConf()
+	if len(o.ips) > 0 {
+		p.wantIPs = o.ips
+		var ips []string
+		for _, ip := range o.ips {
+			ips = append(ips, ip.String())
+		}
+		p.rt.Args = append(p.rt.Args, [2]string{"IP", strings.Join(ips, ",")})
+	}
+	// Registered after NewNetNS, so it runs while the sandbox still exists.
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
+		defer cancel()
+		if err := p.CNIDel(ctx); err != nil {
+			tb.Errorf("cleanup: %v", err)
+		}
+	})
+	return p
+}
+
+// createPod creates pod, bound to n and left alone by its pod runner (the
+// test wires it); cleanup deletes it.
+func (n *Node) createPod(tb TB, pod *corev1.Pod) *corev1.Pod {
+	tb.Helper()
 	spec := pod.DeepCopy()
 	spec.Spec.NodeName = n.Name
-	// The node's pod runner, if any, must leave this one to the test.
 	if spec.Annotations == nil {
 		spec.Annotations = map[string]string{}
 	}
@@ -104,47 +141,23 @@ func (n *Node) PreparePod(tb TB, pod *corev1.Pod, opts ...CNIOption) *Pod {
 			tb.Errorf("delete pod %s/%s: %v", created.Namespace, created.Name, err)
 		}
 	})
+	return created
+}
 
-	p := &Pod{
-		Name:        created.Name,
-		Namespace:   created.Namespace,
-		UID:         string(created.UID),
-		ContainerID: randomHex(32),
-		NetNS:       NewNetNS(tb, "pal-pod"),
-		Node:        n,
-		spec:        created,
-	}
-	// The target of a closed-port probe answers with ICMP port unreachable;
-	// without a rate limit every such probe is Refused, not some TimedOut.
+// noICMPRateLimit lifts netns's ICMP rate limits: the target of a
+// closed-port probe answers with ICMP port unreachable, and with a limit
+// some such probes would time out instead of being refused.
+func noICMPRateLimit(tb TB, netns *NetNS, dualStack bool) {
+	tb.Helper()
 	limits := []string{"net/ipv4/icmp_ratelimit"}
-	if n.DualStack {
+	if dualStack {
 		limits = append(limits, "net/ipv6/icmp/ratelimit")
 	}
 	for _, key := range limits {
-		if err := p.NetNS.Sysctl(key, "0"); err != nil {
-			tb.Fatalf("pod %s: %v", p, err)
+		if err := netns.Sysctl(key, "0"); err != nil {
+			tb.Fatalf("%s: %v", netns.Name(), err)
 		}
 	}
-	o := buildCNIOptions(opts)
-	p.cni, p.list = n.cni(tb, o)
-	p.rt = p.runtimeConf()
-	if len(o.ips) > 0 {
-		p.wantIPs = o.ips
-		var ips []string
-		for _, ip := range o.ips {
-			ips = append(ips, ip.String())
-		}
-		p.rt.Args = append(p.rt.Args, [2]string{"IP", strings.Join(ips, ",")})
-	}
-	// Registered after NewNetNS, so it runs while the sandbox still exists.
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
-		defer cancel()
-		if err := p.CNIDel(ctx); err != nil {
-			tb.Errorf("cleanup: %v", err)
-		}
-	})
-	return p
 }
 
 // runtimeConf is what a kubelet (through the CRI runtime) hands libcni for

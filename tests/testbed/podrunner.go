@@ -217,7 +217,7 @@ func (r *PodRunner) run(obj *corev1.Pod) (p *Pod, stop func(), err error) {
 	if err = netns.Sysctl("net/ipv4/icmp_ratelimit", "0"); err != nil {
 		return p, nil, err
 	}
-	if stop, err = startResponders(netns, obj, r.tb.Logf); err != nil {
+	if stop, err = startResponders(netns, obj, nil, r.tb.Logf); err != nil {
 		return p, nil, fmt.Errorf("serve pod %s: %w", p, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,16 +55,17 @@ func (p *Pod) Listen(tb TB) {
 	if listening {
 		return
 	}
-	stop, err := startResponders(p.NetNS, p.spec, func(format string, args ...any) { tb.Logf(format, args...) })
+	stop, err := startResponders(p.NetNS, p.spec, p.udpAddrs(), func(format string, args ...any) { tb.Logf(format, args...) })
 	if err != nil {
 		tb.Fatalf("serve pod %s: %v", p, err)
 	}
 	tb.Cleanup(stop)
 }
 
-// startResponders serves pod's containerPorts inside netns; stop closes
-// the sockets and waits for the responder goroutines.
-func startResponders(netns *NetNS, pod *corev1.Pod, logf func(string, ...any)) (stop func(), err error) {
+// startResponders serves pod's containerPorts inside netns, UDP on udpAddrs
+// (nil: every address); stop closes the sockets and waits for the
+// responder goroutines.
+func startResponders(netns *NetNS, pod *corev1.Pod, udpAddrs []netip.Addr, logf func(string, ...any)) (stop func(), err error) {
 	var closers []io.Closer
 	var wg sync.WaitGroup
 	stop = func() {
@@ -97,13 +99,22 @@ func startResponders(netns *NetNS, pod *corev1.Pod, logf func(string, ...any)) (
 				echo := strings.HasPrefix(port.Name, EchoPortPrefix)
 				wg.Go(func() { serveTCP(l, reply, echo) })
 			case corev1.ProtocolUDP:
-				c, err := netns.ListenPacket("udp", addr)
-				if err != nil {
-					stop()
-					return nil, err
+				addrs := []string{addr}
+				if udpAddrs != nil {
+					addrs = nil
+					for _, a := range udpAddrs {
+						addrs = append(addrs, net.JoinHostPort(a.String(), strconv.Itoa(int(port.ContainerPort))))
+					}
 				}
-				closers = append(closers, c)
-				wg.Go(func() { serveUDP(c, reply) })
+				for _, addr := range addrs {
+					c, err := netns.ListenPacket("udp", addr)
+					if err != nil {
+						stop()
+						return nil, err
+					}
+					closers = append(closers, c)
+					wg.Go(func() { serveUDP(c, reply) })
+				}
 			case corev1.ProtocolSCTP:
 				if SCTPMode() != SCTPAssociation {
 					logf("pod %s/%s: SCTP port %d: no SCTP sockets on this kernel; ProbeSCTP watches for INIT arrival", pod.Namespace, pod.Name, port.ContainerPort)

@@ -17,7 +17,7 @@
 /* Reserved identities. Identities of pods, namespaces and ipBlock prefixes
  * are allocated by the agent from ID_FIRST_DYNAMIC on. */
 #define ID_ANY 0         /* wildcard peer in a policy key: from: [] or no from */
-#define ID_HOST 1        /* the pod's own node: always allowed */
+#define ID_HOST 1        /* the pod's own node (allowed by agent entries) */
 #define ID_WORLD 2       /* an address the ipcache does not know */
 #define ID_REMOTE_NODE 3 /* another node of the cluster */
 

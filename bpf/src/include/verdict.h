@@ -150,13 +150,15 @@ static __always_inline __u32 peer_identity(const struct flow *f, __u8 dir)
  * policy allows it, 0 when none does or an entry denies (then *rule names the
  * denying rule). The precedence, from the API's definition:
  *   1. A direction no policy isolates allows everything.
- *   2. Traffic with the pod's own node is always allowed.
- *   3. A rule naming the peer's identity (with the port, the protocol, or
+ *   2. A rule naming the peer's identity (with the port, the protocol, or
  *      all ports) allows it.
- *   4. A rule with a wildcard peer (from: [], to: [], or none) allows it.
- *   5. Anything else is dropped.
+ *   3. A rule with a wildcard peer (from: [], to: [], or none) allows it.
+ *   4. Anything else is dropped.
  * An entry may deny (POLICY_F_DENY): the admin tiers are folded into the
- * entries by the agent, so their order costs no extra lookup. */
+ * entries by the agent, so their order costs no extra lookup. Traffic with
+ * the pod's own node (ID_HOST) is allowed by an entry the agent writes in
+ * every direction a NetworkPolicy isolates, not here: an admin tier that
+ * denies the node must be able to come first. */
 static __always_inline int policy_allows(const struct endpoint_info *ep, __u8 dir,
 					 __u32 peer, const struct flow *f, __u32 *rule)
 {
@@ -173,8 +175,6 @@ static __always_inline int policy_allows(const struct endpoint_info *ep, __u8 di
 
 	*rule = 0;
 	if (!(ep->flags & isolated))
-		return 1;
-	if (peer == ID_HOST)
 		return 1;
 	v = bpf_map_lookup_elem(&pal_set_rules, &k);
 	if (!v) {

@@ -49,12 +49,10 @@ FEATURE_TAGS = {
 }
 STANDARD = {"suite.SupportClusterNetworkPolicy"}
 # Node peers are probed at hostNetwork pods (centaur-0/1 in
-# forbidden-forrest); the testbed has no hostNetwork pods, so those cases
-# carry this tag and SKIP with its reason (capabilities.go).
+# forbidden-forrest): the cases say so with this tag.
 EXTRA_TAGS = {"suite.SupportClusterNetworkPolicyEgressNodePeers": ["Needs:HostNetworkPods"]}
-# The suite's default host-network ports (utils/suite/suite.go fills
-# HostNetworkPorts from a free range at run time); any fixed numbers do for
-# a case that skips.
+# The host-network ports (utils/suite/suite.go fills HostNetworkPorts from a
+# free range at run time); these are free in the testbed's node namespaces.
 HOST_NETWORK_PORTS = [34345, 34346, 34347, 34348, 34349, 34350, 34351, 34352]
 
 # The agnhost containers serve these ports (manifests.yaml); upstream
@@ -89,9 +87,31 @@ def load_yaml(path):
     return [d for d in yaml.safe_load_all(text) if d]
 
 
+def port_of(port, proto, name):
+    p = {"containerPort": port, "protocol": proto}
+    if name:
+        p["name"] = name
+    return p
+
+
+def served_by(pod_spec):
+    """The ports a hostNetwork pod's agnhost containers serve: those they
+    declare, and the SCTP ones agnhost porter serves from its
+    SERVE_SCTP_PORT_<n> variables, which upstream does not declare."""
+    ports = []
+    for c in pod_spec["containers"]:
+        for p in c.get("ports", []):
+            ports.append(port_of(p["containerPort"], p.get("protocol", "TCP"), p.get("name")))
+        for env in c.get("env", []):
+            m = re.fullmatch(r"SERVE_SCTP_PORT_(\d+)", env["name"])
+            if m:
+                ports.append(port_of(int(m.group(1)), "SCTP", None))
+    return ports
+
+
 def build_model(d):
     docs = load_yaml(os.path.join(d, "conformance", "base", "manifests.yaml"))
-    namespaces, pods, omitted = [], [], []
+    namespaces, pods, host_sets = [], [], []
     for doc in docs:
         if doc["kind"] == "Namespace":
             name = doc["metadata"]["name"]
@@ -101,9 +121,9 @@ def build_model(d):
         elif doc["kind"] == "StatefulSet":
             ns, set_name = doc["metadata"]["namespace"], doc["metadata"]["name"]
             spec = doc["spec"]
-            if spec["template"]["spec"].get("hostNetwork"):
-                omitted.append(ns + "/" + set_name)
-                continue
+            host = bool(spec["template"]["spec"].get("hostNetwork"))
+            if host:
+                host_sets.append(ns + "/" + set_name)
             for i in range(spec["replicas"]):
                 name = "%s-%d" % (set_name, i)
                 labels = dict(spec["template"]["metadata"]["labels"])
@@ -111,14 +131,13 @@ def build_model(d):
                 # is left out: its value is a hash no policy of the suite names).
                 labels["statefulset.kubernetes.io/pod-name"] = name
                 labels["apps.kubernetes.io/pod-index"] = str(i)
-                ports = []
-                for port, proto, pname in SERVED:
-                    p = {"containerPort": port, "protocol": proto}
-                    if pname:
-                        p["name"] = pname
-                    ports.append(p)
-                pods.append({"namespace": ns, "name": name, "id": ns + "/" + name,
-                             "labels": labels, "container_ports": ports})
+                pod = {"namespace": ns, "name": name, "id": ns + "/" + name, "labels": labels}
+                if host:
+                    pod["container_ports"] = served_by(spec["template"]["spec"])
+                    pod["host_network"] = True
+                else:
+                    pod["container_ports"] = [port_of(*s) for s in SERVED]
+                pods.append(pod)
     return {
         "source": {
             "module": "%s@%s" % (MODULE, version_of(d)),
@@ -138,8 +157,9 @@ def build_model(d):
             "(statefulset.kubernetes.io/pod-name, apps.kubernetes.io/pod-index; controller-revision-hash left out).",
             "Every port an agnhost container serves is declared; upstream declares only 80/TCP 'web' and 53/UDP 'dns', "
             "and the extra ones carry no name, so named ports resolve as upstream.",
-            "Omitted: the hostNetwork StatefulSet(s) %s; the testbed has no hostNetwork pods, and only the "
-            "experimental node-peer tests probe them (they SKIP)." % ", ".join(omitted),
+            "The hostNetwork StatefulSet(s) %s are hostNetwork pods, one per node; they declare the TCP and UDP "
+            "ports upstream declares, and their SCTP ports (agnhost porter's SERVE_SCTP_PORT_<n>) without a name. "
+            "Only the experimental node-peer tests probe them." % ", ".join(host_sets),
             "The suite probes pod IPs only (PokeServer to Status.PodIP): no Services.",
         ],
     }
