@@ -193,7 +193,7 @@ func (c *compiler) cnpRule(p *cnpv1.ClusterNetworkPolicy, pod *corev1.Pod, egres
 		act = ActionDeny
 	}
 	ref := c.cnpRef(p, egress, i, name, act)
-	ids, peersOK := c.cnpPeerIDs(p, key, egress, i)
+	ids, peersOK := c.cnpPeerIDs(p, key, egress, i, act == ActionDeny)
 	if npeers == 0 {
 		c.cnpProblem(p, "%s rule %d has no peers", dirName(egress), i)
 		peersOK = false
@@ -330,7 +330,7 @@ func (c *compiler) cnpNamedPort(pod *corev1.Pod, name string, egress bool) []cnp
 
 // cnpPeerIDs returns the identities a rule's peers select, once per rule.
 // ok is false when a peer does not parse or is of a kind not supported.
-func (c *compiler) cnpPeerIDs(p *cnpv1.ClusterNetworkPolicy, key any, egress bool, i int) ([]uint32, bool) {
+func (c *compiler) cnpPeerIDs(p *cnpv1.ClusterNetworkPolicy, key any, egress bool, i int, deny bool) ([]uint32, bool) {
 	if m, ok := c.cnpPeers[key]; ok {
 		return m.ids, m.ok
 	}
@@ -351,8 +351,10 @@ func (c *compiler) cnpPeerIDs(p *cnpv1.ClusterNetworkPolicy, key any, egress boo
 			}
 		}
 	}
-	// This node is one peer whichever of its addresses a peer selects:
-	// its identity is not in the universe of the candidates above.
+	// This node is one peer (identity.Host), not in the universe of the
+	// candidates above; nodeAddrsIn are its addresses the rule's networks
+	// hold.
+	nodeAddrsIn := map[netip.Addr]bool{}
 	addHost := func() {
 		if !seen[identity.Host] {
 			seen[identity.Host] = true
@@ -420,8 +422,10 @@ func (c *compiler) cnpPeerIDs(p *cnpv1.ClusterNetworkPolicy, key any, egress boo
 					continue
 				}
 				cidr = cidr.Masked()
-				if slices.ContainsFunc(c.s.NodeIPs, cidr.Contains) {
-					addHost()
+				for _, a := range c.s.NodeIPs {
+					if cidr.Contains(a) {
+						nodeAddrsIn[a] = true
+					}
 				}
 				cands := append(slices.Clone(c.blocks.inside[cidr]), c.blockMembers[cidr]...)
 				add(cands, func(in *ident) bool {
@@ -436,6 +440,13 @@ func (c *compiler) cnpPeerIDs(p *cnpv1.ClusterNetworkPolicy, key any, egress boo
 			// which Palisade does not have.
 			bad("domainNames peers are not supported")
 		}
+	}
+	// The node's addresses share one identity, so a networks peer that
+	// holds some of them cannot select exactly those: a Deny takes the
+	// node if it holds any, an Accept or a Pass (which may skip a Deny
+	// below it) only if it holds all. Never more allowed than written.
+	if len(nodeAddrsIn) > 0 && (deny || len(nodeAddrsIn) == len(distinct(c.s.NodeIPs))) {
+		addHost()
 	}
 	slices.Sort(ids)
 	c.cnpPeers[key] = cnpPeerMemo{ids, ok}
@@ -482,4 +493,13 @@ func (b *blockIndex) cnpCollect(add func(p netip.Prefix)) {
 			}
 		}
 	}
+}
+
+// distinct returns the different addresses of addrs.
+func distinct(addrs []netip.Addr) map[netip.Addr]bool {
+	out := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		out[a] = true
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -91,7 +92,10 @@ const (
 	base   = cnpv1.BaselineTier
 )
 
-var remoteNodeIP = netip.MustParseAddr("198.18.0.12")
+var (
+	remoteNodeIP  = netip.MustParseAddr("198.18.0.12")
+	nodeGatewayIP = netip.MustParseAddr("10.244.1.1")
+)
 
 type cnpCase struct {
 	name     string
@@ -176,6 +180,18 @@ func cnpCases() []cnpCase {
 		{"a networks peer that holds one of the node's addresses selects the node", []*cnpv1.ClusterNetworkPolicy{
 			cnp("nets", admin, 1, cout(deny, toNets("198.18.0.11/32")))},
 			nil, []probe{out(nodeIP, tcp, 10250, false), out(remoteNodeIP, tcp, 10250, true)}},
+		// The node's addresses share one identity: a networks peer
+		// holding only some of them (here its cni0 gateway, not its
+		// InternalIP) selects the node for a Deny, never for an Accept.
+		{"an Accept of networks that hold only some of the node's addresses does not accept the node", []*cnpv1.ClusterNetworkPolicy{
+			cnp("pods", admin, 1, cout(accept, toNets("10.244.0.0/16"))), cnp("rest", admin, 2, cout(deny, toNets("0.0.0.0/0")))},
+			nil, []probe{out(nodeIP, tcp, 10250, false), out(nodeGatewayIP, tcp, 53, false), out(clientIP, tcp, 80, true)}},
+		{"a Deny of networks that hold some of the node's addresses denies the node", []*cnpv1.ClusterNetworkPolicy{
+			cnp("pods", admin, 1, cout(deny, toNets("10.244.0.0/16")))},
+			nil, []probe{out(nodeIP, tcp, 10250, false), out(remoteNodeIP, tcp, 10250, true)}},
+		{"an Accept of networks that hold all the node's addresses accepts it ahead of a Deny", []*cnpv1.ClusterNetworkPolicy{
+			cnp("nodes", admin, 1, cout(accept, toNets("198.18.0.11/32", "10.244.1.1/32"))), cnp("rest", admin, 2, cout(deny, toNets("0.0.0.0/0")))},
+			nil, []probe{out(nodeIP, tcp, 10250, true), out(remoteNodeIP, tcp, 10250, false)}},
 		{"NetworkPolicy allows the own node ahead of a baseline Deny", []*cnpv1.ClusterNetworkPolicy{
 			cnp("base", base, 1, cout(deny, toNodes(all)))},
 			[]*networkingv1.NetworkPolicy{netpol("deny", types(networkingv1.PolicyTypeEgress))},
@@ -209,6 +225,8 @@ func cnpCluster() State {
 	s.RemoteNodeIPs = []netip.Addr{remoteNodeIP}
 	s.NodeLabels = map[netip.Addr]map[string]string{remoteNodeIP: {"zone": "a"}}
 	s.LocalNodeLabels = map[string]string{"zone": "b"}
+	// The node's cni0 gateway is the node too (controller.nodeIPs).
+	s.NodeIPs = append(slices.Clone(s.NodeIPs), nodeGatewayIP)
 	return s
 }
 
