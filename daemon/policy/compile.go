@@ -268,6 +268,11 @@ type compiler struct {
 	// Neither changes once addAddresses is done: CompileEndpoint, which may
 	// run at the same time as the next compile, does not record its pods.
 	podKeys, prevPodKeys map[podAddr]podKey
+	// checked holds the previous compile's identities prevPodIdentity has
+	// found still allocated under their key in this compile, with that key:
+	// thousands of pod addresses share a few hundred identities, and
+	// hashing a ~120-byte key twice per address was most of a sync's work.
+	checked map[*ident]string
 	// blocks is what the policies' ipBlocks and named ports give, shared
 	// with the compilers before and after this one while the policies stay
 	// the same objects. Read-only.
@@ -468,7 +473,7 @@ func (c *compiler) addAddresses() {
 		c.podKeys[pa] = k
 		c.ipcache[netip.PrefixFrom(pa.addr, pa.addr.BitLen())] = k.ident.id
 	}
-	c.prevPodKeys = nil
+	c.prevPodKeys, c.checked = nil, nil
 	// The node's own addresses last: they are always allowed, whatever else
 	// claims them.
 	for _, a := range c.s.NodeIPs {
@@ -600,9 +605,21 @@ type podAddr struct {
 // address a, false if anything it depends on changed since.
 func (c *compiler) prevPodIdentity(pa podAddr) (podKey, bool) {
 	k, ok := c.prevPodKeys[pa]
-	if !ok || k.nsKey != c.nsKey(pa.pod.Namespace) || c.alloc.ID(k.key) != k.ident.id {
+	if !ok || k.nsKey != c.nsKey(pa.pod.Namespace) {
 		return podKey{}, false
 	}
+	// The allocator's table does not change for a key it holds until
+	// Retain, after the compile: one check per identity and key is enough.
+	if key, ok := c.checked[k.ident]; ok && key == k.key {
+		return k, true
+	}
+	if c.alloc.ID(k.key) != k.ident.id {
+		return podKey{}, false
+	}
+	if c.checked == nil {
+		c.checked = map[*ident]string{}
+	}
+	c.checked[k.ident] = k.key
 	c.usedKeys[k.key] = true
 	if c.identities[k.ident.id] == nil {
 		c.identities[k.ident.id] = k.ident

@@ -7,11 +7,13 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	gocmp "github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ktypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/palisade-cni/palisade/daemon/identity"
@@ -311,6 +313,40 @@ func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
 				i := rng.IntN(len(s.Policies))
 				s.Policies = slices.Delete(s.Policies, i, i+1)
 			}
+		}},
+		{"pod address changed", func(s *State) {
+			// Off the endpoints, whose addresses come from the CNI chain.
+			i := 100 + rng.IntN(len(s.Pods)-100)
+			p := s.Pods[i].DeepCopy()
+			p.Status.PodIPs = []corev1.PodIP{{IP: fmt.Sprintf("10.245.%d.%d", rng.IntN(4), 1+rng.IntN(250))}}
+			p.Status.PodIP = p.Status.PodIPs[0].IP
+			s.Pods[i] = p
+		}},
+		{"pod re-created on its address", func(s *State) {
+			// Deleted, then made again under another name with the same
+			// address and other labels: a peer must get the new pod's
+			// identity.
+			i := 100 + rng.IntN(len(s.Pods)-100)
+			p := s.Pods[i].DeepCopy()
+			p.Name, p.UID = fmt.Sprintf("again-%d", rng.Int()), ktypes.UID(fmt.Sprintf("uid-%d", rng.Int()))
+			p.Labels = map[string]string{"app": fmt.Sprintf("a%d", rng.IntN(20)), "tier": []string{"web", "api", "db", "other"}[rng.IntN(4)]}
+			s.Pods = append(slices.Delete(s.Pods, i, i+1), p)
+		}},
+		{"pod address reused while its old pod lingers", func(s *State) {
+			// host-local handed a finished pod's address to a new one.
+			i := 100 + rng.IntN(len(s.Pods)-100)
+			old := s.Pods[i].DeepCopy()
+			old.Status.Phase = corev1.PodSucceeded
+			s.Pods[i] = old
+			p := old.DeepCopy()
+			p.Name, p.UID = fmt.Sprintf("reuse-%d", rng.Int()), ktypes.UID(fmt.Sprintf("uid-%d", rng.Int()))
+			p.Status.Phase = corev1.PodRunning
+			p.CreationTimestamp.Time = p.CreationTimestamp.Time.Add(time.Minute)
+			p.Labels = map[string]string{"tier": []string{"web", "api", "db"}[rng.IntN(3)]}
+			s.Pods = append(s.Pods, p)
+		}},
+		{"remote node address", func(s *State) {
+			s.RemoteNodeIPs = []netip.Addr{netip.AddrFrom4([4]byte{192, 168, 0, byte(1 + rng.IntN(3))})}
 		}},
 		{"policy created", func(s *State) {
 			n := fmt.Sprintf("new-%d", rng.Int())
