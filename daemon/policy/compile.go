@@ -438,20 +438,7 @@ func (c *compiler) addAddresses() {
 		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = c.identity(key, &ident{blocks: sig, node: true, nodeLabels: lbl})
 	}
 	c.podKeys = make(map[podAddr]podKey, len(c.s.Pods))
-	owners := c.podIPs()
-	// Two pods may claim one address: a finished pod's endpoint the
-	// runtime has not torn down yet while host-local gave the address to a
-	// new pod, or a stale status. The first claim in claimOrder takes it,
-	// whatever the map's order, so that a peer never gets the identity of
-	// the pod the address used to belong to.
-	winners := make(map[netip.Addr]*corev1.Pod, len(owners))
-	for pod, addrs := range owners {
-		for _, a := range addrs {
-			if w, ok := winners[a]; !ok || claimOrder(pod, w) < 0 {
-				winners[a] = pod
-			}
-		}
-	}
+	winners := c.claimants()
 	// Most addresses keep the previous compile's identity. The rest are
 	// described in claimOrder, so that the identities new keys get do not
 	// depend on the map's order either; sorting only those, not every pod
@@ -508,17 +495,29 @@ func claimOrder(a, b *corev1.Pod) int {
 	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name), strings.Compare(string(a.UID), string(b.UID)))
 }
 
-// podIPs maps each pod with addresses to them. A local endpoint's IPs come
-// from the CNI chain and win over the Pod's status, which lags behind.
-func (c *compiler) podIPs() map[*corev1.Pod][]netip.Addr {
-	out := make(map[*corev1.Pod][]netip.Addr, len(c.s.Pods))
-	// By namespace and name without joining them: this runs over every
-	// pod in every sync.
+// claimants maps each pod address to the pod that holds it. A local
+// endpoint's IPs come from the CNI chain and win over the Pod's status,
+// which lags behind. Two pods may claim one address: a finished pod's
+// endpoint the runtime has not torn down yet while host-local gave the
+// address to a new pod, or a stale status. The first claim in claimOrder
+// takes it, whatever the order the pods come in, so that a peer never gets
+// the identity of the pod the address used to belong to. The claims go
+// straight into the one map: this runs over every pod in every sync.
+func (c *compiler) claimants() map[netip.Addr]*corev1.Pod {
+	out := make(map[netip.Addr]*corev1.Pod, len(c.s.Pods))
+	claim := func(pod *corev1.Pod, a netip.Addr) {
+		if w, ok := out[a]; !ok || claimOrder(pod, w) < 0 {
+			out[a] = pod
+		}
+	}
+	// By namespace and name without joining them.
 	type nsName struct{ namespace, name string }
 	local := map[nsName]bool{}
 	for _, ep := range c.s.Endpoints {
 		if ep.Pod != nil {
-			out[ep.Pod] = append(out[ep.Pod], ep.IPs...)
+			for _, a := range ep.IPs {
+				claim(ep.Pod, a)
+			}
 			local[nsName{ep.Pod.Namespace, ep.Pod.Name}] = true
 		}
 	}
@@ -533,7 +532,7 @@ func (c *compiler) podIPs() map[*corev1.Pod][]netip.Addr {
 		}
 		for _, ip := range pod.Status.PodIPs {
 			if a, err := netip.ParseAddr(ip.IP); err == nil {
-				out[pod] = append(out[pod], a)
+				claim(pod, a)
 			}
 		}
 	}

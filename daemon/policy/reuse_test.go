@@ -345,6 +345,16 @@ func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
 			p.Labels = map[string]string{"tier": []string{"web", "api", "db"}[rng.IntN(3)]}
 			s.Pods = append(s.Pods, p)
 		}},
+		{"pod address claimed twice", func(s *State) {
+			// A new pod whose address a live pod's stale status still
+			// shows: the newer pod takes it.
+			i := 100 + rng.IntN(len(s.Pods)-100)
+			p := s.Pods[i].DeepCopy()
+			p.Name, p.UID = fmt.Sprintf("twin-%d", rng.Int()), ktypes.UID(fmt.Sprintf("uid-%d", rng.Int()))
+			p.CreationTimestamp.Time = p.CreationTimestamp.Time.Add(time.Duration(1+rng.IntN(3)) * time.Minute)
+			p.Labels = map[string]string{"tier": []string{"web", "api", "db", "other"}[rng.IntN(4)]}
+			s.Pods = append(s.Pods, p)
+		}},
 		{"remote node address", func(s *State) {
 			s.RemoteNodeIPs = []netip.Addr{netip.AddrFrom4([4]byte{192, 168, 0, byte(1 + rng.IntN(3))})}
 		}},
