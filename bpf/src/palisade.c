@@ -104,14 +104,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* An ICMP error belongs to the flow of the packet it quotes, which
 	 * crossed this endpoint in the other direction. */
 	if (f.icmp_error) {
-		ct = ct_find(&inner, dir ^ 1, ifindex, now, &key, &fwd);
+		ct = ct_find(&inner, dir ^ 1, ifindex, now, &key, &rev, &fwd);
 		if (ct && !(ct->flags & CT_F_SERVICE))
 			return TC_ACT_OK;
 	}
 
 	/* Conntrack first, with the tuple as the pod sent it: a known flow,
 	 * translated or not, needs no Service table. */
-	ct = ct_find(&f, dir, ifindex, now, &key, &fwd);
+	ct = ct_find(&f, dir, ifindex, now, &key, &rev, &fwd);
 	if (ct && (ct->flags & CT_F_SERVICE)) {
 		/* Only what the pod sends goes to a Service address. */
 		if (fwd && dir == DIR_EGRESS)
@@ -132,7 +132,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				frag_admit(&fs, &f);
 				return TC_ACT_OK;
 			}
-			ct = ct_find(&f, dir, ifindex, now, &key, &fwd);
+			ct = ct_find(&f, dir, ifindex, now, &key, &rev, &fwd);
 		}
 	}
 
@@ -181,7 +181,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			return drop_rule(skb, &f, dir, REASON_POLICY, peer, rule);
 	}
 
-	ct_key_flow(&key, &f, dir, &rev);
+	/* key and rev are f's, from the last ct_find: it ran after any
+	 * translation of f. */
 	entry.expires = now + ct_lifetime(&f);
 	entry.revision = revision;
 	entry.ifindex = ifindex;

@@ -113,18 +113,18 @@ static __always_inline __u16 ct_entry_flags(int rev)
  * crosses endpoint ifindex in direction dir, found with one lookup of its
  * flow's key (ct_key_flow), and sets *fwd to 1 when p goes the way the
  * flow's first packet went, 0 when p is a reply. key is left holding the
- * flow's key. */
+ * flow's key and *rev whether p goes against it, found or not: a new flow's
+ * entry is stored under them. */
 static __always_inline struct ct_entry *ct_find(const struct flow *p, __u8 dir, __u32 ifindex,
-						__u64 now, struct ct_key *key, int *fwd)
+						__u64 now, struct ct_key *key, int *rev, int *fwd)
 {
 	struct ct_entry *ct;
-	int rev;
 
-	ct_key_flow(key, p, dir, &rev);
+	ct_key_flow(key, p, dir, rev);
 	ct = ct_lookup(key);
 	if (!ct || ct->ifindex != ifindex || ct->expires <= now)
 		return 0;
-	*fwd = rev == !!(ct->flags & CT_F_REVERSED);
+	*fwd = *rev == !!(ct->flags & CT_F_REVERSED);
 	return ct;
 }
 
