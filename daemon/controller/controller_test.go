@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -194,3 +195,91 @@ func TestControllerRecoversPanics(t *testing.T) {
 		t.Errorf("writes %v, want one apply of revision 1", calls)
 	}
 }
+
+// TestControllerSyncsServicesWhenTheirInputsChange: a sync after a change
+// no Service, EndpointSlice, Node, pod address nor own address was part of
+// skips the Services' sync; after a change to any of them it runs again
+// and writes what the change asks for.
+func TestControllerSyncsServicesWhenTheirInputsChange(t *testing.T) {
+	f := newFixture(t, &controllertest.Datapath{})
+	var own atomic.Pointer[[]netip.Addr]
+	own.Store(&[]netip.Addr{})
+	f.c.nodeIPs = func() ([]netip.Addr, error) { return *own.Load(), nil }
+	timings := make(chan SyncTimings, 16)
+	f.c.onSync = func(st SyncTimings) { timings <- st }
+	f.local(t, "web", 4)
+	f.start(t)
+	// sync triggers one sync and returns whether its Services' sync ran.
+	sync := func() bool {
+		t.Helper()
+		f.c.Trigger()
+		select {
+		case st := <-timings:
+			return st.Services
+		case <-time.After(30 * time.Second):
+			t.Fatal("timed out waiting for a sync")
+			return false
+		}
+	}
+	if first := <-timings; !first.Services {
+		t.Fatal("the first sync skipped the Services' sync")
+	}
+	svcIP, gw := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.244.2.1")
+	hasEntry := func(n int) func() bool {
+		return func() bool {
+			e := f.dp.Services()
+			return len(e) == 1 && e[0].Addr == svcIP && len(e[0].Backends) == n
+		}
+	}
+	hasAddr := func(a netip.Addr, want bool) func() bool {
+		return func() bool { return slices.Contains(f.dp.NodeAddrs(), a) == want }
+	}
+	for _, tc := range []struct {
+		name   string
+		change func() error
+		done   func() bool
+	}{
+		{"service added", func() error {
+			return f.stores.Services.Add(&corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web"},
+				Spec: corev1.ServiceSpec{ClusterIP: svcIP.String(), ClusterIPs: []string{svcIP.String()},
+					Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+			})
+		}, hasEntry(0)},
+		{"endpointslice added", func() error {
+			return f.stores.EndpointSlices.Add(&discoveryv1.EndpointSlice{
+				ObjectMeta:  metav1.ObjectMeta{Namespace: "prod", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+				AddressType: discoveryv1.AddressTypeIPv4,
+				Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.4"}}},
+				Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(80)), Protocol: ptr(corev1.ProtocolTCP)}},
+			})
+		}, hasEntry(1)},
+		{"node added", func() error {
+			return f.stores.Nodes.Add(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-2"},
+				Spec: corev1.NodeSpec{PodCIDR: "10.244.2.0/24"}})
+		}, hasAddr(gw, true)},
+		{"a pod takes a node address", func() error {
+			return f.stores.Pods.Add(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "squat"},
+				Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: gw.String()}}}})
+		}, hasAddr(gw, false)},
+		{"own address added", func() error {
+			own.Store(&[]netip.Addr{netip.MustParseAddr("198.18.0.1")})
+			return nil
+		}, hasAddr(netip.MustParseAddr("198.18.0.1"), true)},
+	} {
+		if sync() {
+			t.Fatalf("before %s: a sync with nothing changed ran the Services' sync", tc.name)
+		}
+		if err := tc.change(); err != nil {
+			t.Fatal(err)
+		}
+		if !sync() {
+			t.Errorf("%s: the Services' sync was skipped", tc.name)
+		}
+		if !tc.done() {
+			t.Errorf("%s: not written: services %+v, node addresses %v", tc.name, f.dp.Services(), f.dp.NodeAddrs())
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -6,7 +6,10 @@ package k8s
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync/atomic"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -34,9 +37,36 @@ type Cluster struct {
 	// cluster does not serve them.
 	ClusterPolicies cnplisters.ClusterNetworkPolicyLister
 
+	// Changes counts what the informers delivered, per kind, for work
+	// that reads a few kinds only; nil when no informer feeds the Cluster.
+	Changes *Changes
+
 	factory    informers.SharedInformerFactory
 	cnpFactory cnpinformers.SharedInformerFactory
 	synced     []cache.InformerSynced
+}
+
+// Changes counts the changes to the objects some of the agent's work
+// reads, so that the work can be skipped while its counts stay the same.
+// A count moves after the cache holds the change and before the sync it
+// triggers starts: read before listing, an unchanged count means an
+// unchanged list.
+type Changes struct {
+	Services, EndpointSlices, Nodes atomic.Uint64
+	// PodAddrs moves when a pod is added or deleted, or its addresses or
+	// host networking change; not for a label or phase change.
+	PodAddrs atomic.Uint64
+}
+
+// ChangeCounts is a snapshot of Changes; equal snapshots mean no change.
+type ChangeCounts struct {
+	Services, EndpointSlices, Nodes, PodAddrs uint64
+}
+
+// Snapshot reads the counts.
+func (c *Changes) Snapshot() ChangeCounts {
+	return ChangeCounts{Services: c.Services.Load(), EndpointSlices: c.EndpointSlices.Load(),
+		Nodes: c.Nodes.Load(), PodAddrs: c.PodAddrs.Load()}
 }
 
 // New creates the informers; onChange is called (and must only enqueue) for
@@ -45,32 +75,34 @@ func New(client kubernetes.Interface, cnp cnpclient.Interface, onChange func()) 
 	// No periodic replay of the caches: it would only deliver objects
 	// SameButVersion drops. The controller resyncs every minute on its own.
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Slim))
-	c := &Cluster{factory: f}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { onChange() },
-		UpdateFunc: func(old, cur any) {
-			if !SameButVersion(old, cur) {
-				onChange()
-			}
-		},
-		DeleteFunc: func(any) { onChange() },
-	}
+	c := &Cluster{factory: f, Changes: &Changes{}}
 	pods := f.Core().V1().Pods()
 	nss := f.Core().V1().Namespaces()
 	pols := f.Networking().V1().NetworkPolicies()
 	nodes := f.Core().V1().Nodes()
 	svcs := f.Core().V1().Services()
 	eps := f.Discovery().V1().EndpointSlices()
-	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), nss.Informer(), pols.Informer(), nodes.Informer(), svcs.Informer(), eps.Informer()} {
-		if _, err := inf.AddEventHandler(handler); err != nil {
+	for _, h := range []struct {
+		inf     cache.SharedIndexInformer
+		counter *atomic.Uint64
+		moves   func(old, cur any) bool
+	}{
+		{pods.Informer(), &c.Changes.PodAddrs, PodAddrsDiffer},
+		{nss.Informer(), nil, nil},
+		{pols.Informer(), nil, nil},
+		{nodes.Informer(), &c.Changes.Nodes, nil},
+		{svcs.Informer(), &c.Changes.Services, nil},
+		{eps.Informer(), &c.Changes.EndpointSlices, nil},
+	} {
+		if _, err := h.inf.AddEventHandler(handler(onChange, h.counter, h.moves)); err != nil {
 			return nil, fmt.Errorf("add event handler: %w", err)
 		}
-		c.synced = append(c.synced, inf.HasSynced)
+		c.synced = append(c.synced, h.inf.HasSynced)
 	}
 	if cnp != nil {
 		c.cnpFactory = cnpinformers.NewSharedInformerFactoryWithOptions(cnp, 0, cnpinformers.WithTransform(Slim))
 		cnps := c.cnpFactory.Policy().V1beta1().ClusterNetworkPolicies()
-		if _, err := cnps.Informer().AddEventHandler(handler); err != nil {
+		if _, err := cnps.Informer().AddEventHandler(handler(onChange, nil, nil)); err != nil {
 			return nil, fmt.Errorf("add event handler: %w", err)
 		}
 		c.synced = append(c.synced, cnps.Informer().HasSynced)
@@ -79,6 +111,42 @@ func New(client kubernetes.Interface, cnp cnpclient.Interface, onChange func()) 
 	c.Pods, c.Namespaces, c.Policies, c.Nodes = pods.Lister(), nss.Lister(), pols.Lister(), nodes.Lister()
 	c.Services, c.EndpointSlices = svcs.Lister(), eps.Lister()
 	return c, nil
+}
+
+// handler signals onChange for every change but one in nothing but the
+// resourceVersion. It moves counter first, if set (for an update, only
+// where moves says so, if set), so that the sync onChange triggers sees it.
+func handler(onChange func(), counter *atomic.Uint64, moves func(old, cur any) bool) cache.ResourceEventHandlerFuncs {
+	count := func() {
+		if counter != nil {
+			counter.Add(1)
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { count(); onChange() },
+		UpdateFunc: func(old, cur any) {
+			if SameButVersion(old, cur) {
+				return
+			}
+			if moves == nil || moves(old, cur) {
+				count()
+			}
+			onChange()
+		},
+		DeleteFunc: func(any) { count(); onChange() },
+	}
+}
+
+// PodAddrsDiffer reports whether two versions of a Pod differ in what
+// makes its addresses a peer's: the status addresses and host networking.
+// Anything but two Pods differs.
+func PodAddrsDiffer(old, cur any) bool {
+	o, ok1 := old.(*corev1.Pod)
+	n, ok2 := cur.(*corev1.Pod)
+	if !ok1 || !ok2 {
+		return true
+	}
+	return o.Spec.HostNetwork != n.Spec.HostNetwork || !slices.Equal(o.Status.PodIPs, n.Status.PodIPs)
 }
 
 // SameButVersion reports whether two versions of an object, as slimmed

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
@@ -26,17 +27,42 @@ type Stores struct {
 	Pods, Namespaces, Policies, Nodes, Services, EndpointSlices cache.Indexer
 }
 
-// NewCluster returns a Cluster over empty stores.
+// NewCluster returns a Cluster over empty stores. Its Changes move with
+// every change to the stores of the kinds they count (for pods, any
+// change), as the informers' handlers move them.
 func NewCluster() (*k8s.Cluster, *Stores) {
 	idx := func() cache.Indexer {
 		return cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	}
-	s := &Stores{Pods: idx(), Namespaces: idx(), Policies: idx(), Nodes: idx(), Services: idx(), EndpointSlices: idx()}
+	changes := &k8s.Changes{}
+	counted := func(n *atomic.Uint64) cache.Indexer { return countingStore{idx(), n} }
+	s := &Stores{Pods: counted(&changes.PodAddrs), Namespaces: idx(), Policies: idx(), Nodes: counted(&changes.Nodes),
+		Services: counted(&changes.Services), EndpointSlices: counted(&changes.EndpointSlices)}
 	return &k8s.Cluster{
 		Pods: corelisters.NewPodLister(s.Pods), Namespaces: corelisters.NewNamespaceLister(s.Namespaces),
 		Policies: netlisters.NewNetworkPolicyLister(s.Policies), Nodes: corelisters.NewNodeLister(s.Nodes),
 		Services: corelisters.NewServiceLister(s.Services), EndpointSlices: discoverylisters.NewEndpointSliceLister(s.EndpointSlices),
+		Changes: changes,
 	}, s
+}
+
+// countingStore moves a count after each change, as an informer's handler
+// does once the cache holds the change.
+type countingStore struct {
+	cache.Indexer
+	n *atomic.Uint64
+}
+
+func (s countingStore) Add(obj any) error    { return s.count(s.Indexer.Add(obj)) }
+func (s countingStore) Update(obj any) error { return s.count(s.Indexer.Update(obj)) }
+func (s countingStore) Delete(obj any) error { return s.count(s.Indexer.Delete(obj)) }
+func (s countingStore) Replace(list []any, rv string) error {
+	return s.count(s.Indexer.Replace(list, rv))
+}
+
+func (s countingStore) count(err error) error {
+	s.n.Add(1)
+	return err
 }
 
 // Datapath records writes as strings:
@@ -53,7 +79,9 @@ type Datapath struct {
 	// Last is the last whole Result applied.
 	last *policy.Result
 	// Endpoint is each endpoint's policy as last written.
-	endpoint map[string]policy.EndpointPolicy
+	endpoint  map[string]policy.EndpointPolicy
+	services  []service.Entry
+	nodeAddrs []netip.Addr
 	// PanicOnApply, when positive, makes that many next Apply calls panic.
 	PanicOnApply int
 }
@@ -121,9 +149,37 @@ func (d *Datapath) Remove(ifindex int) error {
 	return nil
 }
 
-func (d *Datapath) Prune(map[int]bool) error            { return nil }
-func (d *Datapath) ApplyServices([]service.Entry) error { return nil }
-func (d *Datapath) ApplyNodeAddrs([]netip.Addr) error   { return nil }
+func (d *Datapath) Prune(map[int]bool) error { return nil }
+
+// ApplyServices and ApplyNodeAddrs keep what they were given apart from
+// Calls, which tests compare whole: Services and NodeAddrs return it.
+func (d *Datapath) ApplyServices(entries []service.Entry) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.services = slices.Clone(entries)
+	return nil
+}
+
+func (d *Datapath) ApplyNodeAddrs(addrs []netip.Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nodeAddrs = slices.Clone(addrs)
+	return nil
+}
+
+// Services returns the Service entries last written.
+func (d *Datapath) Services() []service.Entry {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.services)
+}
+
+// NodeAddrs returns the node addresses last written.
+func (d *Datapath) NodeAddrs() []netip.Addr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.nodeAddrs)
+}
 
 // Attach and Detach make the Datapath an endpoint.Attacher too, so that
 // the programs' removal is ordered among the map writes.
