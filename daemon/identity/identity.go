@@ -36,6 +36,8 @@ type Allocator struct {
 	// dirty is set when the table changed since it was last saved or
 	// loaded, so that Save writes (and syncs) only what is new.
 	dirty bool
+	// forgets counts the Retain calls that forgot a key.
+	forgets uint64
 }
 
 // NewAllocator returns an empty allocator.
@@ -63,12 +65,26 @@ func (a *Allocator) ID(key string) uint32 {
 func (a *Allocator) Retain(keep ...map[string]bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	forgot := false
 	for k := range a.ids {
 		if !slices.ContainsFunc(keep, func(m map[string]bool) bool { return m[k] }) {
 			delete(a.ids, k)
-			a.dirty = true
+			forgot = true
 		}
 	}
+	if forgot {
+		a.dirty = true
+		a.forgets++
+	}
+}
+
+// Forgets counts the Retain calls that forgot a key. While it stays the
+// same, every key the allocator held still has its number: a caller that
+// kept keys with their numbers need not look them up again.
+func (a *Allocator) Forgets() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.forgets
 }
 
 type persisted struct {

@@ -79,3 +79,26 @@ func TestSaveWritesOnlyChanges(t *testing.T) {
 		t.Errorf("a changed table was not written: %v", err)
 	}
 }
+
+// TestForgetsCountsRetainsThatForgot: Forgets moves with a Retain that
+// forgets a key, not with one that keeps every key nor with a new key.
+func TestForgetsCountsRetainsThatForgot(t *testing.T) {
+	a := NewAllocator()
+	a.ID("a")
+	a.ID("b")
+	for _, tc := range []struct {
+		name string
+		do   func()
+		want uint64
+	}{
+		{"retain all", func() { a.Retain(map[string]bool{"a": true}, map[string]bool{"b": true}) }, 0},
+		{"new key", func() { a.ID("c") }, 0},
+		{"retain forgets c", func() { a.Retain(map[string]bool{"a": true, "b": true}) }, 1},
+		{"retain forgets b", func() { a.Retain(map[string]bool{"a": true}) }, 2},
+	} {
+		tc.do()
+		if got := a.Forgets(); got != tc.want {
+			t.Errorf("after %s: Forgets() = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
