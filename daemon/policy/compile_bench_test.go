@@ -63,7 +63,10 @@ func scaleState(pods, policies int) State {
 // scratch (the agent's first sync), "again" with the last Result as
 // Previous and nothing changed (a sync after a pod event that moves no
 // rule), "policy-updated" with the last Result and one policy replaced by
-// an equal new object (a sync after a policy update). Run: go test -run '^$' -bench Compile ./daemon/policy
+// an equal new object (a sync after a policy update), "pod-relabelled"
+// with the last Result and one pod, not a local one, replaced by a new
+// object whose labels alternate between its own and a set no other pod
+// has (a sync after a pod label change that adds or drops an identity). Run: go test -run '^$' -bench Compile ./daemon/policy
 func BenchmarkCompile(b *testing.B) {
 	for _, pods := range []int{1000, 5000, 10000} {
 		for _, policies := range []int{100, 1000} {
@@ -93,6 +96,23 @@ func BenchmarkCompile(b *testing.B) {
 				for b.Loop() {
 					// A new object, as the informer delivers an update.
 					changed.Policies[0] = changed.Policies[0].DeepCopy()
+					changed.Previous = &res
+					res = Compile(changed, alloc)
+				}
+				reportSize(b, res)
+			})
+			b.Run(fmt.Sprintf("pods=%d/policies=%d/pod-relabelled", pods, policies), func(b *testing.B) {
+				alloc := identity.NewAllocator()
+				res := Compile(s, alloc)
+				changed := s
+				changed.Pods = slices.Clone(s.Pods)
+				i := len(s.Pods) / 2
+				for n := 0; b.Loop(); n++ {
+					p := s.Pods[i].DeepCopy()
+					if n%2 == 0 {
+						p.Labels["tier"] = "relabelled"
+					}
+					changed.Pods[i] = p
 					changed.Previous = &res
 					res = Compile(changed, alloc)
 				}
