@@ -182,6 +182,7 @@ func Compile(s State, alloc *identity.Allocator) Result {
 	res.comp = c
 	// Most keys are the blocks': look there first.
 	alloc.Retain(c.blocks.keys, c.usedKeys)
+	c.allocForgets = alloc.Forgets()
 	return res
 }
 
@@ -273,6 +274,13 @@ type compiler struct {
 	// thousands of pod addresses share a few hundred identities, and
 	// hashing a ~120-byte key twice per address was most of a sync's work.
 	checked map[*ident]string
+	// addr is what the pass over the addresses left, for the next compile
+	// to patch (addrs.go). Never modified once newCompiler returns.
+	addr addrState
+	// allocForgets is the allocator's Forgets after this compile's Retain.
+	allocForgets uint64
+	// patched is set when patchAddresses made the ipcache (tests read it).
+	patched bool
 	// blocks is what the policies' ipBlocks and named ports give, shared
 	// with the compilers before and after this one while the policies stay
 	// the same objects. Read-only.
@@ -355,7 +363,8 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 	if prev != nil && prev.alloc == alloc {
 		c.blocks = prev.blocks.reuse(s.Policies, c.cnps)
 	}
-	if c.blocks != nil {
+	patchable := c.blocks != nil
+	if patchable {
 		c.prevPodKeys = prev.podKeys
 	} else {
 		c.blocks = newBlockIndex(s.Policies, c.cnps, alloc)
@@ -364,9 +373,16 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 	for _, ns := range s.Namespaces {
 		c.nsLabels[ns.Name] = ns.Labels
 	}
-	c.addAddresses()
+	c.patched = patchable && c.patchAddresses(prev)
+	if !c.patched {
+		c.addAddresses()
+	}
+	c.prevPodKeys, c.checked = nil, nil
+	// The rules' compile adds keys and CompileEndpoint identities: to
+	// copies, so that the next compile can patch what addAddresses left.
+	c.identities, c.usedKeys = maps.Clone(c.addr.identities), maps.Clone(c.addr.keys)
+	c.universe = slices.Clone(c.addr.universe)
 	c.index()
-	c.universe = slices.Sorted(maps.Keys(c.identities))
 	for _, pol := range s.Policies {
 		c.nsPolicies[pol.Namespace] = append(c.nsPolicies[pol.Namespace], pol)
 	}
@@ -410,32 +426,21 @@ func allPeers(pol *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer 
 	return out
 }
 
-// addAddresses fills the ipcache: pod IPs, node IPs and ipBlock prefixes.
+// addAddresses fills the ipcache: pod IPs, node IPs and ipBlock prefixes,
+// walking every pod; patchAddresses is the shortcut when few changed.
 func (c *compiler) addAddresses() {
 	// The blocks' entries first, so that an address of a pod or a node
 	// that is also a block takes the pod's or the node's identity.
 	c.ipcache = make(map[netip.Prefix]uint32, len(c.blocks.ipcache)+len(c.s.Pods)+len(c.s.RemoteNodeIPs)+len(c.s.NodeIPs))
 	maps.Copy(c.ipcache, c.blocks.ipcache)
 	c.identities = maps.Clone(c.blocks.identities)
+	c.addr.nodes = map[netip.Addr]uint32{}
+	c.addr.refs = map[uint32]int{}
 	for _, a := range c.s.RemoteNodeIPs {
-		sig := c.blocks.of(a)
-		// A node's labels are part of its identity only when a cluster
-		// policy could select by them: otherwise every remote node
-		// shares one.
-		var lbl labels.Set
-		if len(c.cnps) > 0 {
-			lbl = c.s.NodeLabels[a]
-		}
-		key := "node|" + prefixList(sig)
-		if lbl != nil {
-			key += "|" + labelString(lbl)
-		}
-		if in := c.identities[c.alloc.ID(key)]; in != nil {
-			c.usedKeys[key] = true
-			c.ipcache[netip.PrefixFrom(a, a.BitLen())] = in.id
-			continue
-		}
-		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = c.identity(key, &ident{blocks: sig, node: true, nodeLabels: lbl})
+		id := c.nodeIdentity(a)
+		c.addr.nodes[a] = id
+		c.addr.refs[id]++
+		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = id
 	}
 	c.podKeys = make(map[podAddr]podKey, len(c.s.Pods))
 	winners := c.claimants()
@@ -452,20 +457,51 @@ func (c *compiler) addAddresses() {
 			continue
 		}
 		c.podKeys[pa] = k
+		c.addr.refs[k.ident.id]++
 		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = k.ident.id
 	}
-	slices.SortFunc(fresh, func(x, y podAddr) int { return cmp.Or(claimOrder(x.pod, y.pod), x.addr.Compare(y.addr)) })
+	slices.SortFunc(fresh, comparePodAddrs)
 	for _, pa := range fresh {
 		k := c.podKeyOf(pa.pod, pa.addr)
 		c.podKeys[pa] = k
+		c.addr.refs[k.ident.id]++
 		c.ipcache[netip.PrefixFrom(pa.addr, pa.addr.BitLen())] = k.ident.id
 	}
-	c.prevPodKeys, c.checked = nil, nil
 	// The node's own addresses last: they are always allowed, whatever else
 	// claims them.
 	for _, a := range c.s.NodeIPs {
 		c.ipcache[netip.PrefixFrom(a, a.BitLen())] = identity.Host
 	}
+	c.addr.winners = winners
+	c.addr.identities, c.addr.keys = c.identities, c.usedKeys
+	c.addr.universe = slices.Sorted(maps.Keys(c.identities))
+}
+
+// nodeIdentity returns the identity of remote node address a, describing
+// it if the compile has none yet.
+func (c *compiler) nodeIdentity(a netip.Addr) uint32 {
+	sig := c.blocks.of(a)
+	// A node's labels are part of its identity only when a cluster
+	// policy could select by them: otherwise every remote node
+	// shares one.
+	var lbl labels.Set
+	if len(c.cnps) > 0 {
+		lbl = c.s.NodeLabels[a]
+	}
+	key := "node|" + prefixList(sig)
+	if lbl != nil {
+		key += "|" + labelString(lbl)
+	}
+	if in := c.identities[c.alloc.ID(key)]; in != nil {
+		c.usedKeys[key] = true
+		return in.id
+	}
+	return c.identity(key, &ident{blocks: sig, node: true, nodeLabels: lbl})
+}
+
+// comparePodAddrs orders pod addresses by claimOrder, then address.
+func comparePodAddrs(x, y podAddr) int {
+	return cmp.Or(claimOrder(x.pod, y.pod), x.addr.Compare(y.addr))
 }
 
 // comparePolicies orders policies as the compiler reads them: by
@@ -505,35 +541,80 @@ func claimOrder(a, b *corev1.Pod) int {
 // straight into the one map: this runs over every pod in every sync.
 func (c *compiler) claimants() map[netip.Addr]*corev1.Pod {
 	out := make(map[netip.Addr]*corev1.Pod, len(c.s.Pods))
+	// Every claim of a contested address is kept, for patchAddresses.
+	c.addr.contested = map[netip.Addr][]*corev1.Pod{}
 	claim := func(pod *corev1.Pod, a netip.Addr) {
-		if w, ok := out[a]; !ok || claimOrder(pod, w) < 0 {
+		w, ok := out[a]
+		if !ok {
+			out[a] = pod
+			return
+		}
+		if _, ok := c.addr.contested[a]; !ok {
+			c.addr.contested[a] = []*corev1.Pod{w}
+		}
+		c.addr.contested[a] = append(c.addr.contested[a], pod)
+		if claimOrder(pod, w) < 0 {
 			out[a] = pod
 		}
 	}
-	// By namespace and name without joining them.
-	type nsName struct{ namespace, name string }
-	local := map[nsName]bool{}
+	local, eps, unique := c.localClaims()
 	for _, ep := range c.s.Endpoints {
 		if ep.Pod != nil {
 			for _, a := range ep.IPs {
 				claim(ep.Pod, a)
 			}
+		}
+	}
+	pods := make(map[*corev1.Pod]struct{}, len(c.s.Pods))
+	for _, pod := range c.s.Pods {
+		pods[pod] = struct{}{}
+		for _, a := range statusClaims(pod, local) {
+			claim(pod, a)
+		}
+	}
+	// Endpoints under one ID twice, or a pod twice, and the next compile
+	// could not tell what changed: it walks every pod again.
+	if unique && len(pods) == len(c.s.Pods) {
+		c.addr.local, c.addr.endpoints, c.addr.pods = local, eps, pods
+	}
+	return out
+}
+
+// nsName names a pod by namespace and name without joining them.
+type nsName struct{ namespace, name string }
+
+// localClaims returns the local endpoints that have a Pod, by ID, and
+// their pods' names: those pods' addresses are their endpoints', not their
+// status's. unique is false when two such endpoints share an ID.
+func (c *compiler) localClaims() (local map[nsName]bool, eps map[string]Endpoint, unique bool) {
+	local, eps, unique = map[nsName]bool{}, map[string]Endpoint{}, true
+	for _, ep := range c.s.Endpoints {
+		if ep.Pod != nil {
+			if _, dup := eps[ep.ID]; dup {
+				unique = false
+			}
+			eps[ep.ID] = ep
 			local[nsName{ep.Pod.Namespace, ep.Pod.Name}] = true
 		}
 	}
-	for _, pod := range c.s.Pods {
-		// hostNetwork pods are peers by their node's address only; finished
-		// pods no longer own theirs.
-		if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
-			continue
-		}
-		if local[nsName{pod.Namespace, pod.Name}] {
-			continue
-		}
-		for _, ip := range pod.Status.PodIPs {
-			if a, err := netip.ParseAddr(ip.IP); err == nil {
-				claim(pod, a)
-			}
+	return local, eps, unique
+}
+
+// statusClaims lists the addresses pod's status claims, in its order: none
+// for a local pod (its endpoint's claim instead), a hostNetwork pod (a
+// peer by its node's address only) or a finished one (it no longer owns
+// them).
+func statusClaims(pod *corev1.Pod, local map[nsName]bool) []netip.Addr {
+	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	if local[nsName{pod.Namespace, pod.Name}] {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ip := range pod.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			out = append(out, a)
 		}
 	}
 	return out

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -253,8 +254,16 @@ func compileAfresh(t *testing.T, s State, alloc *identity.Allocator, got Result)
 func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
 	rng := rand.New(rand.NewPCG(19, 1))
 	s := scaleState(300, 40)
+	// Addresses a pod may take that are something else without it: this
+	// node's, a remote node's and a /32 ipBlock.
+	nodeIP, blockIP := netip.MustParseAddr("192.168.1.1"), netip.MustParseAddr("192.168.2.1")
+	s.NodeIPs, s.RemoteNodeIPs = []netip.Addr{nodeIP}, []netip.Addr{netip.MustParseAddr("192.168.0.1")}
+	s.Policies = append(s.Policies, netpol("to-one", inNamespace("ns-1"),
+		egressRule(peers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: blockIP.String() + "/32"}}))))
 	alloc := identity.NewAllocator()
 	prev := Compile(s, alloc)
+	// squatter names the pod on one of those addresses, if any.
+	var squatter string
 	changes := []struct {
 		name  string
 		apply func(*State)
@@ -358,13 +367,77 @@ func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
 		{"remote node address", func(s *State) {
 			s.RemoteNodeIPs = []netip.Addr{netip.AddrFrom4([4]byte{192, 168, 0, byte(1 + rng.IntN(3))})}
 		}},
+		{"pod deleted", func(s *State) {
+			i := 100 + rng.IntN(len(s.Pods)-100)
+			s.Pods = slices.Delete(s.Pods, i, i+1)
+		}},
+		{"pod finished", func(s *State) {
+			i := 100 + rng.IntN(len(s.Pods)-100)
+			p := s.Pods[i].DeepCopy()
+			p.Status.Phase = corev1.PodFailed
+			s.Pods[i] = p
+		}},
+		{"endpoint address changed", func(s *State) {
+			// The CNI chain gave the interface another address, ahead of
+			// the Pod's status.
+			j := rng.IntN(len(s.Endpoints))
+			s.Endpoints[j].IPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 246, byte(rng.IntN(4)), byte(1 + rng.IntN(250))})}
+		}},
+		{"pod takes a node's or a block's address, or gives it back", func(s *State) {
+			i := slices.IndexFunc(s.Pods, func(p *corev1.Pod) bool { return p.Name == squatter })
+			for i < 0 || slices.ContainsFunc(s.Endpoints, func(ep Endpoint) bool { return ep.Pod.Name == s.Pods[i].Name }) {
+				i, squatter = rng.IntN(len(s.Pods)), ""
+			}
+			p := s.Pods[i].DeepCopy()
+			a := netip.AddrFrom4([4]byte{10, 245, byte(rng.IntN(4)), byte(1 + rng.IntN(250))})
+			if squatter == "" {
+				a = []netip.Addr{nodeIP, blockIP, s.RemoteNodeIPs[0]}[rng.IntN(3)]
+				squatter = p.Name
+			} else {
+				squatter = ""
+			}
+			p.Status.PodIPs = []corev1.PodIP{{IP: a.String()}}
+			s.Pods[i] = p
+		}},
+		{"a pod's endpoint registered", func(s *State) {
+			// Its address from the CNI chain, ahead of its status: the
+			// status's address is no longer the pod's.
+			i := 100 + rng.IntN(len(s.Pods)-100)
+			a := netip.AddrFrom4([4]byte{10, 248, byte(rng.IntN(4)), byte(1 + rng.IntN(250))})
+			s.Endpoints = append(s.Endpoints, Endpoint{ID: s.Pods[i].Name + "-ep", Ifindex: 2000 + i, Pod: s.Pods[i], IPs: []netip.Addr{a}})
+		}},
+		{"a pod's endpoint removed", func(s *State) {
+			j := rng.IntN(len(s.Endpoints))
+			s.Endpoints = slices.Delete(s.Endpoints, j, j+1)
+		}},
+		{"pods listed in another order", func(s *State) {
+			rng.Shuffle(len(s.Pods), func(i, j int) { s.Pods[i], s.Pods[j] = s.Pods[j], s.Pods[i] })
+		}},
+		{"local pod started", func(s *State) {
+			n := rng.Int()
+			a := netip.AddrFrom4([4]byte{10, 247, byte(rng.IntN(4)), byte(1 + rng.IntN(250))})
+			p := pod(fmt.Sprintf("ns-%d", rng.IntN(50)), fmt.Sprintf("local-%d", n), a,
+				map[string]string{"tier": []string{"web", "api", "db", "other"}[rng.IntN(4)]})
+			s.Pods = append(s.Pods, p)
+			s.Endpoints = append(s.Endpoints, Endpoint{ID: p.Name, Ifindex: 1000 + n%1000, Pod: p, IPs: []netip.Addr{a}})
+		}},
 		{"policy created", func(s *State) {
 			n := fmt.Sprintf("new-%d", rng.Int())
 			s.Policies = append(s.Policies, netpol(n, inNamespace(fmt.Sprintf("ns-%d", rng.IntN(50))),
 				ingressRule(peers(podPeer(map[string]string{"tier": "db"})), port(corev1.ProtocolTCP, 5432))))
 		}},
 	}
-	for step := range 60 {
+	// Taking an address and giving it back are two steps: draw them
+	// twice as often.
+	squat := slices.IndexFunc(changes, func(ch struct {
+		name  string
+		apply func(*State)
+	}) bool {
+		return strings.HasPrefix(ch.name, "pod takes")
+	})
+	changes = append(changes, changes[squat])
+	patched := 0
+	for step := range 160 {
 		ch := changes[rng.IntN(len(changes))]
 		next := s
 		next.Pods = slices.Clone(s.Pods)
@@ -374,8 +447,16 @@ func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
 		ch.apply(&next)
 		next.Previous = &prev
 		got := Compile(next, alloc)
+		if got.comp.patched {
+			patched++
+		}
 		t.Run(fmt.Sprintf("%d %s", step, ch.name), func(t *testing.T) { compileAfresh(t, next, alloc, got) })
 		s, prev = next, got
 		s.Previous = nil
 	}
+	// The shortcut must have been taken, or the steps prove nothing of it.
+	if patched < 40 {
+		t.Errorf("%d of 160 steps patched the previous addresses, want at least 40", patched)
+	}
+	t.Logf("%d of 160 steps patched the previous addresses", patched)
 }
