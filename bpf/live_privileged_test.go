@@ -27,6 +27,7 @@ import (
 var (
 	liveDuration = flag.Duration("live-duration", 2*time.Second, "traffic per BenchmarkPrivilegedLive case")
 	liveRules    = flag.String("live-rules", "0,1000,10000", "BenchmarkPrivilegedLive's rule counts, in the order run")
+	liveCTTCP    = flag.Uint("live-ct-tcp", 0, "entries of the TCP conntrack table of BenchmarkPrivilegedLive and -Connect (0: the default)")
 )
 
 // liveNet is two pods behind a node: a namespace routing between two veths
@@ -58,7 +59,7 @@ func newLiveNet(tb testing.TB) *liveNet {
 		identities: [2]uint32{400, 401},
 	}
 	root := fmt.Sprintf("/sys/fs/bpf/palisade-test-%08x", rand.Uint32())
-	objs, err := Load(LoadOptions{Root: root, Rejudge: true})
+	objs, err := Load(LoadOptions{Root: root, Rejudge: true, ConntrackTCP: uint32(*liveCTTCP)})
 	if err != nil {
 		tb.Fatalf("load: %v", err)
 	}
