@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 )
 
 // A pod flooding the node with new UDP flows fills the table of non-TCP
@@ -356,4 +358,55 @@ func TestPrivilegedConntrackMigratesFirstPacketKeys(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(mapsDir, "pal_ct_tcp")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the retired table is still pinned: %v", err)
 	}
+}
+
+// Conntrack deadlines count in the coarse monotonic clock where the kernel
+// has bpf_ktime_get_coarse_ns, and in the monotonic clock where it does
+// not: a new flow's deadline, less its lifetime, lies between the readings
+// of that clock taken around the packet. The two clocks differ by up to a
+// tick, so each case fails with the other clock but when a tick falls
+// between the program's reading and the test's.
+func TestPrivilegedConntrackDeadlinesCountInTheCoarseClock(t *testing.T) {
+	const synLifetime = 60 * time.Second
+	tests := []struct {
+		name   string
+		coarse bool
+		clock  int32
+	}{
+		{"a kernel with bpf_ktime_get_coarse_ns", true, unix.CLOCK_MONOTONIC_COARSE},
+		{"a kernel without it", false, unix.CLOCK_MONOTONIC},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			probe := haveCoarseClock
+			haveCoarseClock = func() (bool, error) { return tt.coarse, nil }
+			f := newFixture(t)
+			haveCoarseClock = probe
+			f.isolate(t, 0, 1, nil, nil)
+			open := pkt{Src: subjectIP, Dst: peerIP, Proto: tcp, SrcPort: 45000, DstPort: 80, TCPFlags: syn}
+			before := clockNS(t, tt.clock)
+			if got := f.run(t, FromPod, open.Frame()); got != tcActOK {
+				t.Fatalf("SYN: verdict %d", got)
+			}
+			after := clockNS(t, tt.clock)
+			var k CTKey
+			var e CTEntry
+			if it := f.objs.objs.PalFlowsTcp.Iterate(); !it.Next(&k, &e) {
+				t.Fatalf("no conntrack entry after the SYN: %v", it.Err())
+			}
+			if got := e.Expires - uint64(synLifetime); got < before || got > after {
+				t.Errorf("deadline less the SYN lifetime is %d, want it within [%d, %d], the clock's readings around the packet", got, before, after)
+			}
+		})
+	}
+}
+
+// clockNS reads a kernel clock in nanoseconds.
+func clockNS(t *testing.T, clock int32) uint64 {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(clock, &ts); err != nil {
+		t.Fatalf("read clock %d: %v", clock, err)
+	}
+	return uint64(ts.Nano())
 }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,6 +68,9 @@ func Load(opts LoadOptions) (*Objects, error) {
 	if err := spec.Variables[palisadeVarRejudge].Set(rejudge); err != nil {
 		return nil, fmt.Errorf("set rejudge: %w", err)
 	}
+	if err := setClock(spec); err != nil {
+		return nil, err
+	}
 	if err := setEventVariables(spec, opts); err != nil {
 		return nil, err
 	}
@@ -99,6 +104,34 @@ func Load(opts LoadOptions) (*Objects, error) {
 		return nil, err
 	}
 	return o, nil
+}
+
+// haveCoarseClock says whether the kernel's tc programs may call
+// bpf_ktime_get_coarse_ns (5.11 and later). A variable so that tests can
+// load the programs as an older kernel would get them.
+var haveCoarseClock = func() (bool, error) {
+	err := features.HaveProgramHelper(ebpf.SchedCLS, asm.FnKtimeGetCoarseNs)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// setClock makes the programs count deadlines in the coarse clock where the
+// kernel has it (clock_now in verdict.h).
+func setClock(spec *ebpf.CollectionSpec) error {
+	coarse, err := haveCoarseClock()
+	if err != nil {
+		return fmt.Errorf("probe for bpf_ktime_get_coarse_ns: %w", err)
+	}
+	v := uint8(0)
+	if coarse {
+		v = 1
+	}
+	if err := spec.Variables[palisadeVarCoarseClock].Set(v); err != nil {
+		return fmt.Errorf("set coarse clock: %w", err)
+	}
+	return nil
 }
 
 // unpinRetired removes the pins of maps this version no longer has, left

@@ -181,6 +181,7 @@ const (
 	palisadeProgPalFromPod        = "pal_from_pod"
 	palisadeProgPalToPod          = "pal_to_pod"
 	palisadeVarAllowSampleRate    = "allow_sample_rate"
+	palisadeVarCoarseClock        = "coarse_clock"
 	palisadeVarEventRateLimit     = "event_rate_limit"
 	palisadeVarRejudge            = "rejudge"
 	palisadeVarUnusedVerdictEvent = "unused_verdict_event"
@@ -259,6 +260,7 @@ type palisadeMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type palisadeVariableSpecs struct {
 	AllowSampleRate    *ebpf.VariableSpec `ebpf:"allow_sample_rate"`
+	CoarseClock        *ebpf.VariableSpec `ebpf:"coarse_clock"`
 	EventRateLimit     *ebpf.VariableSpec `ebpf:"event_rate_limit"`
 	Rejudge            *ebpf.VariableSpec `ebpf:"rejudge"`
 	UnusedVerdictEvent *ebpf.VariableSpec `ebpf:"unused_verdict_event"`
@@ -328,6 +330,7 @@ func (m *palisadeMaps) Close() error {
 // It can be passed to loadPalisadeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type palisadeVariables struct {
 	AllowSampleRate    *ebpf.Variable `ebpf:"allow_sample_rate"`
+	CoarseClock        *ebpf.Variable `ebpf:"coarse_clock"`
 	EventRateLimit     *ebpf.Variable `ebpf:"event_rate_limit"`
 	Rejudge            *ebpf.Variable `ebpf:"rejudge"`
 	UnusedVerdictEvent *ebpf.Variable `ebpf:"unused_verdict_event"`

@@ -97,7 +97,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	/* Read once: the agent may write the entry while this packet runs. */
 	revision = ep->revision;
 
-	now = bpf_ktime_get_ns();
+	now = clock_now();
 	if (frag_begin(&fs, &f, dir, ifindex, now) < 0)
 		return drop(skb, &f, dir, REASON_FRAGMENT, 0);
 

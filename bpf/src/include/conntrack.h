@@ -52,7 +52,7 @@ struct ct_key {
 #define CT_F_REVERSED (1 << 3)
 
 struct ct_entry {
-	__u64 expires;  /* bpf_ktime_get_ns() deadline */
+	__u64 expires;  /* clock_now() deadline (verdict.h) */
 	__u64 revision; /* endpoint revision that admitted the flow */
 	__u32 ifindex;  /* endpoint that admitted the flow */
 	__u32 rule;

@@ -8,12 +8,28 @@
 
 /* Set by the agent before load (spec.Variables). */
 volatile const __u8 rejudge = 1; /* re-judge flows when the policy revision changes */
+volatile const __u8 coarse_clock = 0; /* the kernel has bpf_ktime_get_coarse_ns (5.11) */
 
 #define NSEC 1000000000ULL
 #define CT_TCP_SYN (60 * NSEC)
 #define CT_TCP_FIN (10 * NSEC)
 #define CT_TCP_ESTABLISHED (6 * 3600 * NSEC)
 #define CT_OTHER (60 * NSEC)
+
+/* clock_now is the time deadlines count in: conntrack, fragments, Service
+ * affinity. Where the kernel has it, the coarse monotonic clock: the same
+ * clock as bpf_ktime_get_ns at the last tick, so at most a tick (1-10 ms)
+ * behind, which no deadline of seconds notices. It is read from memory;
+ * bpf_ktime_get_ns reads the TSC, which costs each packet ~30 ns on a VM
+ * (perf, BenchmarkPrivilegedConnect: a tenth of a connection's program
+ * time). The verifier drops the branch not taken, so an older kernel never
+ * sees the helper it lacks. */
+static __always_inline __u64 clock_now(void)
+{
+	if (coarse_clock)
+		return bpf_ktime_get_coarse_ns();
+	return bpf_ktime_get_ns();
+}
 
 static __always_inline __u64 ct_lifetime(const struct flow *f)
 {
