@@ -98,9 +98,25 @@ func (c *compiler) addressInputsAsIn(prev *compiler) bool {
 		// A key the allocator forgot since prev would be numbered anew.
 		c.alloc.Forgets() == prev.allocForgets &&
 		maps.EqualFunc(prev.nsLabels, c.nsLabels, maps.Equal) &&
-		slices.Equal(prev.s.RemoteNodeIPs, c.s.RemoteNodeIPs) && slices.Equal(prev.s.NodeIPs, c.s.NodeIPs) &&
+		sameAddrs(prev.s.RemoteNodeIPs, c.s.RemoteNodeIPs) && sameAddrs(prev.s.NodeIPs, c.s.NodeIPs) &&
 		maps.EqualFunc(prev.s.NodeLabels, c.s.NodeLabels, maps.Equal) &&
 		(len(prev.cnps) > 0) == (len(c.cnps) > 0)
+}
+
+// sameAddrs reports whether a and b hold the same addresses, in whatever
+// order: the agent lists them from the Node cache, whose order changes
+// from one sync to the next.
+func sameAddrs(a, b []netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if slices.Equal(a, b) {
+		return true
+	}
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.SortFunc(a, netip.Addr.Compare)
+	slices.SortFunc(b, netip.Addr.Compare)
+	return slices.Equal(a, b)
 }
 
 // podChanges compares pods with the previous set: the pods added and
