@@ -151,9 +151,13 @@ func Compile(s State, alloc *identity.Allocator) Result {
 		p.comp.mu.Lock()
 		// The node's own labels and addresses decide which cluster
 		// policy peers select identity.Host, outside the universe.
-		if slices.Equal(p.comp.universe, c.universe) && slices.Equal(p.comp.cnps, c.cnps) &&
+		if slices.Equal(p.comp.cnps, c.cnps) &&
 			maps.Equal(p.comp.s.LocalNodeLabels, c.s.LocalNodeLabels) && slices.Equal(p.comp.s.NodeIPs, c.s.NodeIPs) {
-			c.prev, c.prevGen = p.comp, p.comp.universeGen
+			if slices.Equal(p.comp.universe, c.universe) {
+				c.prev, c.prevGen = p.comp, p.comp.universeGen
+			} else if diff, ok := c.universeDiff(p.comp); ok {
+				c.prev, c.prevGen, c.diff = p.comp, p.comp.universeGen, diff
+			}
 		}
 		p.comp.mu.Unlock()
 	}
@@ -260,6 +264,14 @@ type compiler struct {
 	// shapes are reused where their namespace's policies are the same.
 	prev    *compiler
 	prevGen uint64 // prev's universeGen when its universe was this one
+	// diff, when set, are the pod identities in one of prev's universe
+	// and this one's but not both: prev's shapes are reused only where
+	// no peer of their namespace's policies selects any of them
+	// (independent memoizes that per namespace).
+	diff        []*ident
+	independent map[string]bool
+	// diffReused counts the shapes reused across a diff (tests read it).
+	diffReused int
 	// universeGen counts CompileEndpoint's additions to universe.
 	universeGen uint64
 	nsPolicies  map[string][]*networkingv1.NetworkPolicy

@@ -259,7 +259,10 @@ func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
 	nodeIP, blockIP := netip.MustParseAddr("192.168.1.1"), netip.MustParseAddr("192.168.2.1")
 	s.NodeIPs, s.RemoteNodeIPs = []netip.Addr{nodeIP}, []netip.Addr{netip.MustParseAddr("192.168.0.1")}
 	s.Policies = append(s.Policies, netpol("to-one", inNamespace("ns-1"),
-		egressRule(peers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: blockIP.String() + "/32"}}))))
+		egressRule(peers(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: blockIP.String() + "/32"}}))),
+		// A named port toward every pod: its rules name each pod
+		// identity that declares the port.
+		netpol("to-http", inNamespace("ns-2"), egressRule(nil, named(corev1.ProtocolTCP, "http"))))
 	alloc := identity.NewAllocator()
 	prev := Compile(s, alloc)
 	// squatter names the pod on one of those addresses, if any.
@@ -436,7 +439,7 @@ func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
 		return strings.HasPrefix(ch.name, "pod takes")
 	})
 	changes = append(changes, changes[squat])
-	patched := 0
+	patched, diffReused := 0, 0
 	for step := range 160 {
 		ch := changes[rng.IntN(len(changes))]
 		next := s
@@ -450,6 +453,7 @@ func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
 		if got.comp.patched {
 			patched++
 		}
+		diffReused += got.comp.diffReused
 		t.Run(fmt.Sprintf("%d %s", step, ch.name), func(t *testing.T) { compileAfresh(t, next, alloc, got) })
 		s, prev = next, got
 		s.Previous = nil
@@ -459,4 +463,43 @@ func TestCompileStepsEqualCompilesFromScratch(t *testing.T) {
 		t.Errorf("%d of 160 steps patched the previous addresses, want at least 40", patched)
 	}
 	t.Logf("%d of 160 steps patched the previous addresses", patched)
+	// Nor of the shapes reused across identities added or dropped.
+	if diffReused < 100 {
+		t.Errorf("%d shapes reused across a changed universe, want at least 100", diffReused)
+	}
+	t.Logf("%d shapes reused across a changed universe", diffReused)
+}
+
+// TestCompilePatchesWhateverTheListOrder: the agent lists pods,
+// namespaces, nodes and endpoints from caches whose order changes from one
+// sync to the next; a compile after nothing but a new order still patches
+// the previous addresses (and gives what a compile from scratch gives).
+func TestCompilePatchesWhateverTheListOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 1))
+	s := scaleState(300, 40)
+	s.NodeIPs = []netip.Addr{netip.MustParseAddr("192.168.1.1"), netip.MustParseAddr("10.244.9.0")}
+	for n := range 5 {
+		s.RemoteNodeIPs = append(s.RemoteNodeIPs, netip.AddrFrom4([4]byte{192, 168, 0, byte(1 + n)}))
+	}
+	alloc := identity.NewAllocator()
+	prev := Compile(s, alloc)
+	for i := range 5 {
+		next := s
+		next.Pods, next.Namespaces, next.Endpoints = shuffled(rng, s.Pods), shuffled(rng, s.Namespaces), shuffled(rng, s.Endpoints)
+		next.RemoteNodeIPs, next.NodeIPs = shuffled(rng, s.RemoteNodeIPs), shuffled(rng, s.NodeIPs)
+		next.Previous = &prev
+		got := Compile(next, alloc)
+		if !got.comp.patched {
+			t.Errorf("compile %d walked every pod again", i)
+		}
+		compileAfresh(t, next, alloc, got)
+		prev = got
+	}
+}
+
+// shuffled returns a shuffled copy of l.
+func shuffled[T any](rng *rand.Rand, l []T) []T {
+	l = slices.Clone(l)
+	rng.Shuffle(len(l), func(i, j int) { l[i], l[j] = l[j], l[i] })
+	return l
 }

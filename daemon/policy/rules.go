@@ -95,6 +95,12 @@ func (c *compiler) reuse(key, ns string) (shape, bool) {
 	if !ok || !slices.Equal(sh.policies, c.nsPolicies[ns]) {
 		return shape{}, false
 	}
+	if c.diff != nil {
+		if !c.independentOfDiff(ns) {
+			return shape{}, false
+		}
+		c.diffReused++
+	}
 	for _, r := range sh.refs {
 		if _, ok := c.refs[r.num]; !ok {
 			c.usedKeys[r.key] = true
