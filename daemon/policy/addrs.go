@@ -20,10 +20,9 @@ type addrState struct {
 	// local and endpoints are localClaims'.
 	local     map[nsName]bool
 	endpoints map[string]Endpoint
-	// winners maps each claimed address to its claimant; contested holds
-	// every claim (a pod once per claim) of an address claimed more than
-	// once.
-	winners   map[netip.Addr]*corev1.Pod
+	// contested holds every claim (a pod once per claim) of an address
+	// claimed more than once; each address's claimant is in the
+	// compiler's podKeys.
 	contested map[netip.Addr][]*corev1.Pod
 	// nodes are the remote node addresses' identities.
 	nodes map[netip.Addr]uint32
@@ -58,7 +57,7 @@ func (c *compiler) patchAddresses(prev *compiler) bool {
 	if !ok {
 		return false
 	}
-	p := &addrPatch{c: c, prev: &prev.addr, prevIPCache: prev.ipcache, prevKeys: prev.podKeys, touched: map[netip.Addr]bool{}}
+	p := &addrPatch{c: c, prev: &prev.addr, prevIPCache: prev.ipcache, prevKeys: prev.podKeys, won: map[netip.Addr]*corev1.Pod{}}
 	// Claims withdrawn, then claims made: a contested address's claimant
 	// is the least of those left, whatever the order.
 	for id, was := range prev.addr.endpoints {
@@ -148,25 +147,37 @@ func podChanges(prev map[*corev1.Pod]struct{}, pods []*corev1.Pod) (added, remov
 	return added, removed, set, true
 }
 
-// addrPatch changes copies of the previous compile's claims, then of its
-// ipcache, identities and keys, at the addresses touched.
+// addrPatch changes copies of the previous compile's contested claims,
+// then of its ipcache, podKeys, identities and keys, at the addresses
+// touched.
 type addrPatch struct {
 	c    *compiler
 	prev *addrState
 	// prevIPCache and prevKeys are the previous compile's ipcache and
 	// podKeys.
 	prevIPCache map[netip.Prefix]uint32
-	prevKeys    map[podAddr]podKey
-	winners     map[netip.Addr]*corev1.Pod
-	contested   map[netip.Addr][]*corev1.Pod
-	touched     map[netip.Addr]bool
+	prevKeys    map[netip.Addr]heldKey
+	// won holds the claimant of each address touched, nil for none; the
+	// others' are in prevKeys. Only the few touched are written, instead
+	// of a copy of every address's.
+	won       map[netip.Addr]*corev1.Pod
+	contested map[netip.Addr][]*corev1.Pod
 }
 
-// own makes the claims the patch's own copies, once.
+// own makes the contested claims the patch's own copy, once.
 func (p *addrPatch) own() {
-	if p.winners == nil {
-		p.winners, p.contested = maps.Clone(p.prev.winners), maps.Clone(p.prev.contested)
+	if p.contested == nil {
+		p.contested = maps.Clone(p.prev.contested)
 	}
+}
+
+// winner returns a's claimant as the patch has it so far.
+func (p *addrPatch) winner(a netip.Addr) (*corev1.Pod, bool) {
+	if w, ok := p.won[a]; ok {
+		return w, w != nil
+	}
+	k, ok := p.prevKeys[a]
+	return k.pod, ok
 }
 
 func (p *addrPatch) claimAll(pod *corev1.Pod, addrs []netip.Addr) bool {
@@ -190,12 +201,11 @@ func (p *addrPatch) unclaimAll(pod *corev1.Pod, addrs []netip.Addr) bool {
 // claim adds pod's claim on a; false if its claimant cannot be told.
 func (p *addrPatch) claim(pod *corev1.Pod, a netip.Addr) bool {
 	p.own()
-	p.touched[a] = true
 	claims, ok := p.contested[a]
 	if !ok {
-		w, held := p.winners[a]
+		w, held := p.winner(a)
 		if !held {
-			p.winners[a] = pod
+			p.won[a] = pod
 			return true
 		}
 		claims = []*corev1.Pod{w}
@@ -210,13 +220,12 @@ func (p *addrPatch) claim(pod *corev1.Pod, a netip.Addr) bool {
 // would mean the previous compile's claims are not what they seemed.
 func (p *addrPatch) unclaim(pod *corev1.Pod, a netip.Addr) bool {
 	p.own()
-	p.touched[a] = true
 	claims, ok := p.contested[a]
 	if !ok {
-		if p.winners[a] != pod {
+		if w, held := p.winner(a); !held || w != pod {
 			return false
 		}
-		delete(p.winners, a)
+		p.won[a] = nil
 		return true
 	}
 	i := slices.Index(claims, pod)
@@ -226,7 +235,7 @@ func (p *addrPatch) unclaim(pod *corev1.Pod, a netip.Addr) bool {
 	claims = slices.Delete(slices.Clone(claims), i, i+1)
 	if len(claims) == 1 {
 		delete(p.contested, a)
-		p.winners[a] = claims[0]
+		p.won[a] = claims[0]
 		return true
 	}
 	p.contested[a] = claims
@@ -245,7 +254,7 @@ func (p *addrPatch) settle(a netip.Addr, claims []*corev1.Pod) bool {
 			return false
 		}
 	}
-	p.winners[a] = w
+	p.won[a] = w
 	return true
 }
 
@@ -254,15 +263,16 @@ func (p *addrPatch) settle(a netip.Addr, claims []*corev1.Pod) bool {
 // identities' addresses so that an identity no address has is dropped.
 func (p *addrPatch) apply() {
 	c, prev := p.c, p.prev
-	c.addr.winners, c.addr.contested = prev.winners, prev.contested
+	c.addr.contested = prev.contested
+	if p.contested != nil {
+		c.addr.contested = p.contested
+	}
+	// Every address claimed or unclaimed is in won.
 	var moved []netip.Addr
-	for a := range p.touched {
-		if w, was := prev.winners[a]; !was || w != p.winners[a] {
+	for a, w := range p.won {
+		if k, was := p.prevKeys[a]; !was || k.pod != w {
 			moved = append(moved, a)
 		}
-	}
-	if p.winners != nil {
-		c.addr.winners, c.addr.contested = p.winners, p.contested
 	}
 	if len(moved) == 0 {
 		// Nothing moved: share everything, as nothing is modified.
@@ -276,12 +286,11 @@ func (p *addrPatch) apply() {
 	c.addr.universe = slices.Clone(prev.universe)
 	var fresh []podAddr
 	for _, a := range moved {
-		if w, ok := prev.winners[a]; ok {
-			pa := podAddr{w, a}
-			p.deref(p.prevKeys[pa].ident)
-			delete(c.podKeys, pa)
+		if k, ok := p.prevKeys[a]; ok {
+			p.deref(k.ident)
+			delete(c.podKeys, a)
 		}
-		if w, ok := p.winners[a]; ok {
+		if w := p.won[a]; w != nil {
 			fresh = append(fresh, podAddr{w, a})
 		} else {
 			p.unset(a)
@@ -291,7 +300,7 @@ func (p *addrPatch) apply() {
 	slices.SortFunc(fresh, comparePodAddrs)
 	for _, pa := range fresh {
 		k := c.podKeyOf(pa.pod, pa.addr)
-		c.podKeys[pa] = k
+		c.podKeys[pa.addr] = heldKey{pa.pod, k}
 		p.ref(k.ident)
 		if !slices.Contains(c.s.NodeIPs, pa.addr) {
 			c.ipcache[netip.PrefixFrom(pa.addr, pa.addr.BitLen())] = k.ident.id

@@ -145,11 +145,12 @@ func TestCompileReusesOnlyWhatDidNotChange(t *testing.T) {
 			if shared := reflect.ValueOf(got.comp.blocks.set).UnsafePointer() == reflect.ValueOf(prev.comp.blocks.set).UnsafePointer(); shared != tt.blocksReused {
 				t.Errorf("previous ipBlock index reused: %v, want %v", shared, tt.blocksReused)
 			}
-			client, ok := prev.comp.podKeys[podAddr{base.Pods[1], clientIP}]
-			if !ok {
+			client, ok := prev.comp.podKeys[clientIP]
+			if !ok || client.pod != base.Pods[1] {
 				t.Fatal("the first compile has no identity for the client's address")
 			}
-			if shared := got.comp.podKeys[podAddr{next.Pods[1], clientIP}].ident == client.ident; shared != tt.clientReused {
+			held := got.comp.podKeys[clientIP]
+			if shared := held.pod == next.Pods[1] && held.ident == client.ident; shared != tt.clientReused {
 				t.Errorf("previous identity of the client's address reused: %v, want %v", shared, tt.clientReused)
 			}
 			if d := gocmp.Diff(errorStrings(fresh.Problems), errorStrings(got.Problems)); d != "" {
