@@ -355,6 +355,9 @@ func newCompiler(s State, alloc *identity.Allocator) *compiler {
 	// makes that, and so each map entry, the same in every compile.
 	s.Policies = slices.Clone(s.Policies)
 	slices.SortFunc(s.Policies, comparePolicies)
+	// The next compile compares its pods with these: a caller that
+	// reuses its slice must not change them.
+	s.Pods = slices.Clone(s.Pods)
 	var prev *compiler
 	if s.Previous != nil {
 		prev = s.Previous.comp
@@ -597,7 +600,7 @@ func (c *compiler) claimants() map[netip.Addr]*corev1.Pod {
 	// Endpoints under one ID twice, or a pod twice, and the next compile
 	// could not tell what changed: it walks every pod again.
 	if unique && len(pods) == len(c.s.Pods) {
-		c.addr.local, c.addr.endpoints, c.addr.pods = local, eps, pods
+		c.addr.local, c.addr.endpoints, c.addr.patchable = local, eps, true
 	}
 	return out
 }

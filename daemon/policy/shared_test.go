@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	gocmp "github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/palisade-cni/palisade/daemon/identity"
@@ -131,4 +132,37 @@ func (k *savedKeys) keys(t *testing.T) []string {
 	}
 	k.last = slices.Sorted(maps.Keys(saved.IDs))
 	return k.last
+}
+
+// The next compile compares its pods with the previous compile's: it must
+// see what changed in a slice the caller reused (the agent lists its pods
+// afresh, tests and benchmarks need not), and a pod listed twice in place
+// of another.
+func TestCompileWithPreviousSeesThePodsChangedInPlace(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(pods []*corev1.Pod)
+	}{
+		{"a pod relabelled", func(pods []*corev1.Pod) {
+			p := pods[2].DeepCopy()
+			p.Labels["role"] = "frontend"
+			pods[2] = p
+		}},
+		{"a pod replaced by another", func(pods []*corev1.Pod) {
+			pods[2] = pod("prod", "newcomer", otherIP, map[string]string{"role": "cache"})
+		}},
+		{"a pod listed twice in place of another", func(pods []*corev1.Pod) { pods[2] = pods[1] }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := cluster()
+			s.Policies = []*networkingv1.NetworkPolicy{netpol("from-frontend", ingressRule(peers(podPeer(map[string]string{"role": "frontend"}))))}
+			alloc := identity.NewAllocator()
+			prev := Compile(s, alloc)
+			tt.change(s.Pods)
+			s.Previous = &prev
+			got := Compile(s, alloc)
+			compileAfresh(t, s, alloc, got)
+		})
+	}
 }
