@@ -292,8 +292,10 @@ func findPod(s *State, namespace, name string) int {
 }
 
 // replacePod puts p in the place of the pod at i (of every listing of it:
-// a lister has one object per pod) and, as the agent does, into the
-// endpoints that had the old object.
+// a lister has one object per pod) and, as controller.podOf does, into
+// every endpoint of the pod, whatever object it had: two endpoints of one
+// pod that hold objects that differ tie in claimOrder, and the walk then
+// answers by their order.
 func replacePod(s *State, i int, p *corev1.Pod) {
 	old := s.Pods[i]
 	for j := range s.Pods {
@@ -302,7 +304,7 @@ func replacePod(s *State, i int, p *corev1.Pod) {
 		}
 	}
 	for j := range s.Endpoints {
-		if s.Endpoints[j].Pod == old {
+		if ep := s.Endpoints[j].Pod; ep != nil && ep.Namespace == p.Namespace && ep.Name == p.Name {
 			s.Endpoints[j].Pod = p
 		}
 	}
