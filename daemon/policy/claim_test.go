@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/palisade-cni/palisade/daemon/identity"
@@ -81,5 +82,40 @@ func TestAddressClaimIsDeterministic(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTwoObjectsOfOnePodClaimByVersion: two endpoints of one pod may hold
+// two objects of it (the informer updated the pod between their lookups),
+// which claimOrder cannot tell apart by age, namespace, name or UID. The
+// newer object must claim the address in whatever order the endpoints
+// come, and a compile from the previous Result must agree (it used to keep
+// the first listed).
+func TestTwoObjectsOfOnePodClaimByVersion(t *testing.T) {
+	s := cluster()
+	s.Policies = []*networkingv1.NetworkPolicy{netpol("from-frontend", selecting(map[string]string{"role": "batch"}),
+		ingressRule(peers(podPeer(map[string]string{"role": "frontend"}))))}
+	older := s.Pods[0].DeepCopy() // prod/server, role=backend
+	older.ResourceVersion = "99"
+	// Its labels order after the older's: only the version can pick it.
+	newer := older.DeepCopy()
+	newer.ResourceVersion = "100"
+	newer.Labels = map[string]string{"role": "frontend"}
+	a := Endpoint{ID: "a", Ifindex: 7, Pod: older, IPs: []netip.Addr{serverIP}}
+	b := Endpoint{ID: "b", Ifindex: 8, Pod: newer, IPs: []netip.Addr{serverIP}}
+	batch := Endpoint{ID: "batch", Ifindex: 9, Pod: s.Pods[2], IPs: []netip.Addr{otherIP}}
+	alloc := identity.NewAllocator()
+	s.Endpoints = []Endpoint{a, b, batch}
+	prev := Compile(s, alloc)
+	for i, eps := range [][]Endpoint{{a, b, batch}, {b, a, batch}} {
+		next := s
+		next.Endpoints = eps
+		next.Previous = &prev
+		got := Compile(next, alloc)
+		compileAfresh(t, next, alloc, got)
+		if !got.Allows("batch", Ingress, serverIP, ProtoTCP, 80) {
+			t.Errorf("order %d: batch denies %s, which the newer object (role=frontend) holds", i, serverIP)
+		}
+		prev = got
 	}
 }

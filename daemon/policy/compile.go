@@ -150,8 +150,11 @@ func Compile(s State, alloc *identity.Allocator) Result {
 	if p := s.Previous; p != nil && p.comp != nil {
 		p.comp.mu.Lock()
 		// The node's own labels and addresses decide which cluster
-		// policy peers select identity.Host, outside the universe.
-		if slices.Equal(p.comp.cnps, c.cnps) &&
+		// policy peers select identity.Host, outside the universe. A
+		// compile from the same Previous that was thrown away may have
+		// made the allocator forget the numbers of Previous's rules:
+		// reused, they would name rules the allocator no longer holds.
+		if alloc.Forgets() == p.comp.allocForgets && slices.Equal(p.comp.cnps, c.cnps) &&
 			maps.Equal(p.comp.s.LocalNodeLabels, c.s.LocalNodeLabels) && slices.Equal(p.comp.s.NodeIPs, c.s.NodeIPs) {
 			if slices.Equal(p.comp.universe, c.universe) {
 				c.prev, c.prevGen = p.comp, p.comp.universeGen
@@ -539,7 +542,10 @@ func comparePolicies(a, b *networkingv1.NetworkPolicy) int {
 // live pod (not Succeeded nor Failed) before a finished one, then the
 // newest (the pod created last holds what the IPAM handed out last),
 // then by namespace, name and UID, so that the result never depends on
-// the order the pods come in.
+// the order the pods come in. Two objects of one pod (an endpoint's and
+// the informer's, across an update) tie on all of these: the newer
+// resourceVersion wins, then the labels decide, so that the order of the
+// endpoints does not.
 func claimOrder(a, b *corev1.Pod) int {
 	finished := func(p *corev1.Pod) bool {
 		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
@@ -553,7 +559,20 @@ func claimOrder(a, b *corev1.Pod) int {
 	if c := b.CreationTimestamp.Time.Compare(a.CreationTimestamp.Time); c != 0 {
 		return c
 	}
-	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name), strings.Compare(string(a.UID), string(b.UID)))
+	if c := cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name), strings.Compare(string(a.UID), string(b.UID))); c != 0 {
+		return c
+	}
+	if c := compareVersions(b.ResourceVersion, a.ResourceVersion); c != 0 {
+		return c
+	}
+	return strings.Compare(labelString(a.Labels), labelString(b.Labels))
+}
+
+// compareVersions orders resourceVersions. They are opaque to clients, but
+// the API server's are decimal numbers, which this orders as numbers; any
+// others it still orders, one way whatever the order they come in.
+func compareVersions(a, b string) int {
+	return cmp.Or(cmp.Compare(len(a), len(b)), strings.Compare(a, b))
 }
 
 // claimants maps each pod address to the pod that holds it. A local

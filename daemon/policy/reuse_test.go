@@ -504,3 +504,35 @@ func shuffled[T any](rng *rand.Rand, l []T) []T {
 	rng.Shuffle(len(l), func(i, j int) { l[i], l[j] = l[j], l[i] })
 	return l
 }
+
+// TestCompileAfterAThrownAwayCompileNumbersRulesAfresh: the controller
+// compiles again from the same Previous when an endpoint was programmed
+// during a compile. The first compile's Retain may forget the numbers of
+// rules only Previous had; the second must not reuse Previous's rules
+// under those numbers, which the allocator no longer holds.
+func TestCompileAfterAThrownAwayCompileNumbersRulesAfresh(t *testing.T) {
+	s := cluster()
+	s.Policies = []*networkingv1.NetworkPolicy{netpol("backend", selecting(map[string]string{"role": "backend"}),
+		ingressRule(peers(podPeer(map[string]string{"role": "frontend"})), port(corev1.ProtocolTCP, 6379)))}
+	// A remote pod like the server keeps the server's identity in use.
+	s.Pods = append(s.Pods, pod("prod", "server-2", netip.MustParseAddr("10.244.1.20"), map[string]string{"role": "backend"},
+		corev1.ContainerPort{Name: "redis", ContainerPort: 6379},
+		corev1.ContainerPort{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}))
+	alloc := identity.NewAllocator()
+	prev := Compile(s, alloc)
+	// Thrown away: the server relabelled, so no policy selects it.
+	other := s
+	other.Pods = slices.Clone(s.Pods)
+	server := s.Pods[0].DeepCopy()
+	server.Labels = map[string]string{"role": "cache"}
+	other.Pods[0] = server
+	other.Endpoints = []Endpoint{{ID: "server", Ifindex: 7, Pod: server, IPs: []netip.Addr{serverIP}}}
+	other.Previous = &prev
+	forgets := alloc.Forgets()
+	Compile(other, alloc)
+	if alloc.Forgets() == forgets {
+		t.Fatal("the thrown-away compile forgot no key: the case tests nothing")
+	}
+	s.Previous = &prev
+	compileAfresh(t, s, alloc, Compile(s, alloc))
+}
