@@ -319,6 +319,17 @@ func somePod(b *fuzzBytes, s *State) int {
 	return b.intn(len(s.Pods))
 }
 
+// removeOne deletes the element of xs the input picks, and returns it;
+// ok is false when xs is empty.
+func removeOne[T any](b *fuzzBytes, xs []T) (rest []T, gone T, ok bool) {
+	if len(xs) == 0 {
+		return xs, gone, false
+	}
+	i := b.intn(len(xs))
+	gone = xs[i]
+	return slices.Delete(xs, i, i+1), gone, true
+}
+
 // changePod replaces a pod by a copy that change modified.
 func changePod(b *fuzzBytes, s *State, change func(*corev1.Pod) string) string {
 	i := somePod(b, s)
@@ -458,13 +469,12 @@ func fuzzSteps() []fuzzStep {
 			return ""
 		}},
 		{name: "endpoint removed", change: func(b *fuzzBytes, s *State) string {
-			if len(s.Endpoints) == 0 {
+			var ep Endpoint
+			var ok bool
+			if s.Endpoints, ep, ok = removeOne(b, s.Endpoints); !ok {
 				return "none"
 			}
-			j := b.intn(len(s.Endpoints))
-			id := s.Endpoints[j].ID
-			s.Endpoints = slices.Delete(s.Endpoints, j, j+1)
-			return id
+			return ep.ID
 		}},
 		{name: "endpoint addresses changed", change: func(b *fuzzBytes, s *State) string {
 			if len(s.Endpoints) == 0 {
@@ -546,12 +556,11 @@ func fuzzSteps() []fuzzStep {
 			return describePolicy(p)
 		}},
 		{name: "policy deleted", change: func(b *fuzzBytes, s *State) string {
-			if len(s.Policies) == 0 {
+			var p *networkingv1.NetworkPolicy
+			var ok bool
+			if s.Policies, p, ok = removeOne(b, s.Policies); !ok {
 				return "none"
 			}
-			i := b.intn(len(s.Policies))
-			p := s.Policies[i]
-			s.Policies = slices.Delete(s.Policies, i, i+1)
 			return p.Namespace + "/" + p.Name
 		}},
 		{name: "policy replaced by an equal copy", change: func(b *fuzzBytes, s *State) string {
@@ -572,13 +581,12 @@ func fuzzSteps() []fuzzStep {
 			return fmt.Sprintf("%s %+v", p.Name, p.Spec)
 		}},
 		{name: "cluster policy deleted", change: func(b *fuzzBytes, s *State) string {
-			if len(s.ClusterPolicies) == 0 {
+			var p *cnpv1.ClusterNetworkPolicy
+			var ok bool
+			if s.ClusterPolicies, p, ok = removeOne(b, s.ClusterPolicies); !ok {
 				return "none"
 			}
-			i := b.intn(len(s.ClusterPolicies))
-			name := s.ClusterPolicies[i].Name
-			s.ClusterPolicies = slices.Delete(s.ClusterPolicies, i, i+1)
-			return name
+			return p.Name
 		}},
 		{name: "local pod starting, programmed from the previous Result", change: func(b *fuzzBytes, s *State) string {
 			p := b.pod(pick(b, fuzzNamespaces), pick(b, []string{"p0", "p1", "p2", "p3", "new"}))

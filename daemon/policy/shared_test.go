@@ -27,12 +27,7 @@ func TestCompileAfterCompileEndpointIgnoresItsIdentities(t *testing.T) {
 		change func(*State)
 	}{
 		{"nothing changed", func(*State) {}},
-		{"a pod relabelled", func(s *State) {
-			s.Pods = slices.Clone(s.Pods)
-			p := s.Pods[2].DeepCopy()
-			p.Labels["role"] = "frontend"
-			s.Pods[2] = p
-		}},
+		{"a pod relabelled", func(s *State) { s.Pods = relabelThirdPod(slices.Clone(s.Pods)) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,10 +67,7 @@ func TestCompileWithPreviousRetainsWhatAFreshCompileRetains(t *testing.T) {
 		{"a policy removed", func(s *State) { s.Policies = s.Policies[:1] }},
 		{"a policy removed and a pod relabelled", func(s *State) {
 			s.Policies = s.Policies[:1]
-			s.Pods = slices.Clone(s.Pods)
-			p := s.Pods[2].DeepCopy()
-			p.Labels["role"] = "frontend"
-			s.Pods[2] = p
+			s.Pods = relabelThirdPod(slices.Clone(s.Pods))
 		}},
 	}
 	for _, tt := range tests {
@@ -143,11 +135,7 @@ func TestCompileWithPreviousSeesThePodsChangedInPlace(t *testing.T) {
 		name   string
 		change func(pods []*corev1.Pod)
 	}{
-		{"a pod relabelled", func(pods []*corev1.Pod) {
-			p := pods[2].DeepCopy()
-			p.Labels["role"] = "frontend"
-			pods[2] = p
-		}},
+		{"a pod relabelled", func(pods []*corev1.Pod) { relabelThirdPod(pods) }},
 		{"a pod replaced by another", func(pods []*corev1.Pod) {
 			pods[2] = pod("prod", "newcomer", otherIP, map[string]string{"role": "cache"})
 		}},
@@ -165,4 +153,13 @@ func TestCompileWithPreviousSeesThePodsChangedInPlace(t *testing.T) {
 			compileAfresh(t, s, alloc, got)
 		})
 	}
+}
+
+// relabelThirdPod replaces pods[2] (cluster()'s) with a copy labelled
+// role=frontend, as the informer replaces a changed object, and returns pods.
+func relabelThirdPod(pods []*corev1.Pod) []*corev1.Pod {
+	p := pods[2].DeepCopy()
+	p.Labels["role"] = "frontend"
+	pods[2] = p
+	return pods
 }
